@@ -1,0 +1,62 @@
+"""The verbs in front of Hydra: run (default), sweep, score, report.
+
+    python -m decodebench [run] [overrides...]
+    python -m decodebench strategy=topp sweep [overrides...]
+    python -m decodebench score generations=PATH [overrides...]
+    python -m decodebench report PATH [PATH...]
+
+Bad input ends with one line on stderr naming the key and what to change, and exit code 2, before any
+model loads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+VERBS = ("run", "sweep", "score", "report")
+GROUPS = ("model", "dataset", "strategy", "logger", "scorers")
+
+
+def split_verb(argv: list[str]) -> tuple[str, list[str]]:
+    """The first bare word that names a verb is the verb, wherever it stands; the rest are Hydra's."""
+    for i, a in enumerate(argv):
+        if a in VERBS:
+            return a, argv[:i] + argv[i + 1:]
+    return "run", argv
+
+
+def fail(msg: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb, rest = split_verb(argv)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    from decodebench import preflight
+
+    if verb == "report":
+        from decodebench.report import main as report_main
+
+        return report_main(rest)
+    if verb == "score":
+        from decodebench.score import main as score_main
+
+        return score_main(rest)
+    err = preflight.check(rest, sweep=verb == "sweep")
+    if err:
+        fail(err)
+    if verb == "sweep":
+        from decodebench.sweep import main as sweep_main
+
+        return sweep_main(rest)
+    from decodebench.cli import main as hydra_main
+
+    sys.argv = [sys.argv[0]] + rest
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Dataclass schemas in Hydra's ConfigStore; every range check lives here (or in the spec it builds).
+
+Hydra rejects unknown keys and wrong types while composing; `validate()` turns a composed config into
+checked specs and raises ConfigError with one line that names the key and what to change, before any
+model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from decodebench.data import DatasetConfig
+from decodebench.models import ModelConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A bad setting; str() is one line naming the key and what to change."""
+
+
+@dataclass
+class StrategyConfig:
+    """Hydra schema of the `strategy` group; parameter names are Hugging Face GenerationConfig's."""
+
+    name: str = MISSING  # the strategy's config name (greedy, topp, beam, ...)
+    method: str = "sampling"  # search method in decodebench.decoding.STRATEGIES
+    max_new_tokens: int = 64
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: Optional[float] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    typical_p: Optional[float] = None
+    epsilon_cutoff: Optional[float] = None
+    eta_cutoff: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    penalize_prompt: bool = True
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    no_repeat_ngram_size: Optional[int] = None
+    min_new_tokens: Optional[int] = None
+    logit_bias: Optional[Dict[int, float]] = None
+    bad_words_ids: Optional[List[int]] = None
+    min_tokens_to_keep: int = 1
+    order: Any = "hf"  # "hf", "vllm", "llamacpp" or a list of transform names
+    extra: Dict[str, float] = field(default_factory=dict)  # parameters of user-registered transforms
+    stop: List[str] = field(default_factory=list)  # stop strings, matched on decoded text
+    # search strategies (beam, contrastive, ...)
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: Any = False  # true, false or "never"
+    num_beam_groups: int = 1
+    diversity_penalty: float = 0.0
+    penalty_alpha: Optional[float] = None
+    max_time: Optional[float] = None  # seconds per batch
+    stream: Optional[str] = None  # beam streaming rule: "safe" or "lookahead"
+    lookahead: int = 2
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # "wandb" or "none"
+    project: str = "decodebench"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline (sync later with `wandb sync`), online, disabled
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    num_samples: int = 32  # rows in the logged table of sample generations
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    scorers: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    record: List[str] = field(default_factory=list)  # per-step telemetry fields, or ["all"]
+    progress: bool = True
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+
+
+def _check_top(cfg: DictConfig) -> None:
+    dev = str(cfg.device)
+    if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.logger.name not in ("wandb", "none"):
+        raise ConfigError(f"logger must be wandb or none, got {cfg.logger.name!r}")
+    if cfg.logger.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
+    if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
+        raise ConfigError(f"dataset.limit must be >= 1, got {cfg.dataset.limit}")
+
+
+def strategy_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.strategy, resolve=True)  # type: ignore[return-value]
+
+
+def validate(cfg: DictConfig):
+    """Check everything that can be checked without a model; return the strategy spec.
+
+    Raises ConfigError (one line) on the first problem.
+    """
+    from decodebench.decoding.strategies import build_strategy
+
+    _check_top(cfg)
+    try:
+        return build_strategy(strategy_dict(cfg))
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(prefix_key("strategy", str(e))) from None
+
+
+def prefix_key(group: str, msg: str) -> str:
+    """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key."""
+    head = msg.split(" ", 1)[0]
+    if head.isidentifier() and not msg.startswith(f"{group}."):
+        return f"{group}.{msg}"
+    return msg

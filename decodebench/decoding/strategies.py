@@ -1,0 +1,96 @@
+"""Strategy specs and the registry of search methods, chosen by name.
+
+A strategy config (GenerationConfig names) becomes a frozen `StrategySpec`: the per-row `SamplingParams`
+plus the loop-level settings (max_new_tokens, stop strings, beam options). Each search method is its own
+module registered in `STRATEGIES` (`sampling` here; `beam`, `contrastive`, ... in theirs); the engine calls
+`STRATEGIES.get(spec.method)`.
+
+    >>> spec = build_strategy({"name": "topp", "do_sample": True, "top_p": 0.9, "max_new_tokens": 8})
+    >>> spec.params.top_p, spec.method
+    (0.9, 'sampling')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from decodebench.decoding.params import SamplingParams
+from decodebench.registry import Registry
+
+STRATEGIES: Registry = Registry("strategy method")
+
+_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    method: str
+    params: SamplingParams
+    max_new_tokens: int = 64
+    num_return_sequences: int = 1
+    stop: tuple[str, ...] = ()
+    max_time: Optional[float] = None
+    search: dict = field(default_factory=dict)  # method-specific options (num_beams, penalty_alpha, ...)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop must not contain empty strings; remove them from strategy.stop")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
+
+    def describe(self) -> dict:
+        """The resolved settings, recorded with each run's results."""
+        from decodebench.decoding.chain import resolve_order
+
+        d = {k: v for k, v in dataclasses.asdict(self.params).items() if v is not None}
+        d["chain"] = resolve_order(self.params)
+        return {"name": self.name, "method": self.method, "max_new_tokens": self.max_new_tokens,
+                "num_return_sequences": self.num_return_sequences, "stop": list(self.stop),
+                "params": d, "search": dict(self.search)}
+
+
+# Loop-level keys of the strategy config that are not SamplingParams fields.
+_LOOP_KEYS = {"name", "method", "max_new_tokens", "num_return_sequences", "stop", "max_time"}
+# Method options, with the neutral values that mean "not used by this method".
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "num_beam_groups": 1,
+    "diversity_penalty": 0.0, "penalty_alpha": None, "stream": None, "lookahead": 2,
+}
+
+
+def _params(d: dict) -> SamplingParams:
+    kw = {k: v for k, v in d.items() if k in _PARAM_FIELDS}
+    if kw.get("logit_bias") is not None:
+        kw["logit_bias"] = tuple(sorted((int(k), float(v)) for k, v in kw["logit_bias"].items()))
+    if kw.get("bad_words_ids") is not None:
+        kw["bad_words_ids"] = tuple(int(t) for t in kw["bad_words_ids"])
+    if isinstance(kw.get("order"), list):
+        kw["order"] = tuple(kw["order"])
+    if "extra" in kw and isinstance(kw["extra"], dict):
+        kw["extra"] = tuple(sorted((str(k), float(v)) for k, v in kw["extra"].items()))
+    return SamplingParams(**kw)
+
+
+def build_strategy(d: dict) -> StrategySpec:
+    """A plain strategy dict (a composed `strategy` config) -> validated StrategySpec (ValueError on bad input)."""
+    unknown = set(d) - _PARAM_FIELDS - _LOOP_KEYS - set(SEARCH_DEFAULTS)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]} is not a strategy parameter")
+    method = d.get("method", "sampling")
+    check = STRATEGIES.get(method)  # unknown method -> did-you-mean error
+    search = {k: d.get(k, v) for k, v in SEARCH_DEFAULTS.items()}
+    spec = StrategySpec(
+        name=str(d.get("name") or method), method=method, params=_params(d),
+        max_new_tokens=int(d.get("max_new_tokens", 64)),
+        num_return_sequences=int(d.get("num_return_sequences", 1)),
+        stop=tuple(d.get("stop") or ()), max_time=d.get("max_time"), search=search,
+    )
+    getattr(check, "validate", lambda s: None)(spec)
+    return spec

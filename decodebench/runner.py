@@ -1,0 +1,173 @@
+"""One run: validated config -> prompts -> engine -> records on disk -> scorers -> metrics -> sinks.
+
+Everything that can be checked is checked before the model loads. Results are written as they are made:
+generations batch by batch, then metrics.json last (its presence marks a complete run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from decodebench import data, models, results
+from decodebench.config import ConfigError, prefix_key, validate
+from decodebench.decoding.engine import Request, generate
+from decodebench.decoding.recorder import check_fields
+
+log = logging.getLogger("decodebench")
+
+_MODEL_CACHE: dict = {}  # one loaded model, reused by jobs of a multirun in the same process
+
+
+def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
+    key = (mcfg.name_or_path, mcfg.gguf_file, mcfg.revision, device, dtype)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = models.load_model(mcfg, device=device, dtype=dtype)
+    return _MODEL_CACHE[key]
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source."""
+    from decodebench.scorers import resolve_scorers
+
+    spec = validate(cfg)
+    try:
+        record = check_fields(cfg.record)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        table = data.load_table(cfg.dataset)
+    except ValueError as e:
+        raise ConfigError(prefix_key("dataset", str(e))) from None
+    try:
+        plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
+    except ValueError as e:
+        raise ConfigError(prefix_key("scorers", str(e))) from None
+    try:
+        models.resolve_source(cfg.model)
+        device = models.pick_device(str(cfg.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return dict(spec=spec, record=record, table=table, plan=plan, device=device,
+                dtype=models.pick_dtype(str(cfg.dtype), device))
+
+
+def build_requests(prompts, tok, spec, seed: int, chat: bool) -> list[Request]:
+    reqs = []
+    for p in prompts:
+        ids = tok(p.text, add_special_tokens=not chat)["input_ids"]
+        for s in range(spec.num_return_sequences):
+            reqs.append(Request(prompt_id=p.id, prompt_ids=list(ids), sample_index=s, params=spec.params, seed=seed))
+    return reqs
+
+
+def run_metrics(stats, wall: float, device: str) -> dict:
+    gen_s = max(stats.decode_s, 1e-9)
+    ttft_total = sum(stats.ttft_s)
+    if device.startswith("cuda"):
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "tokens_per_s": stats.generated_tokens / gen_s,
+        "prefill_tokens_per_s": stats.prompt_tokens / ttft_total if ttft_total else 0.0,
+        "time_to_first_token_s": statistics.median(stats.ttft_s) if stats.ttft_s else 0.0,
+        "per_token_latency_ms": statistics.median(stats.step_ms) if stats.step_ms else 0.0,
+        "peak_memory_mb": peak,
+        "forward_passes_per_token": stats.forward_passes / max(stats.generated_tokens, 1),
+        "tokens_processed_per_token": stats.tokens_processed / max(stats.generated_tokens, 1),
+        "generated_tokens": float(stats.generated_tokens),
+        "generation_time_s": stats.decode_s,
+        "wall_time_s": wall,
+    }
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
+    """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
+    t_start = time.perf_counter()
+    prep = prep or prepare(cfg)
+    spec, plan = prep["spec"], prep["plan"]
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
+    try:
+        prompts = data.to_prompts(prep["table"], cfg.dataset, tok)
+    except ValueError as e:
+        raise ConfigError(prefix_key("dataset", str(e))) from None
+    if not prompts:
+        raise ConfigError("dataset: no prompts left after loading; check dataset.limit and dataset.prefix_tokens")
+    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
+    by_id = {p.id: p for p in prompts}
+    results.write_json_atomic(run_dir / results.RUN_INFO, {
+        "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
+        "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
+        "num_prompts": len(prompts), "num_rows": len(reqs),
+    })
+
+    writer = results.GenerationsWriter(run_dir)
+
+    def on_batch(idx, outs):
+        recs = []
+        for i, o in zip(idx, outs):
+            r, p = reqs[i], by_id[reqs[i].prompt_id]
+            rec = {"prompt_id": r.prompt_id, "prompt": p.text, "prompt_token_ids": r.prompt_ids,
+                   "sample_index": r.sample_index, "text": tok.decode(o.token_ids, skip_special_tokens=True),
+                   "token_ids": o.token_ids, "num_tokens": len(o.token_ids), "finish_reason": o.finish_reason,
+                   "reference": p.reference, "category": p.category}
+            if o.score is not None:
+                rec["score"] = o.score
+            if o.telemetry is not None:
+                rec["telemetry"] = o.telemetry
+            rec.update(o.extra)
+            recs.append(rec)
+        writer.write(recs)
+
+    order = {p.id: k for k, p in enumerate(prompts)}
+    with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
+        _, stats = generate(model, tok, reqs, spec, batch_size=int(cfg.batch_size), record=prep["record"],
+                            progress=bar, on_batch=on_batch)
+    writer.close(sort_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
+    records = results.read_generations(run_dir)
+
+    metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"])
+    try:
+        metrics.update(plan.score(records, model=model, tokenizer=tok, device=prep["device"],
+                                  seed=int(cfg.seed), progress=bool(cfg.progress)))
+    except BaseException:
+        results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
+        raise
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    results.write_json_atomic(run_dir / results.METRICS, metrics)
+    return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records), "strategy": spec.name}
+
+
+def summarize(res: dict) -> str:
+    m = res["metrics"]
+    keys = [k for k in ("tokens_per_s", "diversity", "distinct_2", "rep_2", "perplexity", "gen_length") if k in m]
+    parts = ", ".join(f"{k}={m[k]:.4g}" for k in keys)
+    return (f"decodebench: {res['num_records']} generations ({res['strategy']}) in {m['wall_time_s']:.1f} s; "
+            f"{parts}\nresults: {res['run_dir']}")
+
+
+def machine_line(res: dict) -> str:
+    return json.dumps({"run_dir": res["run_dir"], "metrics": res["metrics"]}, sort_keys=True)

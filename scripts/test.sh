@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (once) and run the whole test suite: `bash scripts/test.sh [pytest args...]`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/scripts/setup.sh"
+cd "$root"
+exec "${DECODEBENCH_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -1,0 +1,47 @@
+"""Shared fixtures: the embedded model (loaded once per session), the tiny model, config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """(model, tokenizer): SmolLM2-135M-Instruct from the embedded GGUF, float32 on CPU."""
+    from decodebench.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from decodebench.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name_or_path="tiny-random"), device="cpu", dtype="float32")
+
+
+def compose(overrides=()):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from decodebench.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hcompose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_of():
+    return compose

