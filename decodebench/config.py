@@ -107,8 +107,6 @@ def _check_top(cfg: DictConfig) -> None:
         raise ConfigError(f"logger must be wandb or none, got {cfg.logger.name!r}")
     if cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
-    if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
-        raise ConfigError(f"dataset.limit must be >= 1, got {cfg.dataset.limit}")
 
 
 def strategy_dict(cfg: DictConfig) -> dict:
