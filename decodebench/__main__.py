@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         from decodebench.score import main as score_main
 
         return score_main(rest)
-    err = preflight.check(rest, sweep=verb == "sweep")
+    err = preflight.check(rest)
     if err:
         fail(err)
     if verb == "sweep":

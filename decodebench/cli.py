@@ -33,7 +33,7 @@ def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
     return res
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> Optional[dict]:
     logging.getLogger("decodebench").setLevel(logging.INFO)
     try:

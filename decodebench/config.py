@@ -90,9 +90,29 @@ class Config:
     progress: bool = True
 
 
+@dataclass
+class ScoreConfig:
+    """Schema of the `score` verb: score an existing generations file."""
+
+    generations: str = MISSING  # a run's generations.jsonl, a run directory, or any JSON/JSONL file
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    reference_field: str = "reference"
+    id_field: str = "prompt_id"
+    sample_field: str = "sample_index"
+    model: ModelConfig = field(default_factory=ModelConfig)  # scoring model for model metrics
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    scorers: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    progress: bool = True
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    cs.store(name="score_schema", node=ScoreConfig)
 
 
 def _check_top(cfg: DictConfig) -> None:

@@ -40,7 +40,7 @@ def _flag_free(args: list[str]) -> tuple[list[str], bool]:
     return out, multirun
 
 
-def _unknown_option(args: list[str]) -> Optional[str]:
+def unknown_option(args: list[str]) -> Optional[str]:
     for a in args:
         if "=" not in a:
             return f"unexpected argument {a!r}; overrides look like key=value (e.g. strategy=topp)"
@@ -68,7 +68,7 @@ def explain(e: BaseException) -> str:
     return " ".join(str(chain[-1]).split())
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str], config_name: str = "config"):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -77,7 +77,7 @@ def _compose(overrides: list[str]):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
 def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -105,18 +105,18 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
     return out
 
 
-def compose_checked(args: list[str]):
-    """(cfg, None) or (None, one-line error)."""
+def compose_checked(args: list[str], config_name: str = "config", prepare=None):
+    """(cfg, None) or (None, one-line error). `prepare(cfg)` runs the checks that need no model."""
     overrides, multirun = _flag_free(args)
-    err = _unknown_option(overrides)
+    err = unknown_option(overrides)
     if err:
         return None, err
+    if prepare is None:
+        from decodebench.runner import prepare
     cfg = None
     try:
         for ov in _variants(overrides, multirun):
-            cfg = _compose(ov)
-            from decodebench.runner import prepare
-
+            cfg = _compose(ov, config_name)
             prepare(cfg)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
         from decodebench.config import ConfigError
@@ -125,7 +125,7 @@ def compose_checked(args: list[str]):
     return cfg, None
 
 
-def check(args: list[str], sweep: bool = False) -> Optional[str]:
+def check(args: list[str], config_name: str = "config", prepare=None) -> Optional[str]:
     if os.environ.get("DECODEBENCH_NO_PREFLIGHT"):
         return None
-    return compose_checked(args)[1]
+    return compose_checked(args, config_name, prepare)[1]
