@@ -1,0 +1,39 @@
+"""decodebench's decoding library: pure batched logits transforms, per-row settings, seeded sampling.
+
+Usable on any logits tensor, with no model, Hydra or W&B::
+
+    import torch
+    from decodebench.decoding import process_logits
+
+    logits = torch.randn(4, 32000)                                   # [B, V]
+    x = process_logits(logits, temperature=0.7, top_k=50, top_p=0.9)  # HF's order and arithmetic
+
+The engine packs per-request `SamplingParams` once into a `LogitsChain` (see chain.py). Modules:
+processors.py (filtering transforms), penalties.py (history-dependent ones), transforms.py (registry,
+named orders, `register_transform`), bindings.py (built-ins' packing), chain.py, api.py.
+"""
+
+from .api import process_logits
+from .chain import DecodeState, LogitsChain, NaNLogitsError
+from .params import SamplingParams
+from .penalties import (
+    ban_tokens,
+    frequency_penalty,
+    logit_bias,
+    min_new_tokens,
+    no_repeat_ngram,
+    presence_penalty,
+    repetition_penalty,
+    token_counts,
+    token_mask,
+)
+from .processors import epsilon, eta, min_p, temperature, top_k, top_p, typical
+from .transforms import ORDERS, TRANSFORMS, TransformSpec, register_transform, resolve_order
+
+__all__ = [
+    "process_logits", "SamplingParams", "LogitsChain", "DecodeState", "NaNLogitsError",
+    "register_transform", "TRANSFORMS", "TransformSpec", "ORDERS", "resolve_order",
+    "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta",
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "min_new_tokens",
+    "logit_bias", "ban_tokens", "token_mask", "token_counts",
+]

@@ -1,0 +1,201 @@
+"""`LogitsChain`: a batch's transforms, packed once into per-row tensors, applied in one order.
+
+The engine's view::
+
+    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=eos, device=dev)  # rows: SamplingParams
+    chain.names                       # e.g. ['repetition_penalty', 'temperature', 'top_k', 'top_p']
+    for step in range(max_new):
+        state = DecodeState(input_ids, attention_mask, prompt_width, step)  # [B, T] left-padded ids
+        logits = chain(model_logits, state)                                 # [B, V] -> [B, V]
+        tokens = sample(logits, keys, step, chain.sample_mode)              # [B]
+        chain.update(tokens)          # optional: keeps the [B, V] token counts incremental
+        ...
+    chain.raise_if_nan()              # every N steps, or at the end: one sync
+
+Penalties need the token history. The reference is `state.input_ids` (padding excluded via the
+attention mask); `update(tokens)` after each step lets the chain add one token per row to its `[B, V]`
+count table with `scatter_add_` instead of rebuilding it from `input_ids`. The table is trusted only
+while its step matches `state.step`, so skipping `update` is always correct, just slower.
+
+NaN: each call ORs `isnan(logits).any()` into a device flag without reading it back; `raise_if_nan()`
+reads it (a sync) and raises `NaNLogitsError`. `process_logits` raises at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import bindings  # noqa: F401  (registers the built-in transforms)
+from .params import SamplingParams
+from .penalties import counts_with_spare, token_mask
+from .transforms import TRANSFORMS, PackContext, resolve_order
+
+
+class NaNLogitsError(ValueError):
+    """The model produced NaN logits; sampling from them would be silent garbage."""
+
+
+@dataclass
+class DecodeState:
+    input_ids: Tensor  # [B, T] prompt + generated so far, LEFT-padded
+    attention_mask: Tensor  # [B, T] 1 for real tokens, 0 for padding
+    prompt_width: int  # T of the padded prompt block; generated tokens are input_ids[:, prompt_width:]
+    step: int  # number of tokens generated so far (same for all rows)
+
+
+class Tables:
+    """Per-call access to the state and the shared history tables (built at most once per call)."""
+
+    def __init__(self, chain: "LogitsChain", state: DecodeState) -> None:
+        self.chain, self.state = chain, state
+
+    def counts(self) -> Tensor:
+        """`[B, V]` int32 counts of generated tokens."""
+        c = self.chain
+        if c._counts is None or c._counts_step != self.state.step:
+            s = self.state
+            c._counts = counts_with_spare(s.input_ids, c.vocab_size, s.attention_mask, s.prompt_width)
+            c._counts_step, c._prompt_seen = s.step, None
+        return c._counts[:, : c.vocab_size]
+
+    def seen(self, prompt_rows: Tensor | None) -> Tensor:
+        """`[B, V]` bool: generated tokens, plus prompt tokens for rows where `prompt_rows` is True."""
+        out = self.counts() > 0
+        if prompt_rows is None:
+            return out
+        c, s = self.chain, self.state
+        if c._prompt_seen is None:  # the prompt never changes: build once per count table
+            c._prompt_seen = token_mask(s.input_ids[:, : s.prompt_width], c.vocab_size, s.attention_mask[:, : s.prompt_width])
+        return out | (c._prompt_seen & prompt_rows)
+
+
+class LogitsChain:
+    """A batch's transforms in order; build with `from_rows`. See the module docstring."""
+
+    def __init__(self, rows: list[SamplingParams], ctx: PackContext, steps: list, names: list[str]) -> None:
+        self.rows, self._ctx, self._steps, self.names = rows, ctx, steps, names
+        self.vocab_size = ctx.vocab_size
+        self._counts: Tensor | None = None  # [B, V + 1] int32; column V absorbs padding
+        self._counts_step: int | None = None
+        self._prompt_seen: Tensor | None = None
+        self._nan = torch.zeros((), dtype=torch.bool, device=ctx.device)
+        greedy = [r.greedy for r in rows]
+        self.do_sample = torch.tensor([not g for g in greedy], dtype=torch.bool, device=ctx.device)
+        # what to hand `sample`: a plain bool when the batch agrees, so it skips the unused path
+        self.sample_mode: bool | Tensor = self.do_sample if len(set(greedy)) > 1 else not greedy[0]
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Sequence[SamplingParams],
+        *,
+        vocab_size: int,
+        eos_token_id: int | Sequence[int] | None,
+        device,
+        dtype: torch.dtype = torch.float32,
+    ) -> "LogitsChain":
+        """Pack the rows' settings once. All rows must share one `order`."""
+        rows = list(rows)
+        if not rows or not all(isinstance(r, SamplingParams) for r in rows):
+            raise ValueError("from_rows needs a non-empty sequence of SamplingParams")
+        orders = sorted({repr(r.order) for r in rows})
+        if len(orders) > 1:
+            raise ValueError(f"all rows of a batch must share one order; got {', '.join(orders)}")
+        eos = () if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
+        ctx = PackContext(rows, vocab_size, torch.device(device), dtype, tuple(int(e) for e in eos))
+        names = resolve_order(rows[0].order)
+        _check_covered(rows, names)
+        steps, applied = [], []
+        for name in names:
+            spec = TRANSFORMS.get(name)
+            on = [spec.is_on(r) for r in rows]
+            if not any(on):
+                continue  # nobody asked: the whole batch skips it
+            if name == "top_p":
+                ctx.support = _support_after_top_k(ctx, applied, on)
+            steps.append(spec.bind(ctx, on))
+            applied.append(name)
+        return cls(rows, ctx, steps, applied)
+
+    def __call__(self, logits: Tensor, state: DecodeState) -> Tensor:
+        """`[B, V]` float logits -> transformed `[B, V]`, same dtype."""
+        if logits.dim() != 2 or logits.shape[0] != len(self.rows) or logits.shape[1] != self.vocab_size:
+            raise ValueError(f"logits {tuple(logits.shape)} do not match the chain ({len(self.rows)}, {self.vocab_size})")
+        self._nan |= torch.isnan(logits).any()  # no read-back here: see raise_if_nan
+        tables = Tables(self, state)
+        for step in self._steps:
+            logits = step(logits, tables)
+        return logits
+
+    def update(self, new_tokens: Tensor) -> None:
+        """Count one more generated token per row (`[B]` ids; ids < 0 or >= V count as padding).
+
+        Call after each step, if at all; the counts then stay valid for `state.step + 1`.
+        """
+        if self._counts is None:
+            return  # no transform reads counts, or none built yet: the next call builds from input_ids
+        v = self.vocab_size
+        ids = new_tokens.reshape(-1, 1).to(self._counts.device, torch.long)
+        ids = ids.masked_fill((ids < 0) | (ids >= v), v)
+        self._counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.int32))
+        self._counts_step += 1
+
+    def select(self, index: Tensor | Sequence[int]) -> "LogitsChain":
+        """The chain for rows `index` (finished-row compaction, beam reordering); keeps the tables.
+
+        Reads `index` on the host (one sync): call it when the batch changes shape, not every step.
+        """
+        idx = index.tolist() if isinstance(index, Tensor) else list(index)
+        ctx = self._ctx
+        new = LogitsChain.from_rows([self.rows[i] for i in idx], vocab_size=ctx.vocab_size,
+                                    eos_token_id=ctx.eos_ids, device=ctx.device, dtype=ctx.dtype)
+        rows = torch.tensor(idx, dtype=torch.long, device=ctx.device)
+        if self._counts is not None:
+            new._counts, new._counts_step = self._counts.index_select(0, rows), self._counts_step
+            if self._prompt_seen is not None:
+                new._prompt_seen = self._prompt_seen.index_select(0, rows)
+        new._nan = self._nan.clone()
+        return new
+
+    def nan_flag(self) -> Tensor:
+        """0-dim bool on the device: has any call seen a NaN logit? (No sync.)"""
+        return self._nan
+
+    def raise_if_nan(self) -> None:
+        if bool(self._nan):  # the one read-back, when the caller chooses
+            raise NaNLogitsError("the model produced NaN logits; refusing to sample from them")
+
+    def __repr__(self) -> str:
+        return f"LogitsChain(rows={len(self.rows)}, names={self.names})"
+
+
+def _check_covered(rows: list[SamplingParams], names: list[str]) -> None:
+    """A row asking for a transform its order leaves out is an error, not a silent no-op."""
+    for name, spec in TRANSFORMS.items():
+        if name not in names:
+            asking = [i for i, r in enumerate(rows) if spec.is_on(r)]
+            if asking:
+                raise ValueError(f"row {asking[0]} sets {name} but order {rows[0].order!r} leaves it out; add {name!r}")
+    known = {p for _, s in TRANSFORMS.items() if s.user for p in s.params}
+    for i, r in enumerate(rows):
+        for p, _ in r.extra:
+            if p not in known:
+                from decodebench.registry import did_you_mean
+                raise ValueError(f"row {i}: " + did_you_mean("transform parameter", p, sorted(known)))
+
+
+def _support_after_top_k(ctx: PackContext, applied: list[str], on_p: list[bool]) -> int | None:
+    """A bound on finite logits per top_p row when top_k ran first on all of them; else None."""
+    if "top_k" not in applied:
+        return None
+    on_k = [TRANSFORMS.get("top_k").is_on(r) for r in ctx.rows]
+    bounds = bindings.top_k_bounds(ctx, on_k)
+    need = [b for b, p in zip(bounds, on_p) if p]
+    if not need or any(b is None for b in need):
+        return None
+    k = max(need)
+    return k + max(16, k // 4)  # slack for ties at the k-th value (top_k keeps them all)
