@@ -3,14 +3,15 @@
 Usable on any logits tensor, with no model, Hydra or W&B::
 
     import torch
-    from decodebench.decoding import process_logits
+    from decodebench.decoding import process_logits, sample, row_keys
 
     logits = torch.randn(4, 32000)                                   # [B, V]
     x = process_logits(logits, temperature=0.7, top_k=50, top_p=0.9)  # HF's order and arithmetic
+    tokens = sample(x, row_keys(0, ["a", "b", "c", "d"], [0] * 4), step=0, do_sample=True)  # [B]
 
 The engine packs per-request `SamplingParams` once into a `LogitsChain` (see chain.py). Modules:
 processors.py (filtering transforms), penalties.py (history-dependent ones), transforms.py (registry,
-named orders, `register_transform`), bindings.py (built-ins' packing), chain.py, api.py.
+named orders, `register_transform`), bindings.py (built-ins' packing), chain.py, api.py, sampling.py.
 """
 
 from .api import process_logits
@@ -28,10 +29,12 @@ from .penalties import (
     token_mask,
 )
 from .processors import epsilon, eta, min_p, temperature, top_k, top_p, typical
+from .sampling import exponential_noise, row_keys, sample, uniform_bits
 from .transforms import ORDERS, TRANSFORMS, TransformSpec, register_transform, resolve_order
 
 __all__ = [
     "process_logits", "SamplingParams", "LogitsChain", "DecodeState", "NaNLogitsError",
+    "sample", "row_keys", "exponential_noise", "uniform_bits",
     "register_transform", "TRANSFORMS", "TransformSpec", "ORDERS", "resolve_order",
     "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta",
     "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "min_new_tokens",
