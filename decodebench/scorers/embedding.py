@@ -5,8 +5,6 @@ downloaded), in the spirit of SimCSE-based coherence (Su et al. 2022)."""
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Mapping
-
 import numpy as np
 
 from .inputs import Inputs

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .inputs import Inputs
-from .spec import Scorer, at_least, choice, nanmean, ratio, reference_variant, register
+from .spec import Scorer, at_least, choice, ratio, reference_variant, register
 
 
 def model_device(model, device=None) -> torch.device:

@@ -19,12 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from decodebench.registry import did_you_mean
 
-from .inputs import Inputs
 from .spec import SCORERS, Scorer
+from .statistics import score_plan
 
 RESERVED = ("names", "bootstrap")
 BOOTSTRAP_DEFAULTS = {"samples": 1000, "seed": None, "confidence": 0.95}
@@ -71,10 +69,10 @@ def _resolve_options(scorer: Scorer, given: Any) -> dict[str, Any]:
         raise ValueError(f"scorers.{scorer.name} must be a mapping of options; got {given!r}")
     options = dict(scorer.options)
     for key, value in given.items():
+        if not scorer.options:
+            raise ValueError(f"scorers.{scorer.name} takes no options; got {key!r}")
         if key not in scorer.options:
-            known = ", ".join(sorted(scorer.options)) or "none"
-            raise ValueError(did_you_mean(f"option of scorer {scorer.name!r}", str(key), list(scorer.options))
-                             if scorer.options else f"scorer {scorer.name!r} has no options (known: {known}); got {key!r}")
+            raise ValueError(did_you_mean(f"option of scorer {scorer.name!r}", str(key), list(scorer.options)))
         options[key] = _check_value(f"scorers.{scorer.name}.{key}", value, scorer.options[key])
     if scorer.check is not None:
         scorer.check(options)
@@ -166,16 +164,6 @@ class ScorerPlan:
 
     def score(self, records: list[dict], *, model=None, tokenizer=None, device=None, seed: int = 0,
               progress: bool = True) -> dict[str, float]:
-        from .statistics import score_plan
-
         return score_plan(self, records, model=model, tokenizer=tokenizer, device=device, seed=seed,
                           progress=progress)
 
-
-def build_inputs(records: list[dict], **common: Any) -> Inputs:
-    return Inputs(
-        texts=[r["text"] for r in records], prompts=[r.get("prompt") for r in records],
-        prompt_token_ids=[r.get("prompt_token_ids") for r in records],
-        token_ids=[r.get("token_ids") for r in records], references=[r.get("reference") for r in records],
-        **common,
-    )

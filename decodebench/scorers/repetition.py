@@ -49,7 +49,7 @@ def rep_w_fn(inputs: Inputs, window: int, unit: str) -> dict[str, np.ndarray]:
 
 
 def rep_r_fn(inputs: Inputs, unit: str) -> dict[str, np.ndarray]:
-    return {"rep_r": np.array([rep_r_value(list(t), ) for t in inputs.units(unit)], dtype=np.float64)}
+    return {"rep_r": np.array([rep_r_value(list(t)) for t in inputs.units(unit)], dtype=np.float64)}
 
 
 def tail_loop(tokens: list, max_phrase_len: int) -> tuple[int, int]:

@@ -52,9 +52,16 @@ def check_needs(plan, records: list[dict], model, tokenizer) -> None:
                              f"no {field!r}; drop those scorers from scorers.names or provide the field")
 
 
-def make_groups(records: list[dict], common: dict) -> tuple[int, dict[int, Group], Group]:
-    from .plan import build_inputs
+def build_inputs(records: list[dict], **common: Any) -> Inputs:
+    return Inputs(
+        texts=[r["text"] for r in records], prompts=[r.get("prompt") for r in records],
+        prompt_token_ids=[r.get("prompt_token_ids") for r in records],
+        token_ids=[r.get("token_ids") for r in records], references=[r.get("reference") for r in records],
+        **common,
+    )
 
+
+def make_groups(records: list[dict], common: dict) -> tuple[int, dict[int, Group], Group]:
     prompt_pos: dict[Any, int] = {}
     for r in records:
         prompt_pos.setdefault(r["prompt_id"], len(prompt_pos))
