@@ -286,8 +286,8 @@ def collect_rows(runs: list[Run], metrics: list[str]) -> list[Row]:
         parts = [first.strategy] + [f"{k}={_fmt_value(v)}" for k, v in setting.items() if v is not None]
         if first.error is not None and first.seed is not None and seeds_vary:
             parts.append(f"seed={first.seed}")
-        row = Row(" ".join(parts), first.strategy, setting, sorted(members, key=lambda r: (r.seed is None, r.seed or 0)),
-                  error=first.error)
+        members = sorted(members, key=lambda r: (r.seed is None, r.seed or 0))
+        row = Row(" ".join(parts), first.strategy, setting, members, error=first.error)
         row.stats = {m: s for m in metrics if (s := _stat(members, m)) is not None}
         rows.append(row)
     labels = [r.label for r in rows]

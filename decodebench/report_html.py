@@ -156,7 +156,8 @@ def _table(report: Report) -> str:
         cls = "failed" if not r.ok else ("pareto" if r.pareto else "ok")
         seeds = _e(", ".join(map(str, r.seeds)) or "-")
         cells = [f"<td>{i}</td>"] + ([f"<td class=star>{'★' if r.pareto else ''}</td>"] if star else [])
-        cells += [f"<td class=setting>{_e(r.label)}</td>", f"<td title='seeds: {seeds}'>{len(r.runs) if r.ok else ''}</td>"]
+        cells += [f"<td class=setting>{_e(r.label)}</td>",
+                  f"<td title='seeds: {seeds}'>{len(r.runs) if r.ok else ''}</td>"]
         if r.ok:
             cells += [f"<td>{_stat_html(r.stats.get(m))}</td>" for m in metrics]
         else:
