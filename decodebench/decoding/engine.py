@@ -57,8 +57,14 @@ class BatchStats:
     tokens_processed: int = 0  # tokens fed through the model (prompt + every candidate/beam token)
     decode_s: float = 0.0  # whole batches, prefill included
     steps: int = 0
+    chain: list = field(default_factory=list)  # transforms applied, in order (resolved)
     ttft_s: list = field(default_factory=list)  # per batch: start to first sampled token
     step_ms: list = field(default_factory=list)  # per batch: mean time of one decode step
+
+
+def request_keys(reqs: Sequence[Request], device) -> torch.Tensor:
+    """[B] noise keys from each row's (seed, prompt id, sample index): nothing else enters the noise."""
+    return torch.cat([row_keys(r.seed, [r.prompt_id], [r.sample_index]) for r in reqs]).to(device)
 
 
 def pack_left(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +185,7 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
     B, width = input_ids.shape
     chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size,
                                   eos_token_id=ctx.eos, device=dev)
-    keys = row_keys([r.seed for r in reqs], [r.prompt_id for r in reqs], [r.sample_index for r in reqs]).to(dev)
+    keys = request_keys(reqs, dev)
     do_sample = torch.tensor([r.params.do_sample for r in reqs], device=dev)
     eos = torch.tensor(ctx.eos or [-1], device=dev)
     recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
@@ -200,6 +206,7 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
         tok = sample(processed, keys, step, do_sample)
         recorder.on_step(step, logits, processed, tok, ~finished)
         tok = torch.where(finished, torch.full_like(tok, ctx.pad_id), tok)
+        chain.update(tok)
         out_tokens[:, step] = tok
         lengths += (~finished).long()
         is_eos = torch.isin(tok, eos) & ~finished
@@ -222,6 +229,8 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         logits, cache, _ = runner.step(tok, attn, cache)
     ctx.decode_done(t_first, steps)
+    chain.raise_if_nan()
+    ctx.stats.chain = list(chain.names)
 
     stop_at = ctx.stop.final_lengths(out_tokens, lengths) if ctx.stop is not None else None
     lengths_l = lengths.tolist()
