@@ -128,9 +128,12 @@ def resolve_scorers(cfg: Mapping) -> "ScorerPlan":
         if key not in RESERVED and key not in SCORERS:
             raise ValueError(did_you_mean("key in the scorers config", str(key), list(RESERVED) + SCORERS.names()))
     options = {name: _resolve_options(SCORERS.get(name), cfg[name]) for name in cfg if name not in RESERVED}
-    names = _resolve_names(cfg.get("names", "all"))
+    bootstrap = _resolve_bootstrap(cfg.get("bootstrap"))
+    if "names" not in cfg:
+        raise ValueError("scorers.names is missing: list the scorers to run, or 'all'")
+    names = _resolve_names(cfg["names"])
     entries = tuple((SCORERS.get(n), options.get(n) or dict(SCORERS.get(n).options)) for n in names)
-    return ScorerPlan(entries=entries, bootstrap=_resolve_bootstrap(cfg.get("bootstrap")))
+    return ScorerPlan(entries=entries, bootstrap=bootstrap)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ def test_config_errors_are_one_line_and_name_the_key():
     one_line_error({"bootstrap": {"sampels": 10}}, "did you mean 'samples'")
     one_line_error({"bootstrap": {"confidence": 1.5}}, r"confidence must be in \(0, 1\)")
     one_line_error({"repp": {}}, "did you mean 'rep'")
+    one_line_error({"bootstrap": {"samples": 0}}, "scorers.names is missing")
+    one_line_error({"names": ["gen_length"], "gen_length": {"unit": "word"}}, "scorers.gen_length takes no options")
 
 
 def test_names_accept_metric_names_and_all():
