@@ -118,11 +118,12 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
         raise ConfigError("dataset: no prompts left after loading; check dataset.limit and dataset.prefix_tokens")
     reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
     by_id = {p.id: p for p in prompts}
-    results.write_json_atomic(run_dir / results.RUN_INFO, {
+    info = {
         "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
         "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
         "num_prompts": len(prompts), "num_rows": len(reqs),
-    })
+    }
+    results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
     writer = results.GenerationsWriter(run_dir)
 
@@ -147,6 +148,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
         _, stats = generate(model, tok, reqs, spec, batch_size=int(cfg.batch_size), record=prep["record"],
                             progress=bar, on_batch=on_batch)
     writer.close(sort_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
+    info["strategy"]["chain"] = stats.chain  # the transforms actually applied, in order
+    results.write_json_atomic(run_dir / results.RUN_INFO, info)
     records = results.read_generations(run_dir)
 
     metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"])

