@@ -1,0 +1,81 @@
+"""End to end: the CLI on the embedded model; results on disk; W&B offline; the machine-readable line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from decodebench import results
+from decodebench.cli import run
+from tests.conftest import ROOT, compose
+from tests.test_engine import hf_greedy
+
+RECORD_KEYS = {"prompt_id", "prompt", "prompt_token_ids", "sample_index", "text", "token_ids", "num_tokens",
+               "finish_reason", "reference"}
+
+
+def test_greedy_run_matches_generate_token_for_token(tmp_path, embedded):
+    cfg = compose(["strategy=greedy", "dataset.limit=6", "strategy.max_new_tokens=24", "logger=none",
+                   "device=cpu", "dtype=float32", "batch_size=4", "progress=false"])
+    res = run(cfg, str(tmp_path / "run"))
+    run_dir = Path(res["run_dir"])
+    recs = results.read_generations(run_dir)
+    assert len(recs) == 6 and all(RECORD_KEYS <= set(r) for r in recs)
+    model, tok = embedded
+    ref = hf_greedy(model, tok, [r["prompt"] for r in recs], 24)
+    assert [r["token_ids"] for r in recs] == ref
+    for r in recs:
+        assert r["prompt_token_ids"] == tok(r["prompt"])["input_ids"]
+        assert r["num_tokens"] == len(r["token_ids"]) and r["finish_reason"] in ("eos", "length")
+        assert r["text"] == tok.decode(r["token_ids"], skip_special_tokens=True)
+    m = results.read_metrics(run_dir)
+    for k in ("tokens_per_s", "wall_time_s", "distinct_2", "distinct_3", "distinct_4", "rep_2", "rep_3",
+              "rep_4", "perplexity", "time_to_first_token_s", "forward_passes_per_token", "peak_memory_mb"):
+        assert isinstance(m[k], float), k
+    assert m["generated_tokens"] == sum(r["num_tokens"] for r in recs)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "run.json").is_file()
+    assert not (run_dir / results.PARTIAL).exists()
+
+
+def test_cli_subprocess_writes_results_and_wandb_offline(tmp_path):
+    out = tmp_path / "x"
+    p = subprocess.run([sys.executable, "-m", "decodebench", "model=tiny", "strategy=topp", "dataset.limit=3",
+                        "strategy.max_new_tokens=5", "scorers=text", "progress=false", f"hydra.run.dir={out}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    assert last["run_dir"] == str(out) and "diversity" in last["metrics"]
+    assert results.is_complete(out)
+    assert list((out / "wandb").glob("offline-run-*")), "the offline W&B run is under the run directory"
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+
+def test_scoring_failure_keeps_generations(tmp_path, monkeypatch):
+    from decodebench.scorers import plan
+
+    def boom(self, *a, **k):
+        raise RuntimeError("scorer crashed")
+
+    monkeypatch.setattr(plan.ScorerPlan, "score", boom)
+    cfg = compose(["model=tiny", "dataset.limit=2", "strategy.max_new_tokens=3", "logger=none", "progress=false"])
+    out = tmp_path / "run"
+    try:
+        run(cfg, str(out))
+    except RuntimeError:
+        pass
+    assert len(results.read_generations(out)) == 2
+    assert (out / "metrics.partial.json").is_file() and not results.is_complete(out)
+
+
+def test_wandb_failure_never_costs_results(tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*a, **k):
+        raise RuntimeError("no wandb today")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    cfg = compose(["model=tiny", "dataset.limit=2", "strategy.max_new_tokens=3", "progress=false", "scorers=text"])
+    res = run(cfg, str(tmp_path / "run"))
+    assert res["wandb_dir"] is None and results.is_complete(res["run_dir"])
