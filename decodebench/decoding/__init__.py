@@ -28,7 +28,7 @@ from .penalties import (
     token_counts,
     token_mask,
 )
-from .processors import epsilon, eta, min_p, temperature, top_k, top_p, typical
+from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
 from .sampling import exponential_noise, row_keys, sample, uniform_bits
 from .transforms import ORDERS, TRANSFORMS, TransformSpec, register_transform, resolve_order
 
@@ -36,7 +36,7 @@ __all__ = [
     "process_logits", "SamplingParams", "LogitsChain", "DecodeState", "NaNLogitsError",
     "sample", "row_keys", "exponential_noise", "uniform_bits",
     "register_transform", "TRANSFORMS", "TransformSpec", "ORDERS", "resolve_order",
-    "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta",
+    "temperature", "top_k", "top_p", "top_k_top_p", "min_p", "typical", "epsilon", "eta",
     "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "min_new_tokens",
     "logit_bias", "ban_tokens", "token_mask", "token_counts",
 ]

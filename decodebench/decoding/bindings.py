@@ -86,6 +86,15 @@ def _top_p(ctx: PackContext, on: list[bool]) -> Step:
     return _on_rows_only(ctx, on, lambda x, i: W.top_p(x, _sub(p, i), _sub(mtk, i), support=support))
 
 
+def bind_top_k_top_p(ctx: PackContext, on_k: list[bool], on_p: list[bool]) -> Step:
+    """top_k directly followed by top_p: one fused step (`top_k_top_p`), bit-equal to the two."""
+    k, mtk = ctx.longs(_pick(ctx, on_k, "top_k", 0)), _mtk(ctx)
+    p = ctx.floats(_pick(ctx, on_p, "top_p", math.inf))
+    k_max = max([b for b in top_k_bounds(ctx, on_k) if b is not None], default=0)
+    support = ctx.support
+    return lambda x, tables: W.top_k_top_p(x, k, p, mtk, k_max=k_max, support=support)
+
+
 @_builtin("min_p", W.min_p, ("min_p",), True, lambda r: r.min_p is not None)
 def _min_p(ctx: PackContext, on: list[bool]) -> Step:
     m, mtk = ctx.floats(_pick(ctx, on, "min_p", 0.0)), _mtk(ctx)

@@ -7,10 +7,13 @@ The engine's view::
     for step in range(max_new):
         state = DecodeState(input_ids, attention_mask, prompt_width, step)  # [B, T] left-padded ids
         logits = chain(model_logits, state)                                 # [B, V] -> [B, V]
-        tokens = sample(logits, keys, step, chain.sample_mode)              # [B]
+        tokens = sample(logits, keys, step, chain.sample_mode, support=chain.support)  # [B]
         chain.update(tokens)          # optional: keeps the [B, V] token counts incremental
         ...
     chain.raise_if_nan()              # every N steps, or at the end: one sync
+
+`chain.sample_mode` (a bool when the batch agrees) and `chain.support` (a bound on finite logits per
+sampled row, when top_k is on for all of them) let `sample` skip work; both are optional.
 
 Penalties need the token history. The reference is `state.input_ids` (padding excluded via the
 attention mask); `update(tokens)` after each step lets the chain add one token per row to its `[B, V]`
@@ -76,8 +79,12 @@ class Tables:
 class LogitsChain:
     """A batch's transforms in order; build with `from_rows`. See the module docstring."""
 
-    def __init__(self, rows: list[SamplingParams], ctx: PackContext, steps: list, names: list[str]) -> None:
+    def __init__(self, rows: list[SamplingParams], ctx: PackContext, steps: list, names: list[str],
+                 support: int | None = None) -> None:
         self.rows, self._ctx, self._steps, self.names = rows, ctx, steps, names
+        # at most this many finite logits per sampled row leave the chain (top_k on all of them, plus
+        # slack for ties): lets `sample` draw noise for those tokens only. None: no such bound.
+        self.support = support
         self.vocab_size = ctx.vocab_size
         self._counts: Tensor | None = None  # [B, V + 1] int32; column V absorbs padding
         self._counts_step: int | None = None
@@ -109,23 +116,29 @@ class LogitsChain:
         ctx = PackContext(rows, vocab_size, torch.device(device), dtype, tuple(int(e) for e in eos))
         names = resolve_order(rows[0].order)
         _check_covered(rows, names)
-        steps, applied = [], []
-        for name in names:
-            spec = TRANSFORMS.get(name)
-            on = [spec.is_on(r) for r in rows]
-            if not any(on):
-                continue  # nobody asked: the whole batch skips it
+        active = [(n, on) for n in names for on in [[TRANSFORMS.get(n).is_on(r) for r in rows]] if any(on)]
+        steps, applied = [], [n for n, _ in active]  # nobody asked for the others: the batch skips them
+        i = 0
+        while i < len(active):
+            name, on = active[i]
+            if name == "top_k" and i + 1 < len(active) and active[i + 1][0] == "top_p":
+                ctx.support = _support_after_top_k(ctx, ["top_k"], active[i + 1][1])
+                if ctx.support is not None and ctx.device.type == "cpu":  # else: two steps, top_p sorts
+                    steps.append(bindings.bind_top_k_top_p(ctx, on, active[i + 1][1]))
+                    i += 2
+                    continue
             if name == "top_p":
-                ctx.support = _support_after_top_k(ctx, applied, on)
-            steps.append(spec.bind(ctx, on))
-            applied.append(name)
-        return cls(rows, ctx, steps, applied)
+                ctx.support = _support_after_top_k(ctx, applied[:i], on)
+            steps.append(TRANSFORMS.get(name).bind(ctx, on))
+            i += 1
+        sampled = [not r.greedy for r in rows]
+        return cls(rows, ctx, steps, applied, _support_after_top_k(ctx, applied, sampled))
 
     def __call__(self, logits: Tensor, state: DecodeState) -> Tensor:
         """`[B, V]` float logits -> transformed `[B, V]`, same dtype."""
         if logits.dim() != 2 or logits.shape[0] != len(self.rows) or logits.shape[1] != self.vocab_size:
             raise ValueError(f"logits {tuple(logits.shape)} do not match the chain ({len(self.rows)}, {self.vocab_size})")
-        self._nan |= torch.isnan(logits).any()  # no read-back here: see raise_if_nan
+        self._nan |= torch.isnan(logits.amax())  # amax propagates NaN: one read pass, no read-back
         tables = Tables(self, state)
         for step in self._steps:
             logits = step(logits, tables)
@@ -188,13 +201,17 @@ def _check_covered(rows: list[SamplingParams], names: list[str]) -> None:
                 raise ValueError(f"row {i}: " + did_you_mean("transform parameter", p, sorted(known)))
 
 
-def _support_after_top_k(ctx: PackContext, applied: list[str], on_p: list[bool]) -> int | None:
-    """A bound on finite logits per top_p row when top_k ran first on all of them; else None."""
+def _support_after_top_k(ctx: PackContext, applied: list[str], rows_of_interest: list[bool]) -> int | None:
+    """A bound on finite logits per row of interest when top_k ran on all of them; else None.
+
+    Transforms after top_k only remove tokens (a bias on -inf stays -inf), and the users of this
+    bound check it per row anyway, so it is a speed hint, never a correctness assumption.
+    """
     if "top_k" not in applied:
         return None
     on_k = [TRANSFORMS.get("top_k").is_on(r) for r in ctx.rows]
     bounds = bindings.top_k_bounds(ctx, on_k)
-    need = [b for b, p in zip(bounds, on_p) if p]
+    need = [b for b, p in zip(bounds, rows_of_interest) if p]
     if not need or any(b is None for b in need):
         return None
     k = max(need)

@@ -53,6 +53,11 @@ def column(x, logits: Tensor, dtype: torch.dtype = torch.float64, name: str = "p
     return torch.full((b, 1), x, dtype=dtype, device=logits.device)
 
 
+def _drop(logits: Tensor, remove: Tensor) -> Tensor:
+    """`-inf` where `remove`: one pass (`masked_fill` out of place is a copy plus a fill)."""
+    return torch.where(remove, NEG_INF, logits)
+
+
 def _static_max(x: Tensor, hint: int | None) -> int:
     return int(x.max()) if hint is None else hint  # int(): one sync, only when no hint was packed
 
@@ -83,7 +88,7 @@ def temperature(logits: Tensor, temperature, *, any_zero: bool | None = None) ->
     if any_zero:
         best = logits.argmax(dim=-1, keepdim=True)
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, best, True)
-        out = out.masked_fill(zero & ~keep, NEG_INF)
+        out = _drop(out, zero & ~keep)
     return out
 
 
@@ -106,9 +111,11 @@ def top_k(logits: Tensor, top_k, min_tokens_to_keep=1, *, k_max: int | None = No
         k_max = int(torch.where(on, k, 0).max())
     if k_max == 0:
         return logits.clone()
-    thresh = _kth_largest(logits, k, min(k_max, v))
-    thresh = torch.where(on, thresh, NEG_INF)  # nothing is < -inf: disabled rows keep every token
-    return logits.masked_fill(logits < thresh, NEG_INF)
+    return _drop(logits, logits < _top_k_cut(_kth_largest(logits, k, min(k_max, v)), on))
+
+
+def _top_k_cut(kth: Tensor, on: Tensor) -> Tensor:
+    return torch.where(on, kth, NEG_INF)  # nothing is < -inf: disabled rows keep every token
 
 
 # ------------------------------------------------------------------------------------------------- top-p
@@ -129,15 +136,55 @@ def top_p(logits: Tensor, top_p, min_tokens_to_keep=1, *, support: int | None = 
     p = column(top_p, logits, name="top_p")
     mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
     thr = (1 - p).to(logits.dtype)  # HF: `cum <= (1 - top_p)`, the double rounded to the logits dtype
+    if not _block_path(logits, support):
+        return _top_p_sorted(logits, thr, mtk)
+    asc = torch.topk(logits, support + 1, dim=-1).values.flip(-1)  # ascending: the tail of HF's sort
+    cut, ok = _top_p_cut(asc, thr, mtk, logits.shape[-1])
+    return _patch_rows(_drop(logits, logits < cut), ok, lambda i: _top_p_sorted(logits[i], thr[i], mtk[i]))
+
+
+def top_k_top_p(logits: Tensor, top_k, top_p, min_tokens_to_keep=1, *, k_max: int | None = None,
+                support: int | None = None) -> Tensor:
+    """`top_p(top_k(logits))` with the same bits, fused: one `topk` serves both cuts (the chain uses
+    this when top_p directly follows top_k). `support` (>= every effective k) as in `top_p`; rows where
+    top_k is off or ties overflow the support take the sort."""
     v = logits.shape[-1]
-    if support is not None and support + 1 < v and logits.device.type == "cpu":
-        out, ok = _top_p_block(logits, thr, mtk, support + 1)
-        if bool(ok.all()):  # free on CPU, where this path runs
-            return out
-        bad = (~ok).nonzero()[:, 0]
-        out[bad] = _top_p_sorted(logits[bad], thr[bad], mtk[bad])
+    asked = column(top_k, logits, torch.long, "top_k")
+    mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
+    k = torch.maximum(asked, mtk)
+    on = (asked > 0) & (k < v)
+    if k_max is None:
+        k_max = int(torch.where(on, k, 0).max())  # a sync; the chain packs it
+    if not _block_path(logits, support) or support < k_max:
+        after_k = _apply_top_k(logits, top_k, min_tokens_to_keep, k_max=k_max)
+        return _apply_top_p(after_k, top_p, min_tokens_to_keep)
+    thr = (1 - column(top_p, logits, name="top_p")).to(logits.dtype)
+    vals = torch.topk(logits, support + 1, dim=-1).values  # descending; support >= every k in use
+    k_cut = _top_k_cut(vals.gather(1, (k.clamp(1, support + 1) - 1)), on)
+    after_k = torch.where(vals < k_cut, NEG_INF, vals)  # the top of top_k's output, still sorted
+    p_cut, ok = _top_p_cut(after_k.flip(-1), thr, mtk, v)
+
+    def slow(i: Tensor) -> Tensor:
+        return _top_p_sorted(_drop(logits[i], logits[i] < k_cut[i]), thr[i], mtk[i])
+
+    return _patch_rows(_drop(logits, logits < torch.maximum(k_cut, p_cut)), ok, slow)
+
+
+_apply_top_k, _apply_top_p = top_k, top_p  # the fused function's parameters shadow these names
+
+
+def _block_path(logits: Tensor, support: int | None) -> bool:
+    # accelerators always sort: checking the shortcut per row would cost a device sync
+    return support is not None and support + 1 < logits.shape[-1] and logits.device.type == "cpu"
+
+
+def _patch_rows(out: Tensor, ok: Tensor, slow) -> Tensor:
+    """Recompute the rows where `ok` is False with `slow(row_index)`; reading `ok` is free on CPU."""
+    if bool(ok.all()):
         return out
-    return _top_p_sorted(logits, thr, mtk)
+    bad = (~ok).nonzero()[:, 0]
+    out[bad] = slow(bad)
+    return out
 
 
 def _top_p_sorted(logits: Tensor, thr: Tensor, mtk: Tensor) -> Tensor:
@@ -145,27 +192,30 @@ def _top_p_sorted(logits: Tensor, thr: Tensor, mtk: Tensor) -> Tensor:
     sorted_logits, sorted_idx = torch.sort(logits, descending=False)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     remove = (cum <= thr) & (torch.arange(v, device=logits.device) < v - mtk)
-    remove = remove.scatter(1, sorted_idx, remove)
-    return logits.masked_fill(remove, NEG_INF)
+    return _drop(logits, remove.scatter(1, sorted_idx, remove))
 
 
-def _top_p_block(logits: Tensor, thr: Tensor, mtk: Tensor, s: int) -> tuple[Tensor, Tensor]:
-    """Sort-free top-p for rows with at most `s - 1` finite logits; `ok[b]` says row b was exact."""
-    b, v = logits.shape
-    vals = torch.topk(logits, s, dim=-1).values.flip(-1)  # ascending, as the tail of HF's sort
-    ok = vals[:, 0] == NEG_INF  # the s-th largest is -inf: nothing finite lies outside the block
-    full = logits.new_full((b, v), NEG_INF)
-    full[:, v - s :] = vals
-    # The prefix of HF's cumsum is exact zeros, so cumsum over the block alone gives the same bits.
+def _top_p_cut(asc: Tensor, thr: Tensor, mtk: Tensor, v: int) -> tuple[Tensor, Tensor]:
+    """Top-p's cut value `[B, 1]` from a row's largest `s` logits in ascending order, `[B, s]`.
+
+    Valid (`ok`) when nothing finite lies outside the block (`asc[:, 0]` is -inf): HF's sorted row is
+    then `[-inf, ..., asc]`, which we rebuild, so softmax sees the very same array; the prefix of its
+    cumsum is exact zeros, so the cumsum over the block alone gives the same bits. A tie straddling the
+    cut is not ok either (HF's unstable sort decides which tied token stays). Rows with `thr = -inf`
+    (top_p off) keep everything and are always ok.
+    """
+    b, s = asc.shape
+    full = asc.new_full((b, v), NEG_INF)
+    full[:, v - s :] = asc
     cum = full.softmax(dim=-1)[:, v - s :].cumsum(dim=-1)
-    j = torch.arange(s, device=logits.device)
+    j = torch.arange(s, device=asc.device)
     remove = (cum <= thr) & (j < s - mtk)  # cum is non-decreasing: `remove` is a prefix of the block
-    r = remove.sum(dim=-1, keepdim=True)  # [B, 1], at most s - 1 since mtk >= 1
-    first_kept = vals.gather(1, r)
-    last_removed = vals.gather(1, (r - 1).clamp(min=0))
+    r = remove.sum(dim=-1, keepdim=True)  # at most s - 1, since mtk >= 1
+    first_kept, last_removed = asc.gather(1, r), asc.gather(1, (r - 1).clamp(min=0))
     tie = (r > 0) & (last_removed == first_kept) & (first_kept != NEG_INF)
-    ok = ok & ~tie[:, 0]
-    return logits.masked_fill(logits < first_kept, NEG_INF), ok
+    off = thr == NEG_INF
+    ok = ((asc[:, :1] == NEG_INF) & ~tie) | off
+    return torch.where(off, NEG_INF, first_kept), ok[:, 0]
 
 
 # ------------------------------------------------------------------------------------------------- min-p
@@ -190,7 +240,7 @@ def min_p(logits: Tensor, min_p, min_tokens_to_keep=1, *, keep_sizes: Sequence[i
         if min(m, logits.shape[-1]) > 1:
             idx = torch.topk(probs, min(m, logits.shape[-1]), dim=-1).indices
             remove.scatter_(1, idx, remove.gather(1, idx) & (mtk != m))
-    return logits.masked_fill(remove, NEG_INF)
+    return _drop(logits, remove)
 
 
 # ----------------------------------------------------------------------------------------------- typical
@@ -198,8 +248,8 @@ def typical(logits: Tensor, typical_p, min_tokens_to_keep=1) -> Tensor:
     """Locally typical filtering (HF `TypicalLogitsWarper`): keep the tokens whose surprisal is closest
     to the entropy until their mass reaches `typical_p`. Needs a full sort, as HF's does.
 
-    >>> typical(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), 0.5)
-    tensor([[3., -inf, -inf, -inf]])
+    >>> typical(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), 0.5)   # surprisal nearest the entropy first
+    tensor([[3., 2., -inf, -inf]])
     """
     v = logits.shape[-1]
     mass = column(typical_p, logits, name="typical_p").to(logits.dtype)
@@ -214,7 +264,7 @@ def typical(logits: Tensor, typical_p, min_tokens_to_keep=1) -> Tensor:
     remove = sorted_scores > sorted_scores.gather(1, last)
     remove &= torch.arange(v, device=logits.device) >= mtk
     remove = remove.scatter(1, sorted_idx, remove)
-    return logits.masked_fill(remove, NEG_INF)
+    return _drop(logits, remove)
 
 
 # ------------------------------------------------------------------------------------- epsilon and eta
@@ -233,7 +283,7 @@ def epsilon(logits: Tensor, epsilon_cutoff, min_tokens_to_keep=1, *, keep_max: i
     probs = logits.softmax(dim=-1)
     remove = probs < column(epsilon_cutoff, logits, name="epsilon_cutoff").to(logits.dtype)
     remove &= logits < _keep_floor(logits, min_tokens_to_keep, keep_max)
-    return logits.masked_fill(remove, NEG_INF)
+    return _drop(logits, remove)
 
 
 def eta(logits: Tensor, eta_cutoff, min_tokens_to_keep=1, *, keep_max: int | None = None) -> Tensor:
@@ -251,4 +301,4 @@ def eta(logits: Tensor, eta_cutoff, min_tokens_to_keep=1, *, keep_max: int | Non
     eps32 = column(eta_cutoff, logits, name="eta_cutoff").to(torch.float32)
     cut = torch.minimum(eps32.to(logits.dtype), torch.sqrt(eps32).to(logits.dtype) * torch.exp(-ent))
     remove = (probs < cut) & (logits < _keep_floor(logits, min_tokens_to_keep, keep_max))
-    return logits.masked_fill(remove, NEG_INF)
+    return _drop(logits, remove)

@@ -1,14 +1,16 @@
 """Greedy and seeded sampling by the exponential race, with counter-based noise.
 
-A sampled row picks `argmax(softmax(logits) / q)` with `q ~ Exp(1)` i.i.d. per token: token `i` wins with
-probability `p_i` exactly, with no sort and no device sync. The noise for token `v` of a row is a pure
-function of (row key, step, v), where the row key hashes (seed, prompt id, sample index): a prompt's
-sample never depends on its batch size, position or batch-mates, on any device.
+A sampled row picks `argmax(softmax(logits) / q)` with `q ~ Exp(1)` i.i.d. per token, computed as
+`argmax(logits - log q)`: token `i` wins with probability `p_i` exactly, with no sort and no device
+sync. The noise for token `v` of a row is a pure function of (row key, step, v), where the row key
+hashes (seed, prompt id, sample index): a prompt's sample never depends on its batch size, position or
+batch-mates.
 
 Noise, per element, in int32 ops only (int64 multiplies are slow on CPUs without AVX-512):
-`k1, k2 = splitmix64(key + (step + 1) * golden)` split in two 32-bit words (per row, cheap);
-`h = fmix32(fmix32(v * 0x9E3779B9 + k1) ^ k2)` (murmur3's finaliser, twice, so that rows are not shifted
-copies of one stream); `u = (2 * (h >> 9) + 1) / 2**24` in (0, 1), exact in float32; `q = -log(u)`.
+`k1, k2 = splitmix64(key + (step + 1) * 0x9E3779B97F4A7C15)` split in two 32-bit words (per row);
+`h = R[v] + k1` with `R[v] = fmix32(v * 0x9E3779B9)` a cached per-token table; then murmur3's fmix32 on
+`h` with `k2` XORed in after its first multiply; `m = h >>> 9` (23 bits); `u = (2m + 1) / 2**24`, exact in
+float32 and never 0 or 1; `q = -log(u)`. All arithmetic wraps mod 2**32 / 2**64, as on every device.
 
 Shapes: `keys` `[B]` int64, `logits` `[B, V]`, `step` an int or `[B]`, result `[B]` int64.
 
@@ -23,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Sequence
 
 import torch
@@ -52,14 +55,22 @@ def _splitmix64(z: Tensor) -> Tensor:
     return z ^ _srl(z, 31, 64)
 
 
-def _fmix32_(h: Tensor, tmp: Tensor) -> None:
-    """murmur3 fmix32 in place on an int32 tensor; `tmp` is scratch of the same shape (no allocation)."""
-    for shift, mult in ((16, _FMIX1), (13, _FMIX2), (16, None)):
-        torch.bitwise_right_shift(h, shift, out=tmp)
-        tmp &= (1 << (32 - shift)) - 1
-        h ^= tmp
-        if mult is not None:
-            h.mul_(_signed(mult, 32))  # int32 products wrap mod 2**32
+def _xorshift_(h: Tensor, shift: int, tmp: Tensor) -> None:
+    """`h ^= h >>> shift` in place on int32, with `tmp` as scratch: no [B, V] allocation."""
+    torch.bitwise_right_shift(h, shift, out=tmp)
+    tmp &= (1 << (32 - shift)) - 1
+    h ^= tmp
+
+
+def _fmix32_(h: Tensor, tmp: Tensor, k2: Tensor | None = None) -> None:
+    """murmur3's fmix32 in place; `k2` (if given) is XORed in after the first multiply."""
+    _xorshift_(h, 16, tmp)
+    h.mul_(_signed(_FMIX1, 32))  # int32 products wrap mod 2**32
+    if k2 is not None:
+        h ^= k2
+    _xorshift_(h, 13, tmp)
+    h.mul_(_signed(_FMIX2, 32))
+    _xorshift_(h, 16, tmp)
 
 
 def row_keys(
@@ -80,57 +91,102 @@ def row_keys(
 
 
 def _row_words(keys: Tensor, step) -> tuple[Tensor, Tensor]:
-    """Two `[B, 1]` int32 words per (row key, step)."""
+    """Two `[B, 1]` int32 words per (row key, step): the low and high halves of a splitmix64 output."""
     step = torch.as_tensor(step, dtype=torch.long, device=keys.device)
     z = _splitmix64(keys.long() + (step + 1) * _signed(_GOLDEN64, 64))
-    lo, hi = z & 0xFFFFFFFF, _srl(z, 32, 64)
     to32 = lambda w: ((w ^ 0x80000000) - 0x80000000).to(torch.int32)[:, None]  # noqa: E731
-    return to32(lo), to32(hi)
+    return to32(z & 0xFFFFFFFF), to32(_srl(z, 32, 64))
 
 
-_WEYL: dict[tuple[int, str], Tensor] = {}
+_TABLES: dict[tuple[int, str], Tensor] = {}
 
 
-def _weyl(vocab_size: int, device: torch.device) -> Tensor:
-    """`[V]` int32 `v * 0x9E3779B9 mod 2**32`, cached per (V, device): built once, read every step."""
+def _token_table(vocab_size: int, device: torch.device) -> Tensor:
+    """`[V]` int32 `fmix32(v * 0x9E3779B9)`: distinct, random-looking per-token words. Cached per
+    (V, device): built once, read every step. Row words are added to it, so two rows (or steps) are
+    not shifted copies of one stream, only coincide on about one token pair in 2**32 / V**2."""
     key = (vocab_size, str(device))
-    if key not in _WEYL:
+    if key not in _TABLES:
         v = torch.arange(vocab_size, dtype=torch.long, device=device) * _GOLDEN32 & 0xFFFFFFFF
-        _WEYL[key] = ((v ^ 0x80000000) - 0x80000000).to(torch.int32)
-    return _WEYL[key]
+        h = ((v ^ 0x80000000) - 0x80000000).to(torch.int32)
+        _fmix32_(h, torch.empty_like(h))
+        _TABLES[key] = h
+    return _TABLES[key]
 
 
-def uniform_bits(keys: Tensor, step, vocab_size: int) -> Tensor:
-    """`[B, V]` int32 in `[0, 2**23)`: the 23 random bits behind each token's noise."""
+def _bits(keys: Tensor, step, vocab_size: int, token_ids: Tensor | None = None) -> Tensor:
+    """23 random bits per (row, token): `[B, V]`, or `[B, S]` for the given `token_ids` `[B, S]`."""
     k1, k2 = _row_words(keys, step)
-    h = _weyl(vocab_size, keys.device) + k1  # int32 adds wrap too
+    table = _token_table(vocab_size, keys.device)
+    h = (table if token_ids is None else table[token_ids]) + k1  # int32 adds wrap too
     tmp = torch.empty_like(h)
-    _fmix32_(h, tmp)
-    h ^= k2
-    _fmix32_(h, tmp)
+    _fmix32_(h, tmp, k2)
     torch.bitwise_right_shift(h, 9, out=tmp)
     return tmp.bitwise_and_(0x7FFFFF)
 
 
+def uniform_bits(keys: Tensor, step, vocab_size: int) -> Tensor:
+    """`[B, V]` int32 in `[0, 2**23)`: the random bits behind each token's noise."""
+    return _bits(keys, step, vocab_size)
+
+
+_HALF_ULP: dict[str, Tensor] = {}
+
+
+def _uniform(bits: Tensor) -> Tensor:
+    """`(2m + 1) / 2**24` in one pass (convert, scale, add): exact in float32, never 0 or 1."""
+    half = _HALF_ULP.setdefault(str(bits.device), torch.tensor(2.0**-24, device=bits.device))
+    return torch.add(half, bits, alpha=2.0**-23)
+
+
 def exponential_noise(keys: Tensor, step, vocab_size: int) -> Tensor:
-    """`[B, V]` float32 Exp(1) noise, a pure function of (key, step, token id)."""
-    u = uniform_bits(keys, step, vocab_size).to(torch.float32)
-    u.mul_(2.0**-23).add_(2.0**-24)  # (2m + 1) / 2**24: exact, never 0 or 1
-    return u.log_().neg_()
+    """`[B, V]` float32 Exp(1) noise `q = -log(u)`, a pure function of (key, step, token id)."""
+    return _uniform(uniform_bits(keys, step, vocab_size)).log_().neg_()
 
 
-def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool) -> Tensor:
+def _race_scores(logits: Tensor, bits: Tensor) -> Tensor:
+    """`logits - log(q)`: the exponential race in log space. Elementwise, with no normalising sum, so a
+    token's score does not depend on which other tokens are scored (the support path relies on it)."""
+    log_q = _uniform(bits).log_().neg_().log_()
+    return logits - log_q
+
+
+def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, support: int | None = None) -> Tensor:
     """`[B]` next tokens: argmax for greedy rows, the exponential race for sampled rows.
 
+    `argmax(softmax(x) / q)` equals `argmax(x - log q)` (log is monotone; the normaliser is per row), and
+    the second needs no sum over the vocab. Equal scores go to the smaller token id on every path.
     `do_sample` is a `[B]` bool tensor, or a plain bool for a uniform batch (skips the unused path; a
     chain's `sample_mode` gives whichever fits). Temperature-0 rows come out of the chain with a single
     finite logit, so they pick the argmax whichever way they are flagged.
+
+    `support` (a chain's `support`): at most this many finite logits per row, e.g. after top-k. On CPU,
+    rows whose `support + 1`-th largest logit is `-inf` then draw noise for those tokens only, with the
+    same bits and scores as the full path, so the token is the same; other rows take the full path.
     """
     if do_sample is False:
         return logits.argmax(dim=-1)
     keys = keys.to(logits.device)
-    probs = logits.softmax(dim=-1)
-    sampled = probs.div_(exponential_noise(keys, step, logits.shape[-1])).argmax(dim=-1)
+    v = logits.shape[-1]
+    if support is not None and support + 1 < v and logits.device.type == "cpu":
+        sampled = _sample_support(logits, keys, step, support + 1, do_sample)
+    else:
+        sampled = _race_scores(logits, _bits(keys, step, v)).argmax(dim=-1)
     if do_sample is True:
         return sampled
     return torch.where(do_sample.to(logits.device), sampled, logits.argmax(dim=-1))
+
+
+def _sample_support(logits: Tensor, keys: Tensor, step, s: int, do_sample: Tensor | bool) -> Tensor:
+    vals, ids = torch.topk(logits, s, dim=-1)
+    scores = _race_scores(vals, _bits(keys, step, logits.shape[-1], ids))
+    best = scores.amax(dim=-1, keepdim=True)
+    out = torch.where(scores == best, ids, logits.shape[-1]).amin(dim=-1)  # ties: smallest id, as argmax
+    full = vals[:, -1] != -math.inf  # a finite logit may lie outside the top s: score the whole row
+    if isinstance(do_sample, Tensor):
+        full &= do_sample.to(full.device)  # greedy rows' draws are discarded anyway
+    if bool(full.any()):  # free on CPU, where this path runs
+        rows = full.nonzero()[:, 0]
+        step_rows = step[rows] if isinstance(step, Tensor) and step.dim() else step
+        out[rows] = _race_scores(logits[rows], _bits(keys[rows], step_rows, logits.shape[-1])).argmax(dim=-1)
+    return out

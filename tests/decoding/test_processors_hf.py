@@ -7,7 +7,7 @@ import torch
 from transformers.generation import logits_process as hf
 
 from decodebench.decoding.processors import epsilon, eta, min_p, temperature, top_k, top_p, typical
-from decodebench.decoding.processors import _top_p_block
+from decodebench.decoding.processors import _top_p_cut, top_k_top_p
 
 from .helpers import logit_cases, make_logits
 
@@ -48,23 +48,26 @@ def test_top_p(label, x):
 
 @pytest.mark.parametrize("label,x", CASES, ids=[c[0] for c in CASES])
 def test_top_p_after_top_k_without_sort(label, x):
-    """The sort-free path (top_k ran first) gives HF's bits, ties at the cut included (falls back)."""
-    for k in (1, 3, 20, 40):
-        xk = hf.TopKLogitsWarper(k)(IDS, x)
-        for p in (0.1, 0.5, 0.8, 0.95, 1.0):
-            for mtk in (1, 2):
+    """The sort-free paths (top_k ran first; top_k fused with top_p) give HF's bits, ties at the cut
+    included (those rows fall back to the sort)."""
+    for k in (1, 3, 40):
+        for mtk in (1, 2):
+            xk = hf.TopKLogitsWarper(k, min_tokens_to_keep=mtk)(IDS, x)  # generate() gives both the same
+            for p in (0.1, 0.5, 0.95, 1.0):
                 ref = hf.TopPLogitsWarper(p, min_tokens_to_keep=mtk)(IDS, xk)
-                for support in (k, k + 16, 2):  # 2 < k: rows must fall back to the sort
+                for support in (k + 16, 2):  # 2 < k: rows must fall back to the sort
                     _same(top_p(xk, p, mtk, support=support), ref)
+                    _same(top_k_top_p(x, k, p, mtk, support=support), ref)
     if "noties" in label:  # and without ties the shortcut is really taken, on every row
         thr = torch.full((x.shape[0], 1), 0.5, dtype=x.dtype)
-        assert _top_p_block(xk, thr, torch.ones(x.shape[0], 1, dtype=torch.long), 41 + 16)[1].all()
+        asc = torch.topk(xk, 41 + 16).values.flip(-1)
+        assert _top_p_cut(asc, thr, torch.ones(x.shape[0], 1, dtype=torch.long), x.shape[-1])[1].all()
 
 
 def test_top_p_block_detects_tie_at_the_cut():
     x = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0] + [float("-inf")] * 20])
     thr = torch.tensor([[0.5]])  # half the mass: the cut falls between tied tokens
-    _, ok = _top_p_block(x, thr, torch.tensor([[1]]), 8)
+    _, ok = _top_p_cut(torch.topk(x, 8).values.flip(-1), thr, torch.tensor([[1]]), x.shape[-1])
     assert not ok.any()
     _same(top_p(x, 0.5, support=7), hf.TopPLogitsWarper(0.5)(IDS[:1], x))
 
@@ -146,3 +149,18 @@ def test_temperature_zero_keeps_only_the_argmax():
     out = temperature(x, torch.tensor([0.0, 2.0], dtype=torch.float64))
     assert out[0].tolist() == [float("-inf"), 3.0, float("-inf"), float("-inf")]  # first argmax on ties
     assert torch.equal(out[1], x[1] / 2)
+
+
+def test_fused_top_k_top_p_per_row():
+    x = make_logits(8, 300, torch.float32, seed=21, ties=True, neg_inf=0.2)
+    ks = [1, 0, 5, 30, 0, 12, 400, 3]  # 0: off; 400 > V: off
+    ps = [0.5, 0.9, float("inf"), 0.8, float("inf"), 0.3, 0.95, 1.0]  # inf: off
+    mtk = [1, 2, 1, 3, 1, 1, 2, 4]
+    out = top_k_top_p(x, torch.tensor(ks), torch.tensor(ps, dtype=torch.float64), torch.tensor(mtk), support=46)
+    for i in range(8):
+        ref = x[i : i + 1]
+        if 0 < ks[i]:
+            ref = hf.TopKLogitsWarper(ks[i], min_tokens_to_keep=mtk[i])(IDS[:1], ref)
+        if ps[i] <= 1.0:
+            ref = hf.TopPLogitsWarper(ps[i], min_tokens_to_keep=mtk[i])(IDS[:1], ref)
+        _same(out[i : i + 1], ref)
