@@ -11,8 +11,11 @@ Parameters of user transforms (see `transforms.register_transform`) go in `extra
 
 Example::
 
-    >>> SamplingParams(do_sample=True, temperature=0.7, top_p=0.9)
+    >>> SamplingParams(do_sample=True, temperature=0.7, top_p=0.9).greedy
+    False
     >>> SamplingParams(top_p=1.5)
+    Traceback (most recent call last):
+    ...
     ValueError: top_p must be in (0, 1], got 1.5
 """
 

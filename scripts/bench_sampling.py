@@ -1,0 +1,118 @@
+"""Time one whole sampling step: temperature + top-k + top-p chain, then the seeded sample.
+
+Ours (`LogitsChain` + `sample`) against two references on the same logits:
+  * naive: one full-vocabulary sort, top-k and top-p masks on the sorted row, softmax, multinomial;
+  * hf: transformers' Temperature/TopK/TopP warpers, softmax, multinomial (what `generate()` runs).
+
+    python scripts/bench_sampling.py                       # batch 64, V = 49152, CPU
+    python scripts/bench_sampling.py --batch 8 --repeats 50
+
+`time_sampling_step(batch, vocab, device, repeats)` is importable (the engine's forward-step benchmark
+uses it). The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from decodebench.decoding import DecodeState, LogitsChain, SamplingParams, row_keys, sample
+
+TEMPERATURE, TOP_K, TOP_P = 0.7, 50, 0.9
+
+
+def _logits(batch: int, vocab: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, vocab, generator=g) * 3).to(device)  # a spread like an LM's logits
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(step: Callable[[int], torch.Tensor], device, repeats: int) -> float:
+    """Median seconds per call, after two warm-up calls."""
+    for i in range(2):
+        step(i)
+    times = []
+    for i in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        step(i)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_sampling_step(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 20) -> float:
+    """Seconds per step for our chain (temperature, top_k, top_p) plus seeded sampling."""
+    logits = _logits(batch, vocab, device)
+    rows = [SamplingParams(do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)] * batch
+    chain = LogitsChain.from_rows(rows, vocab_size=vocab, eos_token_id=None, device=device)
+    keys = row_keys(0, [str(i) for i in range(batch)], [0] * batch, device=device)
+    empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    return _time(lambda s: sample(chain(logits, DecodeState(empty, empty, 0, s)), keys, s, chain.sample_mode,
+                                  support=chain.support),
+                 device, repeats)
+
+
+def naive_step(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The textbook sort-based step: sort once, mask by rank and cumulative mass, multinomial."""
+    x = logits / TEMPERATURE
+    sorted_x, idx = torch.sort(x, descending=True)
+    probs = sorted_x.softmax(-1)
+    rank = torch.arange(x.shape[-1], device=x.device)
+    drop = (rank >= TOP_K) | ((probs.cumsum(-1) - probs) > TOP_P)
+    sorted_x = sorted_x.masked_fill(drop, float("-inf"))
+    x = torch.empty_like(x).scatter_(1, idx, sorted_x)
+    return torch.multinomial(x.softmax(-1), 1, generator=gen)[:, 0]
+
+
+def time_reference_step(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 20, kind: str = "naive") -> float:
+    """Seconds per step for a reference: "naive" (one sort) or "hf" (transformers' warpers)."""
+    logits = _logits(batch, vocab, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    if kind == "naive":
+        return _time(lambda s: naive_step(logits, gen), device, repeats)
+    from transformers.generation import logits_process as hf
+
+    procs = hf.LogitsProcessorList([hf.TemperatureLogitsWarper(TEMPERATURE), hf.TopKLogitsWarper(TOP_K),
+                                    hf.TopPLogitsWarper(TOP_P)])
+    ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    return _time(lambda s: torch.multinomial(procs(ids, logits).softmax(-1), 1, generator=gen), device, repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best median counts")
+    args = ap.parse_args()
+    shape = dict(batch=args.batch, vocab=args.vocab, device=args.device, repeats=args.repeats)
+    # Interleave the three so that a busy machine slows them alike; keep each one's best round.
+    best = {"ours": [], "naive": [], "hf": []}
+    for _ in range(args.rounds):
+        best["ours"].append(time_sampling_step(**shape))
+        best["naive"].append(time_reference_step(**shape, kind="naive"))
+        best["hf"].append(time_reference_step(**shape, kind="hf"))
+    ours, naive, hf = (min(best[k]) for k in ("ours", "naive", "hf"))
+    print(f"batch {args.batch}, V {args.vocab}, {args.device}, {torch.get_num_threads()} threads, "
+          f"temperature {TEMPERATURE} + top_k {TOP_K} + top_p {TOP_P} + sample "
+          f"(best of {args.rounds} rounds, median of {args.repeats} steps each)")
+    print(f"  ours (chain + exponential race)  {ours * 1e3:8.2f} ms/step")
+    print(f"  naive (sort + multinomial)       {naive * 1e3:8.2f} ms/step   {naive / ours:5.1f}x ours")
+    print(f"  hf warpers + multinomial         {hf * 1e3:8.2f} ms/step   {hf / ours:5.1f}x ours")
+    print(json.dumps({"ours_ms": ours * 1e3, "naive_ms": naive * 1e3, "hf_ms": hf * 1e3,
+                      "naive_over_ours": naive / ours, "hf_over_ours": hf / ours, **shape}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The worked examples in the decoding modules' docstrings run and print what they say."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+
+import decodebench.decoding as decoding
+from decodebench.decoding import api, params, penalties, processors, sampling
+
+
+@pytest.mark.parametrize("module", [processors, penalties, sampling, api, params], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    names = {name: getattr(decoding, name) for name in decoding.__all__}
+    result = doctest.testmod(module, extraglobs={"torch": torch, **names}, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
