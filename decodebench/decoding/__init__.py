@@ -26,7 +26,6 @@ from .penalties import (
     presence_penalty,
     repetition_penalty,
     token_counts,
-    token_mask,
 )
 from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
 from .sampling import exponential_noise, row_keys, sample, uniform_bits
@@ -38,5 +37,5 @@ __all__ = [
     "register_transform", "TRANSFORMS", "TransformSpec", "ORDERS", "resolve_order",
     "temperature", "top_k", "top_p", "top_k_top_p", "min_p", "typical", "epsilon", "eta",
     "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "min_new_tokens",
-    "logit_bias", "ban_tokens", "token_mask", "token_counts",
+    "logit_bias", "ban_tokens", "token_counts",
 ]

@@ -131,7 +131,7 @@ def _repetition(ctx: PackContext, on: list[bool]) -> Step:
     pen = ctx.floats(_pick(ctx, on, "repetition_penalty", 1.0))
     prompt = [o and r.penalize_prompt for r, o in zip(ctx.rows, on)]
     prompt_rows = torch.tensor(prompt, device=ctx.device)[:, None] if any(prompt) else None
-    return lambda x, tables: P.repetition_penalty(x, pen, tables.seen(prompt_rows))
+    return lambda x, tables: P.repetition_penalty(x, pen, tables.history(prompt_rows))
 
 
 @_builtin("frequency_penalty", P.frequency_penalty, ("frequency_penalty",), False,

@@ -15,12 +15,13 @@ The engine's view::
 `chain.sample_mode` (a bool when the batch agrees) and `chain.support` (a bound on finite logits per
 sampled row, when top_k is on for all of them) let `sample` skip work; both are optional.
 
-Penalties need the token history. The reference is `state.input_ids` (padding excluded via the
-attention mask); `update(tokens)` after each step lets the chain add one token per row to its `[B, V]`
-count table with `scatter_add_` instead of rebuilding it from `input_ids`. The table is trusted only
-while its step matches `state.step`, so skipping `update` is always correct, just slower.
+Penalties need the token history: `state.input_ids`, padding excluded via the attention mask (the
+repetition penalty and n-gram bans read it directly, `O(B * T)`). Presence and frequency penalties
+need a `[B, V]` count table of generated tokens; `update(tokens)` after each step adds one token per row
+with `scatter_add_` instead of rebuilding the table from `input_ids`. The table is trusted only while
+its step matches `state.step`, so skipping `update` is always correct, just slower.
 
-NaN: each call ORs `isnan(logits).any()` into a device flag without reading it back; `raise_if_nan()`
+NaN: each call ORs `isnan(amax(logits))` into a device flag without reading it back; `raise_if_nan()`
 reads it (a sync) and raises `NaNLogitsError`. `process_logits` raises at once.
 """
 
@@ -32,9 +33,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from decodebench.registry import did_you_mean
+
 from . import bindings  # noqa: F401  (registers the built-in transforms)
 from .params import SamplingParams
-from .penalties import counts_with_spare, token_mask
+from .penalties import counts_with_spare
 from .transforms import TRANSFORMS, PackContext, resolve_order
 
 
@@ -62,18 +65,17 @@ class Tables:
         if c._counts is None or c._counts_step != self.state.step:
             s = self.state
             c._counts = counts_with_spare(s.input_ids, c.vocab_size, s.attention_mask, s.prompt_width)
-            c._counts_step, c._prompt_seen = s.step, None
+            c._counts_step = s.step
         return c._counts[:, : c.vocab_size]
 
-    def seen(self, prompt_rows: Tensor | None) -> Tensor:
-        """`[B, V]` bool: generated tokens, plus prompt tokens for rows where `prompt_rows` is True."""
-        out = self.counts() > 0
-        if prompt_rows is None:
-            return out
-        c, s = self.chain, self.state
-        if c._prompt_seen is None:  # the prompt never changes: build once per count table
-            c._prompt_seen = token_mask(s.input_ids[:, : s.prompt_width], c.vocab_size, s.attention_mask[:, : s.prompt_width])
-        return out | (c._prompt_seen & prompt_rows)
+    def history(self, prompt_rows: Tensor | None) -> Tensor:
+        """`[B, T]` ids that count, -1 elsewhere: real generated tokens, plus real prompt tokens for rows
+        where `prompt_rows` (`[B, 1]` bool) is True."""
+        s = self.state
+        count = s.attention_mask != 0
+        generated = torch.arange(s.input_ids.shape[1], device=count.device) >= s.prompt_width
+        count &= generated if prompt_rows is None else generated | prompt_rows
+        return s.input_ids.masked_fill(~count, -1)
 
 
 class LogitsChain:
@@ -88,7 +90,6 @@ class LogitsChain:
         self.vocab_size = ctx.vocab_size
         self._counts: Tensor | None = None  # [B, V + 1] int32; column V absorbs padding
         self._counts_step: int | None = None
-        self._prompt_seen: Tensor | None = None
         self._nan = torch.zeros((), dtype=torch.bool, device=ctx.device)
         greedy = [r.greedy for r in rows]
         self.do_sample = torch.tensor([not g for g in greedy], dtype=torch.bool, device=ctx.device)
@@ -169,8 +170,6 @@ class LogitsChain:
         rows = torch.tensor(idx, dtype=torch.long, device=ctx.device)
         if self._counts is not None:
             new._counts, new._counts_step = self._counts.index_select(0, rows), self._counts_step
-            if self._prompt_seen is not None:
-                new._prompt_seen = self._prompt_seen.index_select(0, rows)
         new._nan = self._nan.clone()
         return new
 
@@ -197,7 +196,6 @@ def _check_covered(rows: list[SamplingParams], names: list[str]) -> None:
     for i, r in enumerate(rows):
         for p, _ in r.extra:
             if p not in known:
-                from decodebench.registry import did_you_mean
                 raise ValueError(f"row {i}: " + did_you_mean("transform parameter", p, sorted(known)))
 
 

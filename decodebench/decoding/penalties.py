@@ -1,9 +1,9 @@
 """History-dependent transforms: penalties, n-gram bans, minimum length, logit bias and bans.
 
 All are pure batched functions `[B, V] -> [B, V]` with per-row parameters (a Python number or a `[B]`
-tensor). The token history comes in as `[B, V]` tables (`token_mask`, `token_counts`) or as left-padded
-`input_ids` `[B, T]` with an `attention_mask`; padding never counts, so a row's result does not depend
-on its batch-mates' lengths.
+tensor). The token history comes in as `[B, T]` ids (-1 marks positions that do not count), as a
+`[B, V]` count table (`token_counts`), or as left-padded `input_ids` with an `attention_mask`; padding
+never counts, so a row's result does not depend on its batch-mates' lengths.
 
 HF equivalents (bit-equal on the same logits): `repetition_penalty` = `RepetitionPenaltyLogitsProcessor`,
 `no_repeat_ngram` = `NoRepeatNGramLogitsProcessor`, `min_new_tokens` =
@@ -14,9 +14,8 @@ generated tokens only); HF has no equivalent.
 
 Example::
 
-    >>> ids = torch.tensor([[5, 1, 1]])                    # token 1 seen twice, 5 once
-    >>> seen = token_mask(ids, vocab_size=6)
-    >>> repetition_penalty(torch.tensor([[1., 2., 3., 4., 5., -6.]]), 2.0, seen)
+    >>> ids = torch.tensor([[5, 1, 1, -1]])                # token 1 seen twice, 5 once; -1 ignored
+    >>> repetition_penalty(torch.tensor([[1., 2., 3., 4., 5., -6.]]), 2.0, ids)
     tensor([[  1.,   1.,   3.,   4.,   5., -12.]])
 """
 
@@ -41,13 +40,6 @@ def _history(input_ids: Tensor, vocab_size: int, attention_mask: Tensor | None, 
     return ids.masked_fill(bad, vocab_size)
 
 
-def token_mask(input_ids: Tensor, vocab_size: int, attention_mask: Tensor | None = None, start: int = 0) -> Tensor:
-    """`[B, V]` bool: which tokens occur in `input_ids[:, start:]` (real tokens only)."""
-    ids = _history(input_ids, vocab_size, attention_mask, start)
-    out = torch.zeros(ids.shape[0], vocab_size + 1, dtype=torch.bool, device=ids.device)
-    return out.scatter_(1, ids, True)[:, :vocab_size]
-
-
 def token_counts(input_ids: Tensor, vocab_size: int, attention_mask: Tensor | None = None, start: int = 0) -> Tensor:
     """`[B, V]` int32: how often each token occurs in `input_ids[:, start:]` (real tokens only)."""
     return counts_with_spare(input_ids, vocab_size, attention_mask, start)[:, :vocab_size]
@@ -61,14 +53,25 @@ def counts_with_spare(input_ids: Tensor, vocab_size: int, attention_mask: Tensor
 
 
 # ----------------------------------------------------------------------------------------- penalties
-def repetition_penalty(logits: Tensor, repetition_penalty, seen: Tensor) -> Tensor:
-    """Each seen token once: divided by the penalty when positive, multiplied when negative (HF, CTRL).
+def repetition_penalty(logits: Tensor, repetition_penalty, token_ids: Tensor) -> Tensor:
+    """Each token in `token_ids` once: divided by the penalty when positive, multiplied when negative
+    (HF, CTRL). `token_ids` is `[B, T]` history with -1 (or any id outside `[0, V)`) for positions that
+    do not count (padding, or the prompt for generated-only rows); a penalty of 1 changes nothing.
 
-    `seen` is `[B, V]` bool (`token_mask`); a penalty of 1 leaves the row unchanged.
+    Like HF, it gathers the history's logits, penalises them and scatters them back: `O(B * T)` work
+    plus one copy of the logits, rather than several passes over `[B, V]`.
     """
+    v = logits.shape[-1]
     pen = column(repetition_penalty, logits, name="repetition_penalty").to(logits.dtype)
-    penalised = torch.where(logits < 0, logits * pen, logits / pen)
-    return torch.where(seen, penalised, logits)
+    real = (token_ids >= 0) & (token_ids < v)
+    any_real = real.any(dim=-1, keepdim=True)
+    # Positions that do not count re-write a token that does (first real one; token 0 in an empty row)
+    # with that token's own result, so every duplicate write carries the same value.
+    first = token_ids.gather(1, real.int().argmax(dim=-1, keepdim=True))
+    ids = torch.where(real, token_ids, torch.where(any_real, first, 0))
+    score = logits.gather(1, ids)
+    penalised = torch.where(score < 0, score * pen, score / pen)
+    return logits.clone().scatter_(1, ids, torch.where(any_real, penalised, score))
 
 
 def frequency_penalty(logits: Tensor, frequency_penalty, counts: Tensor) -> Tensor:

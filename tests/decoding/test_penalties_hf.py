@@ -15,7 +15,6 @@ from decodebench.decoding.penalties import (
     presence_penalty,
     repetition_penalty,
     token_counts,
-    token_mask,
 )
 
 from .helpers import make_logits
@@ -43,7 +42,14 @@ def test_repetition_penalty(dtype):
     ids = _ids(4, 9, seed=2)
     for pen in (0.5, 1.0, 1.2, 3.0):
         ref = hf.RepetitionPenaltyLogitsProcessor(pen)(ids, x.clone())
-        assert torch.equal(repetition_penalty(x, pen, token_mask(ids, V)), ref)
+        assert torch.equal(repetition_penalty(x, pen, ids), ref)
+
+
+def test_repetition_penalty_rows_with_no_history_are_unchanged():
+    x = make_logits(2, V, torch.float32, seed=3)
+    out = repetition_penalty(x, 2.0, torch.tensor([[-1, -1, -1], [3, -1, 3]]))
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], hf.RepetitionPenaltyLogitsProcessor(2.0)(
+        torch.tensor([[3, 3]]), x[1:].clone())[0])
 
 
 def test_repetition_penalty_ignores_padding_and_per_row_values():
@@ -51,7 +57,7 @@ def test_repetition_penalty_ignores_padding_and_per_row_values():
     rows = [torch.tensor([1, 2, 2]), torch.tensor([3, 1, 4, 4, 0]), torch.tensor([5])]
     ids, mask = _left_pad(rows)  # the pad id (7) must not be penalised
     pens = torch.tensor([1.5, 1.0, 0.7], dtype=torch.float64)
-    out = repetition_penalty(x, pens, token_mask(ids, V, mask))
+    out = repetition_penalty(x, pens, ids.masked_fill(mask == 0, -1))
     for i, r in enumerate(rows):
         ref = hf.RepetitionPenaltyLogitsProcessor(float(pens[i]))(r[None], x[i : i + 1].clone())
         assert torch.equal(out[i : i + 1], ref)
@@ -61,7 +67,7 @@ def test_repetition_penalty_generated_only_matches_hf_prompt_ignore_length():
     x = make_logits(2, V, torch.float32, seed=5)
     ids = _ids(2, 8, seed=6)
     ref = hf.RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=5)(ids, x.clone())
-    assert torch.equal(repetition_penalty(x, 1.3, token_mask(ids, V, start=5)), ref)
+    assert torch.equal(repetition_penalty(x, 1.3, torch.cat([torch.full((2, 5), -1), ids[:, 5:]], 1)), ref)
 
 
 def test_presence_and_frequency_follow_openai_formula():
