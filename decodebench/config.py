@@ -52,6 +52,7 @@ class StrategyConfig:
     order: Any = "hf"  # "hf", "vllm", "llamacpp" or a list of transform names
     extra: Dict[str, float] = field(default_factory=dict)  # parameters of user-registered transforms
     stop: List[str] = field(default_factory=list)  # stop strings, matched on decoded text
+    stopping: List[str] = field(default_factory=list)  # user stopping criteria by name (decoding/stopping.py)
     # search strategies (beam, contrastive, ...)
     num_beams: int = 1
     length_penalty: float = 1.0
@@ -76,12 +77,26 @@ class LoggerConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Schema of the `sweep` group: the grid the `sweep` verb runs (conf/sweep/<strategy>.yaml, docs/sweeps.md).
+
+    Inert for a plain run; checked by decodebench.sweep_plan before any model loads."""
+
+    grid: Dict[str, Any] = field(default_factory=dict)  # strategy parameter -> list of values; points = product
+    seeds: Optional[List[int]] = None  # one point per seed as well; null: just the top-level seed
+    dir: Optional[str] = None  # the sweep directory; null: outputs/sweeps/<date>/<time>-<strategy>
+    fuse: Optional[int] = None  # at most this many points generated together; null: all that can be
+    leaderboard: bool = True  # write leaderboard.{md,csv,html} in the sweep directory at the end
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     scorers: Dict[str, Any] = field(default_factory=dict)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
     batch_size: int = 8
     device: str = "auto"

@@ -25,7 +25,7 @@ from decodebench.decoding.params import SamplingParams
 from decodebench.decoding.recorder import make_recorder
 from decodebench.decoding.sampling import row_keys, sample
 from decodebench.decoding.stopping import StopChecker
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import STRATEGIES, StrategySpec, load_builtin_methods
 
 
 @dataclass
@@ -241,7 +241,7 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
     for i in range(B):
         n, reason = lengths_l[i], ("eos" if eos_l[i] else "length")
         if stop_at is not None and stop_at[i] is not None and stop_at[i] <= n:
-            n, reason = stop_at[i], "stop"
+            n, reason = stop_at[i], ctx.stop.reason(i)  # "stop" or a user criterion's name
         elif timed_out and not eos_l[i] and n < spec.max_new_tokens:
             reason = "time"
         outs.append(Output(token_ids=tokens_l[i][:n], finish_reason=reason,
@@ -268,6 +268,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
     `on_batch(indices, outputs)` is called after each batch (the runner appends results to disk there,
     so a failure later in a run never loses what was computed). `progress` is a tqdm-like bar or None.
     """
+    load_builtin_methods()
     method = STRATEGIES.get(spec.method)
     runner = ModelRunner(model, hidden_states=getattr(method, "needs_hidden_states", False))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(model, tokenizer)[0]
@@ -276,12 +277,14 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
     results: list[Optional[Output]] = [None] * len(reqs)
     sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
     for idx, rows in iter_batches(reqs, batch_size):
-        stop = StopChecker(tokenizer, spec.stop) if spec.stop else None
+        stop = StopChecker.for_spec(tokenizer, spec)  # stop strings and user criteria, or None
         ctx = BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
                            stop=stop, record=tuple(record), stats=stats, sync=sync,
                            streamer=streamer_factory(rows) if streamer_factory else None)
         t0 = time.perf_counter()
         outs = method(rows, spec, ctx)
+        if hasattr(ctx.streamer, "close"):
+            ctx.streamer.close(outs)  # flush and end every row (idempotent; streaming.Streamer)
         sync()
         stats.decode_s += time.perf_counter() - t0
         stats.rows += len(rows)

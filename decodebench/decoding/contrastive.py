@@ -1,0 +1,136 @@
+"""Contrastive search (`strategy=contrastive`; Su et al. 2022, "A Contrastive Framework for Neural Text
+Generation"), with transformers' parameter names `top_k` and `penalty_alpha`.
+
+At each step every row takes the k most probable next tokens v (after the chain's transforms) and picks
+
+    argmax_v  (1 - alpha) * p(v)  -  alpha * max_j cos(h_v, h_j)
+
+where h_v is the last-layer hidden state of v appended to the context and h_j ranges over the context's
+hidden states (prompt included, padding excluded). Batched: the cache is repeated k times and all
+k candidates of all rows go through ONE forward `[B*k, 1]`; the chosen candidate's cache row, logits
+and hidden state are kept (`batch_select_indices`), so each step costs one forward of B*k tokens.
+Rows with a smaller `top_k` than the batch's largest mask their extra candidates out.
+
+Finished rows keep running with the pad token, as in the sampling loop; stop strings, user criteria,
+max_time, telemetry and streamers work as there.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from decodebench.decoding.chain import DecodeState, LogitsChain
+from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request, pack_left
+from decodebench.decoding.recorder import make_recorder
+from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.streaming import as_streamer
+
+
+def degeneration_scores(probs: torch.Tensor, cand_h: torch.Tensor, ctx_h: torch.Tensor,
+                        ctx_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`[B, k]` contrastive scores. probs `[B, k]`; cand_h `[B, k, H]`; ctx_h `[B, S, H]`; ctx_mask `[B, S]`."""
+    c = cand_h / cand_h.norm(dim=-1, keepdim=True)
+    h = ctx_h / ctx_h.norm(dim=-1, keepdim=True)
+    cos = torch.einsum("bkh,bsh->bks", c, h)
+    cos = cos.masked_fill(~ctx_mask.bool()[:, None, :], float("-inf"))  # padding is not context
+    return (1.0 - alpha) * probs - alpha * cos.amax(dim=-1)
+
+
+@torch.inference_mode()
+def contrastive_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
+    runner, dev = ctx.runner, ctx.runner.device
+    t0 = time.perf_counter()
+    alpha = float(spec.search["penalty_alpha"])
+    ids, attn = pack_left([r.prompt_ids for r in reqs], ctx.pad_id, dev)
+    B, width = ids.shape
+    k_row = torch.tensor([r.params.top_k for r in reqs], device=dev)
+    K = int(max(r.params.top_k for r in reqs))
+    chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev)
+    recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
+    eos = torch.tensor(ctx.eos or [-1], device=dev)
+    streamer = as_streamer(ctx.streamer)
+    rows = torch.arange(B, device=dev)
+    cand_ok = torch.arange(K, device=dev)[None, :] < k_row[:, None]  # [B, K]
+
+    logits, cache, ctx_h = runner.prefill(ids, attn)  # ctx_h [B, T0, H]: the prompt's hidden states
+    out_tokens = torch.full((B, spec.max_new_tokens), ctx.pad_id, dtype=torch.long, device=dev)
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    hit_eos = torch.zeros(B, dtype=torch.bool, device=dev)
+    lengths = torch.zeros(B, dtype=torch.long, device=dev)
+    done_flag = AsyncFlag(dev)
+    deadline = t0 + spec.max_time if spec.max_time else None
+    timed_out, steps, seq = False, 0, ids
+    for step in range(spec.max_new_tokens):
+        processed = chain(logits, DecodeState(seq, attn, width, step))
+        top_p, top_ids = torch.topk(processed.softmax(dim=-1), K, dim=-1)  # [B, K]
+        cache.batch_repeat_interleave(K)
+        cand_attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+        logits_k, cache, cand_h = runner.step(top_ids.reshape(-1), cand_attn.repeat_interleave(K, 0), cache)
+        score = degeneration_scores(top_p, cand_h.view(B, K, -1), ctx_h, attn, alpha)
+        sel = score.masked_fill(~cand_ok, float("-inf")).argmax(dim=-1)  # [B]
+        pick = rows * K + sel
+        cache.batch_select_indices(pick)
+        tok = top_ids[rows, sel]
+        recorder.on_step(step, logits, processed, tok, ~finished)
+        logits, ctx_h = logits_k[pick], torch.cat([ctx_h, cand_h[pick]], 1)
+        tok = torch.where(finished, torch.full_like(tok, ctx.pad_id), tok)
+        out_tokens[:, step] = tok
+        lengths += (~finished).long()
+        is_eos = torch.isin(tok, eos) & ~finished
+        hit_eos |= is_eos
+        finished |= is_eos
+        steps = step + 1
+        if step == 0:
+            t_first = ctx.first_token(t0)
+        if ctx.stop is not None:
+            finished |= ctx.stop.update(out_tokens, lengths, step, finished)
+        if streamer is not None:
+            streamer(step, tok, finished)
+        done_flag.push(finished.all())
+        if step + 1 == spec.max_new_tokens or done_flag.ready_and_true():
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            timed_out = True
+            break
+        seq, attn = torch.cat([seq, tok[:, None]], 1), cand_attn
+    ctx.decode_done(t_first, steps)
+    chain.raise_if_nan()
+    outs = _outputs(out_tokens, lengths, hit_eos, timed_out, spec, ctx, recorder.finalize())
+    if streamer is not None:
+        streamer.close(outs)
+    return outs
+
+
+def _outputs(out_tokens, lengths, hit_eos, timed_out, spec, ctx, tele) -> list[Output]:
+    stop_at = ctx.stop.final_lengths(out_tokens, lengths) if ctx.stop is not None else None
+    outs = []
+    for i, (row, n, e) in enumerate(zip(out_tokens.tolist(), lengths.tolist(), hit_eos.tolist())):
+        reason = "eos" if e else "length"
+        if stop_at is not None and stop_at[i] is not None and stop_at[i] <= n:
+            n, reason = stop_at[i], ctx.stop.reason(i)
+        elif timed_out and not e and n < spec.max_new_tokens:
+            reason = "time"
+        outs.append(Output(token_ids=row[:n], finish_reason=reason,
+                           telemetry=None if tele is None else {k: v[i][:n] for k, v in tele.items()}))
+    return outs
+
+
+def _validate(spec: StrategySpec) -> None:
+    a = spec.search.get("penalty_alpha")
+    if a is None or isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+        raise ValueError(f"penalty_alpha must be in [0, 1] for contrastive search, got {a!r}")
+    k = spec.params.top_k
+    if k is None or k < 1:
+        raise ValueError(f"top_k must be >= 1 for contrastive search (the candidates per step), got {k!r}")
+    if spec.params.do_sample:
+        raise ValueError("do_sample must be false for contrastive search (it is deterministic)")
+    if spec.num_return_sequences != 1:
+        raise ValueError(f"num_return_sequences must be 1 for contrastive search (it is deterministic), "
+                         f"got {spec.num_return_sequences}")
+
+
+contrastive_batch.validate = _validate  # type: ignore[attr-defined]
+contrastive_batch.needs_hidden_states = True  # type: ignore[attr-defined]
+STRATEGIES.register("contrastive", contrastive_batch)
