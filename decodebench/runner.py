@@ -62,12 +62,19 @@ def prepare(cfg: DictConfig) -> dict:
                 dtype=models.pick_dtype(str(cfg.dtype), device))
 
 
-def build_requests(prompts, tok, spec, seed: int, chat: bool) -> list[Request]:
+def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
+    """prompt id -> token ids (a chat template already holds its special tokens)."""
+    return {p.id: tok(p.text, add_special_tokens=not chat)["input_ids"] for p in prompts}
+
+
+def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict] = None) -> list[Request]:
+    """One request per (prompt, sample); `ids` (from encode_prompts) saves tokenizing again."""
+    ids = ids if ids is not None else encode_prompts(prompts, tok, chat)
     reqs = []
     for p in prompts:
-        ids = tok(p.text, add_special_tokens=not chat)["input_ids"]
         for s in range(spec.num_return_sequences):
-            reqs.append(Request(prompt_id=p.id, prompt_ids=list(ids), sample_index=s, params=spec.params, seed=seed))
+            reqs.append(Request(prompt_id=p.id, prompt_ids=list(ids[p.id]), sample_index=s, params=spec.params,
+                                seed=seed))
     return reqs
 
 
@@ -100,53 +107,44 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
-    """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
-    t_start = time.perf_counter()
-    prep = prep or prepare(cfg)
-    spec, plan = prep["spec"], prep["plan"]
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
+def load_prompts(cfg: DictConfig, prep: dict, tok) -> list:
+    """The dataset's prompt records (ConfigError when none are left)."""
     try:
         prompts = data.to_prompts(prep["table"], cfg.dataset, tok)
     except ValueError as e:
         raise ConfigError(prefix_key("dataset", str(e))) from None
     if not prompts:
         raise ConfigError("dataset: no prompts left after loading; check dataset.limit and dataset.prefix_tokens")
-    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
-    by_id = {p.id: p for p in prompts}
-    info = {
+    return prompts
+
+
+def run_info(cfg: DictConfig, prep: dict, spec, prompts: list, num_rows: int) -> dict:
+    """The body of run.json (the applied transform chain is added when generation is done)."""
+    return {
         "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
         "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
-        "num_prompts": len(prompts), "num_rows": len(reqs),
+        "num_prompts": len(prompts), "num_rows": num_rows,
     }
-    results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
-    writer = results.GenerationsWriter(run_dir)
 
-    def on_batch(idx, outs):
-        recs = []
-        for i, o in zip(idx, outs):
-            r, p = reqs[i], by_id[reqs[i].prompt_id]
-            rec = {"prompt_id": r.prompt_id, "prompt": p.text, "prompt_token_ids": r.prompt_ids,
-                   "sample_index": r.sample_index, "text": tok.decode(o.token_ids, skip_special_tokens=True),
-                   "token_ids": o.token_ids, "num_tokens": len(o.token_ids), "finish_reason": o.finish_reason,
-                   "reference": p.reference, "category": p.category}
-            if o.score is not None:
-                rec["score"] = o.score
-            if o.telemetry is not None:
-                rec["telemetry"] = o.telemetry
-            rec.update(o.extra)
-            recs.append(rec)
-        writer.write(recs)
+def make_record(req: Request, prompt, out, tok) -> dict:
+    """One line of generations.jsonl: a request, its prompt record and the engine's output."""
+    rec = {"prompt_id": req.prompt_id, "prompt": prompt.text, "prompt_token_ids": req.prompt_ids,
+           "sample_index": req.sample_index, "text": tok.decode(out.token_ids, skip_special_tokens=True),
+           "token_ids": out.token_ids, "num_tokens": len(out.token_ids), "finish_reason": out.finish_reason,
+           "reference": prompt.reference, "category": prompt.category}
+    if out.score is not None:
+        rec["score"] = out.score
+    if out.telemetry is not None:
+        rec["telemetry"] = out.telemetry
+    rec.update(out.extra)
+    return rec
 
+
+def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, writer, prompts: list,
+               model, tok, t_start: float) -> dict:
+    """Close generations.jsonl, record the applied chain, score, and write metrics.json last."""
     order = {p.id: k for k, p in enumerate(prompts)}
-    with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
-        _, stats = generate(model, tok, reqs, spec, batch_size=int(cfg.batch_size), record=prep["record"],
-                            progress=bar, on_batch=on_batch)
     writer.close(sort_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
     info["strategy"]["chain"] = stats.chain  # the transforms actually applied, in order
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
@@ -154,14 +152,42 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
 
     metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"])
     try:
-        metrics.update(plan.score(records, model=model, tokenizer=tok, device=prep["device"],
-                                  seed=int(cfg.seed), progress=bool(cfg.progress)))
+        metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
+                                          seed=int(cfg.seed), progress=bool(cfg.progress)))
     except BaseException:
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise
     metrics["wall_time_s"] = time.perf_counter() - t_start
     results.write_json_atomic(run_dir / results.METRICS, metrics)
-    return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records), "strategy": spec.name}
+    return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records),
+            "strategy": info["strategy"]["name"]}
+
+
+def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
+    """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
+    t_start = time.perf_counter()
+    prep = prep or prepare(cfg)
+    spec = prep["spec"]
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
+    prompts = load_prompts(cfg, prep, tok)
+    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
+    by_id = {p.id: p for p in prompts}
+    info = run_info(cfg, prep, spec, prompts, len(reqs))
+    results.write_json_atomic(run_dir / results.RUN_INFO, info)
+
+    writer = results.GenerationsWriter(run_dir)
+
+    def on_batch(idx, outs):
+        writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])
+
+    with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
+        _, stats = generate(model, tok, reqs, spec, batch_size=int(cfg.batch_size), record=prep["record"],
+                            progress=bar, on_batch=on_batch)
+    return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 
 def summarize(res: dict) -> str:
