@@ -74,7 +74,8 @@ def naive_step(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.multinomial(x.softmax(-1), 1, generator=gen)[:, 0]
 
 
-def time_reference_step(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 20, kind: str = "naive") -> float:
+def time_reference_step(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 20,
+                        kind: str = "naive") -> float:
     """Seconds per step for a reference: "naive" (one sort) or "hf" (transformers' warpers)."""
     logits = _logits(batch, vocab, device)
     gen = torch.Generator(device=device).manual_seed(0)

@@ -61,7 +61,8 @@ def process_logits(
         raise NaNLogitsError("logits contain NaN; refusing to transform or sample them")
     b, v = logits.shape
     rows = _rows(b, order, params)
-    chain = LogitsChain.from_rows(rows, vocab_size=v, eos_token_id=eos_token_id, device=logits.device, dtype=logits.dtype)
+    chain = LogitsChain.from_rows(rows, vocab_size=v, eos_token_id=eos_token_id, device=logits.device,
+                                  dtype=logits.dtype)
     state = _state(chain.names, rows, logits, input_ids, attention_mask, prompt_length)
     out = chain(logits, state)
     return (out, chain.names) if return_chain else out

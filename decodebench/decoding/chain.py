@@ -138,7 +138,8 @@ class LogitsChain:
     def __call__(self, logits: Tensor, state: DecodeState) -> Tensor:
         """`[B, V]` float logits -> transformed `[B, V]`, same dtype."""
         if logits.dim() != 2 or logits.shape[0] != len(self.rows) or logits.shape[1] != self.vocab_size:
-            raise ValueError(f"logits {tuple(logits.shape)} do not match the chain ({len(self.rows)}, {self.vocab_size})")
+            raise ValueError(f"logits {tuple(logits.shape)} do not match the chain "
+                             f"({len(self.rows)}, {self.vocab_size})")
         self._nan |= torch.isnan(logits.amax())  # amax propagates NaN: one read pass, no read-back
         tables = Tables(self, state)
         for step in self._steps:

@@ -103,7 +103,8 @@ def test_nan_raises_and_missing_inputs_are_named():
 
 
 def test_chain_nan_flag_is_read_only_on_demand():
-    chain = LogitsChain.from_rows([SamplingParams(do_sample=True, top_k=3)] * 2, vocab_size=V, eos_token_id=None, device="cpu")
+    rows = [SamplingParams(do_sample=True, top_k=3)] * 2
+    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=None, device="cpu")
     state = DecodeState(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long), 1, 0)
     chain(make_logits(2, V, torch.float32, seed=7), state)
     chain.raise_if_nan()

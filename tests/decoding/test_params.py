@@ -42,7 +42,8 @@ def test_bad_values_raise_one_line(kwargs, message):
 
 
 def test_normalisation_keeps_it_hashable():
-    p = SamplingParams(logit_bias={5: 1, 2: -1.5}, bad_words_ids=[[3], 4], order=["top_k", "top_p"], extra={"b": 1, "a": 2})
+    p = SamplingParams(logit_bias={5: 1, 2: -1.5}, bad_words_ids=[[3], 4], order=["top_k", "top_p"],
+                       extra={"b": 1, "a": 2})
     assert p.logit_bias == ((2, -1.5), (5, 1.0)) and p.bad_words_ids == (3, 4)
     assert p.order == ("top_k", "top_p") and p.extra == (("a", 2.0), ("b", 1.0))
     assert hash(p) == hash(p.replace())

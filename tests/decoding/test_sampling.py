@@ -101,7 +101,7 @@ def test_same_request_same_tokens_whatever_the_batch():
     assert got[("prompt-a", 0)] == alone[("prompt-a", 0)] and got[("prompt-b", 3)] == alone[("prompt-b", 3)]
     assert alone[("prompt-a", 0)] != alone[("prompt-a", 1)]  # another sample index, another sample
     other_seed = _generate([a, b], seed=43, steps=8)
-    assert other_seed[("prompt-a", 0)] != alone[("prompt-a", 0)] or other_seed[("prompt-b", 3)] != alone[("prompt-b", 3)]
+    assert (other_seed[("prompt-a", 0)], other_seed[("prompt-b", 3)]) != (alone[("prompt-a", 0)], alone[("prompt-b", 3)])
 
 
 def test_greedy_and_temperature_zero_rows_take_the_argmax():
