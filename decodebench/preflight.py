@@ -40,6 +40,11 @@ def _flag_free(args: list[str]) -> tuple[list[str], bool]:
     return out, multirun
 
 
+def add_grid_keys(overrides: list[str]) -> list[str]:
+    """`sweep.grid.<param>=[...]` may name a parameter the sweep file lacks: add-or-override (Hydra's `++`)."""
+    return ["++" + a if a.startswith("sweep.grid.") and "=" in a else a for a in overrides]
+
+
 def unknown_option(args: list[str]) -> Optional[str]:
     for a in args:
         if "=" not in a:
@@ -108,6 +113,7 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
 def compose_checked(args: list[str], config_name: str = "config", prepare=None):
     """(cfg, None) or (None, one-line error). `prepare(cfg)` runs the checks that need no model."""
     overrides, multirun = _flag_free(args)
+    overrides = add_grid_keys(overrides)
     err = unknown_option(overrides)
     if err:
         return None, err

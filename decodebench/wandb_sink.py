@@ -50,3 +50,28 @@ def log_run(cfg, run_dir: str | os.PathLike, metrics: dict, records: list[dict],
     except Exception as e:  # noqa: BLE001 - logging is best effort; local results already exist
         log.warning("W&B logging failed (%s: %s); local results are in %s", type(e).__name__, e, run_dir)
         return None
+
+
+def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: list, *,
+              group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
+              config: Optional[dict] = None) -> Optional[str]:
+    """Log one table as a W&B run of its own (a sweep's leaderboard); returns the W&B run dir or None."""
+    lcfg = cfg.logger
+    if lcfg.name == "none" or lcfg.mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run = wandb.init(project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(run_dir),
+                         group=group or lcfg.group, job_type=job_type, name=name, tags=list(lcfg.tags),
+                         config=config, reinit="finish_previous")
+        try:
+            run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+            path = run.dir
+        finally:
+            run.finish()
+        return str(Path(path).parent)
+    except Exception as e:  # noqa: BLE001 - logging is best effort; local results already exist
+        log.warning("W&B logging failed (%s: %s); local results are in %s", type(e).__name__, e, run_dir)
+        return None

@@ -1,0 +1,140 @@
+"""The `sweep` verb: a strategy's grid in one process, one model load, fused batches (docs/sweeps.md).
+
+    python -m decodebench strategy=topp sweep [sweep.grid.top_p=[0.5,0.9]] [sweep.seeds=[0,1]]
+                                              [sweep.dir=PATH] [sweep.fuse=N] [any run override]
+
+Writes under the sweep directory (default outputs/sweeps/<date>/<time>-<strategy>):
+
+    sweep.json                 the grid, the points, the fingerprint of the settings that are not swept
+    <point>/                   e.g. top_p=0.8,temperature=0.7,seed=0: exactly a run directory
+        config.yaml run.json generations.jsonl metrics.json   (error.json + error.txt when it failed)
+    leaderboard.md .csv .html  over every point in the directory
+
+Started again with the same `sweep.dir`, it skips complete points and finishes the others (resume).
+Bad input is one line on stderr and exit 2 before the model loads; exit 1 when a point failed (its
+error.json says why; the other points are still run); 130 when interrupted. The last stdout line is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from decodebench import preflight, runner
+from decodebench.config import ConfigError
+from decodebench.sweep_exec import Context, run_points
+from decodebench.sweep_plan import Plan, claim_dir, default_dir, make_plan
+
+log = logging.getLogger("decodebench")
+
+
+def _fail(msg: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_args(argv: list[str]) -> Optional[str]:
+    """The sweep verb takes overrides only: Hydra's flags and hydra.* settings belong to `-m` multiruns."""
+    for a in argv:
+        if a in ("-m", "--multirun"):
+            return ("sweep: -m/--multirun is Hydra's multirun; the sweep verb runs the grid in sweep.grid "
+                    "(e.g. sweep.grid.top_p=[0.8,0.9]); use one or the other")
+        if a.startswith("-"):
+            return f"sweep: unexpected flag {a!r}; the sweep verb takes key=value overrides only"
+        if a.lstrip("+~").startswith(("hydra.", "hydra/")):
+            return f"sweep: {a.split('=', 1)[0]} is a Hydra setting, not used by the sweep verb; set its directory with sweep.dir=PATH"
+    return None
+
+
+def _prepare_and_plan(cfg: DictConfig) -> dict:
+    prep = runner.prepare(cfg)
+    make_plan(cfg)
+    return prep
+
+
+def sweep_dir_of(cfg: DictConfig, plan: Plan) -> Path:
+    return Path(str(cfg.sweep.dir)) if cfg.sweep.dir else default_dir(plan.strategy)
+
+
+def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None) -> dict:
+    """Run the grid of a composed config; returns {"sweep_dir", "points", "complete", "failed", ...}.
+
+    Raises ConfigError (one line) on bad input, before the model loads."""
+    t0 = time.perf_counter()
+    plan = make_plan(cfg)
+    sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
+    prep = runner.prepare(cfg)
+    claim_dir(sdir, plan)
+    log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
+    model, tok = runner.get_model(cfg.model, prep["device"], prep["dtype"])
+    prompts = runner.load_prompts(cfg, prep, tok)
+    ids = runner.encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
+    ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
+    run_points(ctx, cfg.sweep.fuse)
+    board = write_board(ctx) if cfg.sweep.leaderboard else None
+    return {"sweep_dir": str(sdir), "strategy": plan.strategy, "points": len(plan.points),
+            "complete": [r["run_dir"] for r in ctx.done], "failed": ctx.failed,
+            "skipped": len(plan.points) - len(ctx.done) - len(ctx.failed), "leaderboard": board,
+            "wall_time_s": time.perf_counter() - t0}
+
+
+def write_board(ctx: Context) -> Optional[dict]:
+    """leaderboard.{md,csv,html} over the sweep directory, and the same table to W&B."""
+    from decodebench import wandb_sink
+    from decodebench.report import OUTPUTS, write_leaderboard
+
+    try:
+        res = write_leaderboard(ctx.sweep_dir)
+    except ValueError as e:  # e.g. no point finished
+        log.warning("sweep: no leaderboard: %s", e)
+        return None
+    rows = res["rows"]
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cfg = ctx.plan.cfg
+    wandb_sink.log_table(cfg, ctx.sweep_dir, "leaderboard", cols, [[r.get(c) for c in cols] for r in rows],
+                         group=cfg.logger.group or ctx.group_name, job_type=f"{ctx.plan.strategy}-leaderboard",
+                         name=f"{ctx.plan.strategy}:leaderboard", config={"sweep": ctx.plan.grid})
+    return {k: res[k] for k in OUTPUTS}
+
+
+def summarize(res: dict) -> str:
+    lines = [f"sweep {res['strategy']}: {res['points']} points: {len(res['complete'])} run, {res['skipped']} "
+             f"already complete, {len(res['failed'])} failed, in {res['wall_time_s']:.1f} s"]
+    lines += [f"  failed: {f['point']}: {f['error']}" for f in res["failed"]]
+    if res["leaderboard"]:
+        lines.append(f"leaderboard: {res['leaderboard']['markdown']}")
+    lines.append(f"results: {res['sweep_dir']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> dict:
+    logging.getLogger("decodebench").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    err = check_args(argv)
+    if err:
+        _fail(err)
+    cfg, err = preflight.compose_checked(argv, prepare=_prepare_and_plan)
+    if err:
+        _fail(err)
+    where = sweep_dir_of(cfg, make_plan(cfg))
+    try:
+        res = run_sweep(cfg, where)
+    except ConfigError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        print(f"\nsweep interrupted; finished rows and points are kept. Resume with the same command and "
+              f"sweep.dir={where}", file=sys.stderr)
+        sys.exit(130)
+    print(summarize(res))
+    print(json.dumps({k: res[k] for k in ("sweep_dir", "points", "complete", "failed", "skipped", "leaderboard")}),
+          flush=True)
+    if res["failed"]:
+        sys.exit(1)
+    return res

@@ -1,0 +1,225 @@
+"""Running a sweep's plan: one model load, fused batches, one result directory per point, resume.
+
+Fused: the rows of every point in a fusion group go through the engine together, `batch_size` rows of each
+point per forward (so a fused batch holds the same prompts, padded to the same width, as the point's own
+batch would). Each row carries its point's settings and seed, and a row's tokens do not depend on its
+batch-mates, so every point's generations equal that point run alone.
+
+What is never lost. Rows are appended to each point's `generations.partial.jsonl` as soon as their batch
+is done. A point is complete iff its `metrics.json` exists (written last, atomically). A sweep started
+again with the same `sweep.dir` skips complete points and, for the others, keeps the rows already on disk
+and generates only the missing ones. So an interrupted fused sweep loses at most the batch in flight and
+the scoring of the points that were not scored yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from decodebench import results, runner
+from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
+from decodebench.sweep_plan import Plan, Point
+
+log = logging.getLogger("decodebench")
+
+ERROR = "error.json"
+
+
+class ResumeWriter(results.GenerationsWriter):
+    """GenerationsWriter that starts from the rows already on disk instead of an empty file."""
+
+    def __init__(self, run_dir: Path, keep: list[dict]):  # noqa: D107 - no super(): it would truncate
+        self.dir = Path(run_dir)
+        self.partial = self.dir / results.PARTIAL
+        tmp = self.dir / f".{results.PARTIAL}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:  # rewritten whole: drops a line torn by a kill
+            for r in keep:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        tmp.replace(self.partial)
+        self.f = open(self.partial, "a", encoding="utf-8")
+
+
+def read_partial(run_dir: Path) -> list[dict]:
+    """Rows of an unfinished point; a last line cut short by a kill is dropped."""
+    path = run_dir / results.PARTIAL
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+@dataclass
+class PointRun:
+    """One point being generated: its rows still to do, its writer, what it has generated so far."""
+
+    point: Point
+    dir: Path
+    prep: dict
+    info: dict
+    todo: dict  # (prompt_id, sample_index) -> Request
+    writer: ResumeWriter
+    t_start: float
+    tokens: int = 0  # generated in this attempt
+    prompt_tokens: int = 0
+    rows: int = 0
+
+
+@dataclass
+class Context:
+    plan: Plan
+    sweep_dir: Path
+    prep: dict
+    model: object
+    tok: object
+    prompts: list
+    ids: dict
+    group_name: str
+    done: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+
+def write_error(ctx: Context, p: Point, exc: BaseException) -> None:
+    d = ctx.sweep_dir / p.name
+    msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+    results.write_json_atomic(d / ERROR, {"error": msg, "point": p.settings})
+    (d / "error.txt").write_text("".join(traceback.format_exception(exc)))
+    log.error("sweep: point %s failed: %s (the other points go on)", p.name, msg)
+    ctx.failed.append({"point": p.name, "error": msg})
+
+
+def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
+    d = ctx.sweep_dir / p.name
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in (ERROR, "error.txt", "metrics.partial.json"):
+        (d / stale).unlink(missing_ok=True)
+    (d / "config.yaml").write_text(OmegaConf.to_yaml(p.cfg, resolve=True))
+    chat = bool(p.cfg.dataset.chat_template)
+    reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids)
+    todo = {(r.prompt_id, r.sample_index): r for r in reqs}
+    keep = [r for r in read_partial(d) if todo.pop((r.get("prompt_id"), r.get("sample_index")), None) is not None]
+    info = runner.run_info(p.cfg, ctx.prep, p.spec, ctx.prompts, len(reqs))
+    info["sweep"] = {"dir": str(ctx.sweep_dir), "point": p.name, "fused_with": fused_with, "resumed_rows": len(keep)}
+    results.write_json_atomic(d / results.RUN_INFO, info)
+    return PointRun(p, d, {**ctx.prep, "spec": p.spec}, info, todo, ResumeWriter(d, keep), time.perf_counter())
+
+
+def point_stats(pr: PointRun, group: BatchStats, chain: list) -> BatchStats:
+    """A fused point's share of the group's statistics: its own rows and tokens, and the fused batches'
+    time and forward passes in proportion to its tokens (so tokens_per_s is the fused throughput)."""
+    share = pr.tokens / group.generated_tokens if group.generated_tokens else 0.0
+    return replace(group, rows=pr.rows, prompt_tokens=pr.prompt_tokens, generated_tokens=pr.tokens,
+                   decode_s=group.decode_s * share, forward_passes=group.forward_passes * share,
+                   tokens_processed=group.tokens_processed * share, chain=chain)
+
+
+def point_chain(ctx: Context, p: Point) -> list:
+    """The transforms the point's own rows apply (a fused batch's chain is the union over its points)."""
+    from decodebench.decoding.chain import LogitsChain
+
+    vocab = ctx.model.get_output_embeddings().weight.shape[0]
+    return list(LogitsChain.from_rows([p.spec.params], vocab_size=vocab, eos_token_id=eos_ids(ctx.model, ctx.tok),
+                                      device="cpu").names)
+
+
+def run_group(ctx: Context, group: list[Point]) -> None:
+    """Generate a fusion group's missing rows together, then score and write each point on its own.
+
+    Raises if generation fails (the caller retries the points one by one); a point that fails in scoring
+    gets its error.json and the others are still written."""
+    names = [p.name for p in group]
+    runs = [start_point(ctx, p, [n for n in names if n != p.name]) for p in group]
+    by_id = {p.id: p for p in ctx.prompts}
+    fused: list[Request] = []
+    owner: list[PointRun] = []
+    for p in ctx.prompts:  # prompt-major: a fused batch holds the same prompts for every point
+        for s in range(group[0].spec.num_return_sequences):
+            for pr in runs:
+                r = pr.todo.get((p.id, s))
+                if r is not None:
+                    fused.append(r)
+                    owner.append(pr)
+
+    def on_batch(idx, outs):
+        per: dict[int, list] = {}
+        for i, o in zip(idx, outs):
+            pr, r = owner[i], fused[i]
+            per.setdefault(id(pr), []).append(runner.make_record(r, by_id[r.prompt_id], o, ctx.tok))
+            pr.tokens += len(o.token_ids)
+            pr.prompt_tokens += len(r.prompt_ids)
+            pr.rows += 1
+        for pr in runs:
+            if id(pr) in per:
+                pr.writer.write(per[id(pr)])
+
+    stats = BatchStats()
+    if fused:
+        label = f"{ctx.plan.strategy}: {len(group)} point{'s' * (len(group) > 1)}"
+        bs = int(ctx.plan.cfg.batch_size) * len(group)
+        try:
+            with runner._progress(len(fused), bool(ctx.plan.cfg.progress), label) as bar:
+                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, batch_size=bs,
+                                    record=ctx.prep["record"], progress=bar, on_batch=on_batch)
+        except BaseException:
+            for pr in runs:  # every finished batch is already flushed to disk
+                pr.writer.f.close()
+            raise
+    for pr in runs:
+        try:
+            chain = stats.chain if len(group) == 1 and fused else point_chain(ctx, pr.point)
+            res = runner.finish_run(pr.point.cfg, pr.dir, pr.prep, pr.info, point_stats(pr, stats, chain),
+                                    pr.writer, ctx.prompts, ctx.model, ctx.tok, pr.t_start)
+        except Exception as e:  # noqa: BLE001 - one point's scoring failure must not stop the others
+            write_error(ctx, pr.point, e)
+            continue
+        ctx.done.append(res)
+        log_point(ctx, pr.point, res)
+
+
+def log_point(ctx: Context, p: Point, res: dict) -> None:
+    from decodebench import wandb_sink
+
+    cfg = p.cfg
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+        return
+    res["wandb_dir"] = wandb_sink.log_run(cfg, res["run_dir"], res["metrics"], results.read_generations(res["run_dir"]),
+                                          group=cfg.logger.group or ctx.group_name, job_type=ctx.plan.strategy,
+                                          name=f"{ctx.plan.strategy}:{p.name}")
+
+
+def run_points(ctx: Context, fuse: Optional[int]) -> None:
+    """Every incomplete point, group by group; a failed fused group is retried one point at a time."""
+    todo = [p for p in ctx.plan.points if not results.is_complete(ctx.sweep_dir / p.name)]
+    skipped = len(ctx.plan.points) - len(todo)
+    if skipped:
+        log.info("sweep: %d of %d points already complete in %s; running the other %d", skipped,
+                 len(ctx.plan.points), ctx.sweep_dir, len(todo))
+    plan_todo = replace(ctx.plan, points=todo)
+    for group in plan_todo.groups(fuse):
+        try:
+            run_group(ctx, group)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory in a fused batch
+            if len(group) == 1:
+                write_error(ctx, group[0], e)
+                continue
+            log.warning("sweep: fused generation of %d points failed (%s: %s); running them one at a time, "
+                        "keeping the rows already written", len(group), type(e).__name__, e)
+            for p in group:
+                if results.is_complete(ctx.sweep_dir / p.name):
+                    continue
+                try:
+                    run_group(ctx, [p])
+                except Exception as e1:  # noqa: BLE001
+                    write_error(ctx, p, e1)
