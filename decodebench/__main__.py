@@ -26,6 +26,15 @@ def split_verb(argv: list[str]) -> tuple[str, list[str]]:
     return "run", argv
 
 
+# Open-ended maps: keys here are chosen by the user (a plugin transform's parameter, a scorer option),
+# so an override may add them; Hydra wants "++" for that, which nobody should have to remember.
+OPEN_KEYS = ("strategy.extra.", "scorers.")
+
+
+def open_keys(args: list[str]) -> list[str]:
+    return [f"++{a}" if a.startswith(OPEN_KEYS) and "=" in a else a for a in args]
+
+
 def fail(msg: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -34,6 +43,7 @@ def fail(msg: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb, rest = split_verb(argv)
+    rest = open_keys(rest)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from decodebench import preflight
 

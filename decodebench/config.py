@@ -103,6 +103,7 @@ class Config:
     dtype: str = "auto"
     record: List[str] = field(default_factory=list)  # per-step telemetry fields, or ["all"]
     progress: bool = True
+    plugins: List[str] = field(default_factory=list)  # modules that register transforms, criteria, scorers
 
 
 @dataclass

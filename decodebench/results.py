@@ -23,14 +23,14 @@ RECORD_FIELDS = ("prompt_id", "prompt", "prompt_token_ids", "sample_index", "tex
                  "num_tokens", "finish_reason", "reference")
 
 
-def _clean(v: Any) -> Any:
+def clean(v: Any) -> Any:
     """JSON has no NaN/inf: write them as null rather than invalid JSON."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: clean(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [clean(x) for x in v]
     return v
 
 
@@ -40,7 +40,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, sort_keys=False)
+            json.dump(clean(obj), f, indent=2, sort_keys=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -62,7 +62,7 @@ class GenerationsWriter:
 
     def write(self, records: Iterable[dict]) -> None:
         for r in records:
-            self.f.write(json.dumps(_clean(r), ensure_ascii=False) + "\n")
+            self.f.write(json.dumps(clean(r), ensure_ascii=False) + "\n")
         self.f.flush()
 
     def close(self, sort_key=None) -> Path:

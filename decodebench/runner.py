@@ -38,8 +38,13 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
 
 def prepare(cfg: DictConfig) -> dict:
     """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source."""
+    from decodebench.plugins import load_plugins
     from decodebench.scorers import resolve_scorers
 
+    try:
+        load_plugins(cfg.get("plugins") or ())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     spec = validate(cfg)
     try:
         record = check_fields(cfg.record)
@@ -199,4 +204,4 @@ def summarize(res: dict) -> str:
 
 
 def machine_line(res: dict) -> str:
-    return json.dumps({"run_dir": res["run_dir"], "metrics": res["metrics"]}, sort_keys=True)
+    return json.dumps(results.clean({"run_dir": res["run_dir"], "metrics": res["metrics"]}), sort_keys=True)

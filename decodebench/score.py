@@ -94,7 +94,7 @@ def hydra_main(cfg: DictConfig) -> None:
                       if isinstance(m.get(k), (int, float)))
     print(f"decodebench score: {res['num_records']} generations from {res['generations']}; {shown}\n"
           f"results: {res['run_dir']}")
-    print(json.dumps({"run_dir": res["run_dir"], "metrics": m}, sort_keys=True), flush=True)
+    print(json.dumps(results.clean({"run_dir": res["run_dir"], "metrics": m}), sort_keys=True), flush=True)
 
 
 def main(args: list[str]) -> None:
