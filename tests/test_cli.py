@@ -79,3 +79,22 @@ def test_wandb_failure_never_costs_results(tmp_path, monkeypatch):
     cfg = compose(["model=tiny", "dataset.limit=2", "strategy.max_new_tokens=3", "progress=false", "scorers=text"])
     res = run(cfg, str(tmp_path / "run"))
     assert res["wandb_dir"] is None and results.is_complete(res["run_dir"])
+
+
+def test_samples_do_not_depend_on_batch_size(tmp_path, embedded):
+    common = ["strategy=topp", "strategy.top_p=0.9", "seed=1", "dataset.limit=8", "strategy.max_new_tokens=20",
+              "logger=none", "device=cpu", "dtype=float32", "progress=false", "scorers=text"]
+    a = results.read_generations(run(compose(common + ["batch_size=8"]), str(tmp_path / "b8"))["run_dir"])
+    b = results.read_generations(run(compose(common + ["batch_size=3"]), str(tmp_path / "b3"))["run_dir"])
+    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b]
+    assert len({tuple(r["token_ids"]) for r in a}) == len(a)  # real samples, not one repeated output
+
+
+def test_num_return_sequences_gives_indexed_distinct_samples(tmp_path):
+    cfg = compose(["model=tiny", "strategy=sample", "strategy.num_return_sequences=3", "dataset.limit=2",
+                   "strategy.max_new_tokens=6", "logger=none", "progress=false", "scorers=text"])
+    recs = results.read_generations(run(cfg, str(tmp_path / "r"))["run_dir"])
+    assert [(r["prompt_id"], r["sample_index"]) for r in recs] == [
+        (recs[0]["prompt_id"], 0), (recs[0]["prompt_id"], 1), (recs[0]["prompt_id"], 2),
+        (recs[3]["prompt_id"], 0), (recs[3]["prompt_id"], 1), (recs[3]["prompt_id"], 2)]
+    assert len({tuple(r["token_ids"]) for r in recs[:3]}) == 3

@@ -186,7 +186,6 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
     chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size,
                                   eos_token_id=ctx.eos, device=dev)
     keys = request_keys(reqs, dev)
-    do_sample = torch.tensor([r.params.do_sample for r in reqs], device=dev)
     eos = torch.tensor(ctx.eos or [-1], device=dev)
     recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
     done_flag = AsyncFlag(dev)
@@ -203,7 +202,7 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
     for step in range(spec.max_new_tokens):
         state = DecodeState(input_ids=ids, attention_mask=attn, prompt_width=width, step=step)
         processed = chain(logits, state)
-        tok = sample(processed, keys, step, do_sample)
+        tok = sample(processed, keys, step, chain.sample_mode, support=chain.support)
         recorder.on_step(step, logits, processed, tok, ~finished)
         tok = torch.where(finished, torch.full_like(tok, ctx.pad_id), tok)
         chain.update(tok)
