@@ -40,6 +40,16 @@ def _flag_free(args: list[str]) -> tuple[list[str], bool]:
     return out, multirun
 
 
+def search_path(args: list[str]) -> list[str]:
+    """What lets the check see the configs Hydra will: `--config-dir DIR` and `hydra.searchpath=[...]`."""
+    dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
+    dirs += [a.split("=", 1)[1] for a in args if a.startswith(("--config-dir=", "-cd="))]
+    given = [a for a in args if a.startswith("hydra.searchpath=")]
+    if dirs and not given:
+        given = ["hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in dirs) + "]"]
+    return given
+
+
 def add_grid_keys(overrides: list[str]) -> list[str]:
     """`sweep.grid.<param>=[...]` may name a parameter the sweep file lacks: add-or-override (Hydra's `++`)."""
     return ["++" + a if a.startswith("sweep.grid.") and "=" in a else a for a in overrides]
@@ -47,6 +57,8 @@ def add_grid_keys(overrides: list[str]) -> list[str]:
 
 def unknown_option(args: list[str]) -> Optional[str]:
     for a in args:
+        if "=" not in a and a.startswith("~") and len(a) > 1:
+            continue  # Hydra's delete: ~key
         if "=" not in a:
             return f"unexpected argument {a!r}; overrides look like key=value (e.g. strategy=topp)"
         key, val = a.lstrip("+~").split("=", 1)
@@ -117,6 +129,7 @@ def compose_checked(args: list[str], config_name: str = "config", prepare=None):
     err = unknown_option(overrides)
     if err:
         return None, err
+    overrides = search_path(args) + overrides
     if prepare is None:
         from decodebench.runner import prepare
     cfg = None

@@ -67,9 +67,9 @@ def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None) -> dict:
 
     Raises ConfigError (one line) on bad input, before the model loads."""
     t0 = time.perf_counter()
+    prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a point may use
     plan = make_plan(cfg)
     sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
-    prep = runner.prepare(cfg)
     claim_dir(sdir, plan)
     log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
     model, tok = runner.get_model(cfg.model, prep["device"], prep["dtype"])
