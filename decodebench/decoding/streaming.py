@@ -50,7 +50,7 @@ class Streamer:
 
     def __init__(self) -> None:
         self.sent: dict[int, list[int]] = {}  # row -> tokens delivered so far (after revisions)
-        self.ended: set[int] = set()
+        self._ended: set[int] = set()  # rows already closed
         self._prev_done: Optional[list[bool]] = None
 
     # bookkeeping wrappers: methods call these, subclasses override the plain ones
@@ -80,7 +80,7 @@ class Streamer:
         Idempotent: search methods close their batch themselves, the engine closes the others.
         """
         for i, o in enumerate(outputs):
-            if i in self.ended:
+            if i in self._ended:
                 continue
             have = self.sent.get(i, [])
             n = 0
@@ -88,7 +88,7 @@ class Streamer:
                 n += 1
             self.withdraw(i, n)
             self.emit(i, list(o.token_ids[n:]))
-            self.ended.add(i)
+            self._ended.add(i)
             self.end(i)
 
 
