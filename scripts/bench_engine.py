@@ -38,7 +38,7 @@ def hf_tokens(model, tok, texts, spec, batch_size, device) -> int:
     p = spec.params
     kw = dict(do_sample=p.do_sample, max_new_tokens=spec.max_new_tokens, pad_token_id=tok.pad_token_id,
               top_k=p.top_k if p.top_k is not None else 0, top_p=p.top_p, temperature=p.temperature)
-    kw = {k: v for k, v in kw.items() if v is not None}
+    kw = {k: v for k, v in kw.items() if v is not None and (p.do_sample or k not in ("top_k", "top_p", "temperature"))}
     for s in range(0, len(texts), batch_size):
         batch = tok(texts[s: s + batch_size], return_tensors="pt", padding=True).to(device)
         out = model.generate(**batch, **kw)
@@ -61,6 +61,36 @@ def timed(fn, device):
     return n, time.perf_counter() - t
 
 
+def forward_vs_sampling(model, tok, texts, batch: int, device: str, repeats: int = 10) -> dict:
+    """One decode step of the model (batch rows, KV cache of the prompts) against the whole sampling step
+    (temperature 0.7 + top-k 50 + top-p 0.9 chain and the exponential race) on the same batch size."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_sampling import time_sampling_step
+
+    from decodebench.decoding.engine import ModelRunner, pack_left
+
+    prompts = [tok(texts[i % len(texts)])["input_ids"] for i in range(batch)]
+    ids, mask = pack_left(prompts, tok.pad_token_id, device)
+    runner = ModelRunner(model)
+    times = []
+    for _ in range(repeats):
+        logits, cache, _ = runner.prefill(ids, mask)
+        tokens = logits.argmax(-1)
+        m = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        sync(device)
+        t = time.perf_counter()
+        runner.step(tokens, m, cache)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    fwd = sorted(times)[len(times) // 2]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    samp = time_sampling_step(batch, vocab, device, repeats=repeats)
+    return {"batch": batch, "forward_ms": 1000 * fwd, "sampling_ms": 1000 * samp, "sampling_over_forward": samp / fwd}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -70,6 +100,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--strategies", default="greedy,topp")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--step-batch", type=int, default=64, help="batch for the forward-vs-sampling step timing")
     a = ap.parse_args()
     device = models.pick_device(a.device)
     dtype = models.pick_dtype(a.dtype, device)
@@ -98,7 +129,10 @@ def main() -> None:
                      "ratio": ratio})
         print(f"  {name:16s} decodebench {best['decodebench']:8.1f} tok/s   generate {best['generate']:8.1f} tok/s"
               f"   ratio {ratio:.2f}x")
-    print(json.dumps({"device": device, "dtype": dtype, "machine": machine, "rows": rows}))
+    step = forward_vs_sampling(model, tok, texts, a.step_batch, device)
+    print(f"  step at batch {step['batch']}: model forward {step['forward_ms']:.1f} ms, sampling step "
+          f"(temperature+top-k+top-p+sample) {step['sampling_ms']:.1f} ms = {step['sampling_over_forward']:.2f}x forward")
+    print(json.dumps({"device": device, "dtype": dtype, "machine": machine, "rows": rows, "step": step}))
 
 
 if __name__ == "__main__":
