@@ -18,7 +18,9 @@ from tests.conftest import compose as _compose
 # batch_size 3 splits a point's rows over batches, which the fused run packs 3 x points at a time.
 BASE = ["model=tiny", "strategy=topp", "dataset.limit=4", "strategy.max_new_tokens=6", "strategy.min_new_tokens=6",
         "strategy.num_return_sequences=2", "batch_size=3", "logger=none", "progress=false", "scorers=text",
-        "scorers.bootstrap.samples=0", "sweep.grid.top_p=[0.5,0.9]", "sweep.grid.temperature=[0.7,1.0]"]
+        "scorers.bootstrap.samples=0", "sweep.grid.top_p=[0.5,0.9]", "sweep.grid.temperature=[0.7,1.0]",
+        "sweep.leaderboard=false"]  # the leaderboard's plots take seconds: on only where a test reads it
+BOARD = "sweep.leaderboard=true"
 
 
 def compose(args):
@@ -47,13 +49,13 @@ def point_dirs(d: Path) -> list[Path]:
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Fails the test if anything loads a model (bad input must be refused before that)."""
-    runner._MODEL_CACHE.clear()
+    """Fails the test if anything gets a model (bad input must be refused before that)."""
 
     def boom(*a, **k):
-        raise AssertionError("a model was loaded")
+        raise AssertionError("a model was asked for")
 
     monkeypatch.setattr(models, "load_model", boom)
+    monkeypatch.setattr(runner, "get_model", boom)
 
 
 def test_plan_points_names_and_groups():
@@ -95,7 +97,8 @@ def test_bad_input_is_one_line_before_the_model(args, expect, tmp_path, capsys, 
 
 
 def test_fused_points_equal_each_point_run_alone(tmp_path, capsys):
-    code, res, err = sweep(BASE + ["sweep.seeds=[0,1]", f"sweep.dir={tmp_path / 's'}"], capsys)
+    args = BASE + [BOARD, "sweep.seeds=[0,1]", f"sweep.dir={tmp_path / 's'}"]
+    code, res, err = sweep(args, capsys)
     assert code == 0, err
     sdir = tmp_path / "s"
     assert len(res["complete"]) == 8 and not res["failed"]
@@ -104,18 +107,17 @@ def test_fused_points_equal_each_point_run_alone(tmp_path, capsys):
     plan = make_plan(compose(BASE + ["sweep.seeds=[0,1]"]))
     info = json.loads((sdir / plan.points[0].name / "run.json").read_text())
     assert len(info["sweep"]["fused_with"]) == 7  # really fused: all 8 points shared batches
-    for p in (plan.points[0], plan.points[3], plan.points[7]):
-        alone = tmp_path / f"alone-{p.name}"
-        runner.execute(compose(BASE + ["sweep.seeds=[0,1]", f"sweep.dir={tmp_path / 's'}"] + p.overrides()), alone)
-        got, want = tokens(sdir / p.name), tokens(alone)
-        assert len(got) == 8 and got == want, p.name
-        assert (sdir / p.name / "config.yaml").read_text() == (alone / "config.yaml").read_text()
+    p = plan.points[3]  # run alone from the command line's overrides
+    alone = runner.execute(compose(args + p.overrides()), tmp_path / "alone")["run_dir"]
+    got = tokens(sdir / p.name)
+    assert len(got) == 8 and got == tokens(alone)
+    assert (sdir / p.name / "config.yaml").read_text() == (Path(alone) / "config.yaml").read_text()
     # the two seeds of a setting differ, so seeds really reach the rows
     assert tokens(sdir / plan.points[0].name) != tokens(sdir / plan.points[1].name)
-    # the point's config.yaml, run as it stands, reproduces the point
+    # a point's config.yaml, run as it stands, reproduces the point
     from omegaconf import OmegaConf
 
-    p = plan.points[5]
+    p = plan.points[6]
     again = runner.execute(OmegaConf.load(sdir / p.name / "config.yaml"), tmp_path / "again")
     assert tokens(again["run_dir"]) == tokens(sdir / p.name)
 
@@ -160,20 +162,22 @@ def test_interrupted_sweep_resumes_without_losing_rows(tmp_path, capsys, monkeyp
     assert stamps == {d.name: (d / "metrics.json").stat().st_mtime_ns for d in dirs}
 
 
-def test_a_sweep_dir_of_another_configuration_is_refused(tmp_path, capsys):
+def test_a_sweep_dir_of_another_configuration_is_refused(tmp_path, capsys, monkeypatch):
     sdir = tmp_path / "s"
     assert sweep(BASE + [f"sweep.dir={sdir}", "~sweep.grid.temperature"], capsys)[0] == 0
-    runner._MODEL_CACHE.clear()  # refused before any model loads: nothing to reuse
-    code, _, err = sweep(BASE + [f"sweep.dir={sdir}", "~sweep.grid.temperature", "strategy.max_new_tokens=5"], capsys)
+    with monkeypatch.context() as m:  # refused before any model is asked for
+        m.setattr(runner, "get_model", lambda *a, **k: pytest.fail("a model was asked for"))
+        code, _, err = sweep(BASE + [f"sweep.dir={sdir}", "~sweep.grid.temperature", "strategy.max_new_tokens=5"],
+                             capsys)
     assert code == 2 and "different configuration" in err and "strategy.max_new_tokens: 6 there, 5 now" in err
-    assert not runner._MODEL_CACHE
     # the same settings with more grid values: only the new points run
     code, res, err = sweep(BASE + [f"sweep.dir={sdir}", "~sweep.grid.temperature", "sweep.grid.top_p=[0.5,0.9,0.95]"],
                            capsys)
     assert code == 0 and res["skipped"] == 2 and len(res["complete"]) == 1, err
     # a directory holding a plain run is not a sweep
     other = tmp_path / "run"
-    runner.execute(compose(BASE), other / "r")
+    (other / "r").mkdir(parents=True)
+    (other / "r" / "metrics.json").write_text("{}")
     code, _, err = sweep(BASE + [f"sweep.dir={other}"], capsys)
     assert code == 2 and "not a decodebench sweep" in err
 
@@ -188,7 +192,7 @@ def test_a_failing_point_is_reported_and_the_others_finish(tmp_path, capsys, mon
 
     monkeypatch.setattr(sweep_exec, "generate", oom)
     sdir = tmp_path / "s"
-    code, res, err = sweep(BASE + [f"sweep.dir={sdir}"], capsys)
+    code, res, err = sweep(BASE + [BOARD, f"sweep.dir={sdir}"], capsys)
     assert code == 1
     assert len(res["complete"]) == 3 and [f["point"] for f in res["failed"]] == ["top_p=0.5,temperature=1,seed=0"]
     e = json.loads((sdir / "top_p=0.5,temperature=1,seed=0" / "error.json").read_text())
@@ -225,8 +229,8 @@ def test_wandb_one_run_per_point_grouped_and_the_leaderboard_table(tmp_path, cap
                                  Table=lambda columns, data: ("table", columns, data))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     sdir = tmp_path / "s"
-    code, _, err = sweep([a for a in BASE if a != "logger=none"] + [f"sweep.dir={sdir}", "~sweep.grid.temperature"],
-                         capsys)
+    code, _, err = sweep([a for a in BASE if a != "logger=none"] + [BOARD, f"sweep.dir={sdir}",
+                                                                     "~sweep.grid.temperature"], capsys)
     assert code == 0, err
     points = [kw for kw in inits if kw["job_type"] == "topp"]
     assert [kw["name"] for kw in points] == ["topp:top_p=0.5,seed=0", "topp:top_p=0.9,seed=0"]
