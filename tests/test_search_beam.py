@@ -92,6 +92,7 @@ def test_beam_equals_generate(nb, n, lp, es):
     (dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=2)),
     (dict(min_new_tokens=5), dict(min_new_tokens=5)),
     (dict(bad_words_ids=[70, 71]), dict(bad_words_ids=[[70], [71]])),
+    (dict(logit_bias={70: 3.0, 117: -2.0}), dict(sequence_bias={(70,): 3.0, (117,): -2.0})),
 ])
 def test_beam_with_transforms_equals_generate(extra, hf_kw):
     model, tok = peaky_tiny()

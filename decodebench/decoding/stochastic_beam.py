@@ -109,8 +109,8 @@ def stochastic_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) ->
         why = torch.where(ends, code, gather_beams(why, parent))
         alive = was_alive & ~ends & ~torch.isneginf(top_G)
         seq, G = cand, top_G
-        if stream is not None:
-            stream.step(t, seq, None, None, None)
+        if stream is not None:  # finished samples count with their lengths, not their padding
+            stream.step(t, torch.where(alive[:, :, None], seq, seq[:, :1]), seq, length, ~alive)
         steps = t + 1
         flag.push(~alive.any())
         if last >= 0 or flag.ready_and_true():
