@@ -180,3 +180,15 @@ def test_beam_equals_generate_on_embedded_model(embedded, cfg_of):
     assert [o.token_ids for o in outs] == ref
     assert [o.score for o in outs] == ref_scores
     assert stats.forward_passes == stats.steps  # prefill + (steps - 1) decode forwards
+
+
+@pytest.mark.parametrize("d", [
+    dict(method="contrastive", top_k=3, penalty_alpha=0.5),
+    dict(method="diverse_beam", num_beams=4, num_beam_groups=2, diversity_penalty=1.0, num_return_sequences=2),
+    dict(method="stochastic_beam", do_sample=True, num_beams=3, num_return_sequences=3),
+])
+def test_max_time_ends_every_search_method(d):
+    model, tok = peaky_tiny()
+    outs, _ = run(model, tok, TEXTS, dict(max_new_tokens=12, max_time=1e-9, **d))
+    assert all(len(o.token_ids) == 1 and o.finish_reason in ("time", "eos") for o in outs)
+    assert "time" in {o.finish_reason for o in outs}

@@ -96,7 +96,7 @@ def diverse_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) -> Hy
             parent, tok = top_i // V, top_i % V
             cand = gather_beams(run_seq[:, sl], parent)
             cand[:, :, t] = tok
-            why = end_codes(ctx, tok, cand, t, -1)
+            why = end_codes(ctx, rows.eos, tok, cand, t, -1)
             ends = why >= 0
             done_g = g_done[:, g]
 

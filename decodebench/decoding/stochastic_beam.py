@@ -103,7 +103,7 @@ def stochastic_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) ->
         flat = (base + parent) * V + tok  # the parent's row, the chosen token
         phi = gather_beams(phi, parent) + torch.where(was_alive, lq.view(-1)[flat], 0.0)
         raw = gather_beams(raw, parent) + torch.where(was_alive, lp_raw.view(-1)[flat], 0.0)
-        code = end_codes(ctx, tok, cand, t, last)
+        code = end_codes(ctx, rows.eos, tok, cand, t, last)
         ends = was_alive & (code >= 0)
         length = torch.where(was_alive, t + 1, gather_beams(length, parent))
         why = torch.where(ends, code, gather_beams(why, parent))
