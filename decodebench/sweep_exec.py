@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from decodebench import results, runner
 from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
 from decodebench.sweep_plan import Plan, Point
+from decodebench.sweep_prefill import SharedPrefill
 
 log = logging.getLogger("decodebench")
 
@@ -164,19 +165,21 @@ def run_group(ctx: Context, group: list[Point]) -> None:
             if id(pr) in per:
                 pr.writer.write(per[id(pr)])
 
-    stats = BatchStats()
+    stats, model = BatchStats(), ctx.model
     if fused:
         label = f"{ctx.plan.strategy}: {len(group)} point{'s' * (len(group) > 1)}"
         bs = int(ctx.plan.cfg.batch_size) * len(group)
+        model = SharedPrefill(ctx.model) if len(group) > 1 else ctx.model  # a prompt's prefill once, not per point
         try:
             with runner._progress(len(fused), bool(ctx.plan.cfg.progress), label) as bar:
-                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, batch_size=bs,
+                _, stats = generate(model, ctx.tok, fused, group[0].spec, batch_size=bs,
                                     record=ctx.prep["record"], progress=bar, on_batch=on_batch)
         except BaseException:
             for pr in runs:  # every finished batch is already flushed to disk
                 pr.writer.f.close()
             raise
     for pr in runs:
+        pr.info["sweep"]["prefill_rows_shared"] = getattr(model, "saved_rows", 0) if fused else 0
         try:
             chain = stats.chain if len(group) == 1 and fused else point_chain(ctx, pr.point)
             res = runner.finish_run(pr.point.cfg, pr.dir, pr.prep, pr.info, point_stats(pr, stats, chain),
