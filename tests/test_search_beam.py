@@ -15,6 +15,16 @@ from decodebench.decoding.strategies import build_strategy
 TEXTS = ["a", "hello world, this is longer", "xyz", "0123456789" * 2, "q", "The cat"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tests run small matrices: a second OpenMP thread buys nothing, and on a busy 2-core machine its
+    spin-waits made them 8x slower. Restored afterwards. (Imported by the other test_search_* modules.)"""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @functools.lru_cache(maxsize=None)
 def peaky_tiny():
     """The tiny Llama with a peaked output layer (max prob ~0.7) and EOS made likely (~20% at a step).

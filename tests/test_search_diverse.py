@@ -9,7 +9,7 @@ import torch
 
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.strategies import build_strategy
-from tests.test_search_beam import TEXTS, peaky_tiny
+from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 
 class RefHyps:

@@ -12,7 +12,7 @@ from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.sampling import row_keys
 from decodebench.decoding.stochastic_beam import gumbel
 from decodebench.decoding.strategies import build_strategy
-from tests.test_search_beam import TEXTS, peaky_tiny
+from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 
 @torch.inference_mode()
