@@ -86,7 +86,8 @@ def main() -> None:
     machine = (torch.cuda.get_device_name() if device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"beam search, decodebench vs transformers generate: {len(texts)} prompts, {a.batch_size} per batch, "
-          f"{a.num_beams} beams, {a.max_new_tokens} new tokens, {device} {dtype} ({machine}), torch {torch.__version__}")
+          f"{a.num_beams} beams, {a.max_new_tokens} new tokens, {device} {dtype} ({machine}), "
+          f"torch {torch.__version__}")
     warm = argparse.Namespace(**{**vars(a), "max_new_tokens": 2})
     run_ours(model, tok, texts[:2], warm)
     run_generate(model, tok, texts[:2], warm, device)
@@ -108,10 +109,10 @@ def main() -> None:
             best.update(decodebench_s=t_ours, ours_forwards=stats.forward_passes, ours_tokens=stats.tokens_processed)
         if "generate_s" not in best or t_hf < best["generate_s"]:
             best.update(generate_s=t_hf, hf_forwards=counter.calls, hf_tokens=counter.tokens)
-    n_tok = sum(len(o) for o in ours)
+    n_ours, n_ref = sum(len(o) for o in ours), sum(len(o) for o in ref)
     row = {
         "decodebench_s": best["decodebench_s"], "generate_s": best["generate_s"],
-        "decodebench_tok_s": n_tok / best["decodebench_s"], "generate_tok_s": sum(len(o) for o in ref) / best["generate_s"],
+        "decodebench_tok_s": n_ours / best["decodebench_s"], "generate_tok_s": n_ref / best["generate_s"],
         "speedup": best["generate_s"] / best["decodebench_s"],
         "forward_passes": {"decodebench": best["ours_forwards"], "generate": best["hf_forwards"]},
         "tokens_processed": {"decodebench": best["ours_tokens"], "generate": best["hf_tokens"]},

@@ -202,3 +202,12 @@ def test_max_time_ends_every_search_method(d):
     outs, _ = run(model, tok, TEXTS, dict(max_new_tokens=12, max_time=1e-9, **d))
     assert all(len(o.token_ids) == 1 and o.finish_reason in ("time", "eos") for o in outs)
     assert "time" in {o.finish_reason for o in outs}
+
+
+@pytest.mark.parametrize("method", ["beam", "diverse_beam", "stochastic_beam"])
+def test_beam_type_methods_refuse_telemetry(method):
+    model, tok = peaky_tiny()
+    with pytest.raises(ValueError, match="record .* not available"):
+        groups = 2 if method == "diverse_beam" else 1
+        run(model, tok, TEXTS[:1], dict(method=method, num_beams=2, num_beam_groups=groups, max_new_tokens=2),
+            record=("entropy",))

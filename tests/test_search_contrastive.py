@@ -72,8 +72,8 @@ def test_contrastive_with_a_transform_and_small_batches():
 def test_alpha_zero_is_greedy():
     model, tok = peaky_tiny()
     a, _ = run(model, tok, TEXTS, dict(top_k=4, penalty_alpha=0.0, max_new_tokens=10))
-    g, _ = generate(model, tok, [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"]) for i, x in enumerate(TEXTS)],
-                    build_strategy({"name": "greedy", "max_new_tokens": 10}), batch_size=64)
+    reqs = [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"]) for i, x in enumerate(TEXTS)]
+    g, _ = generate(model, tok, reqs, build_strategy({"name": "greedy", "max_new_tokens": 10}), batch_size=64)
     assert [o.token_ids for o in a] == [o.token_ids for o in g]
 
 

@@ -169,8 +169,11 @@ def test_text_streamer_factory_passes_requests():
     model, tok = peaky_tiny()
     spec = build_strategy({"name": "s", "method": "contrastive", "top_k": 2, "penalty_alpha": 0.5, "max_new_tokens": 6})
     reqs = [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"], params=spec.params) for i, x in enumerate(TEXTS)]
-    seen = {}
-    outs, _ = generate(model, tok, reqs, spec, batch_size=8,
-                       streamer_factory=text_streamer(tok, lambda r, s: seen.__setitem__(r.prompt_id, seen.get(r.prompt_id, "") + s)))
+    seen: dict[str, str] = {}
+
+    def on_text(r, s):
+        seen[r.prompt_id] = seen.get(r.prompt_id, "") + s
+
+    outs, _ = generate(model, tok, reqs, spec, batch_size=8, streamer_factory=text_streamer(tok, on_text))
     for r, o in zip(reqs, outs):
         assert seen.get(r.prompt_id, "") == tok.decode(o.token_ids, skip_special_tokens=True)

@@ -67,6 +67,12 @@ class Hyps:
     row_extra: Optional[list[list[dict]]] = None  # per prompt, per hypothesis
 
 
+def no_telemetry(ctx: BatchContext, method: str) -> None:
+    """Per-step telemetry follows one row's tokens; a hypothesis is stitched from many rows, so refuse it."""
+    if ctx.record:
+        raise ValueError(f"record (per-step telemetry) is not available for {method}; remove record=[...]")
+
+
 def outputs_for_rows(groups: Prompts, hyps: Hyps, ctx: BatchContext) -> list[Output]:
     outs = []
     for p, k in zip(groups.of_row, groups.rank):
@@ -315,9 +321,11 @@ def _validate(spec: StrategySpec) -> None:
 @torch.inference_mode()
 def beam_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
     """Beam search for one batch of rows (see the module docstring)."""
+    no_telemetry(ctx, "beam search")
     groups = group_prompts(reqs)
     return outputs_for_rows(groups, beam_search(ctx, groups, spec), ctx)
 
 
 beam_batch.validate = _validate  # type: ignore[attr-defined]
+beam_batch.supports_record = False  # type: ignore[attr-defined]
 STRATEGIES.register("beam", beam_batch)

@@ -25,7 +25,8 @@ import time
 import torch
 
 from decodebench.decoding.beam import (BeamRows, Hyps, Prompts, check_common, end_codes, gather_beams,
-                                       group_prompts, make_stream, outputs_for_rows, reason_names, step_is_last)
+                                       group_prompts, make_stream, no_telemetry, outputs_for_rows,
+                                       reason_names, step_is_last)
 from decodebench.decoding.chain import DecodeState, LogitsChain
 from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request
 from decodebench.decoding.stopping import LENGTH
@@ -56,6 +57,7 @@ def diverse_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) -> Hy
                                     eos_token_id=ctx.eos, device=dev) for _ in range(G)]
     stream = make_stream(spec, ctx, groups, P)
     rank = torch.arange(Kg, device=dev)
+    g_ids, g_mask = rows.ids.repeat_interleave(S, 0), rows.mask.repeat_interleave(S, 0)  # a group's prompt block
     base = torch.arange(P, device=dev)[:, None] * nb
 
     run_seq = torch.full((P, nb, L), ctx.pad_id, dtype=torch.long, device=dev)
@@ -88,8 +90,8 @@ def diverse_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) -> Hy
                 freq.scatter_add_(1, current[:, : g * S], torch.ones_like(current[:, : g * S]))
                 lp = lp - pen * freq[:, None, :]
             gen = run_seq[:, sl].reshape(P * S, L)
-            mask = torch.cat([rows.mask.repeat_interleave(S, 0), torch.ones((P * S, t), dtype=rows.mask.dtype, device=dev)], 1)
-            state = DecodeState(torch.cat([rows.ids.repeat_interleave(S, 0), gen[:, :t]], 1), mask, rows.width, t)
+            mask = torch.cat([g_mask, torch.ones((P * S, t), dtype=g_mask.dtype, device=dev)], 1)
+            state = DecodeState(torch.cat([g_ids, gen[:, :t]], 1), mask, rows.width, t)
             lp = chains[g](lp.reshape(P * S, V), state).view(P, S, V)
             acc = (lp + scores[:, sl, None]).view(P, S * V)
             top_s, top_i = torch.topk(acc, Kg, dim=1, largest=True, sorted=True)
@@ -186,9 +188,11 @@ def _validate(spec: StrategySpec) -> None:
 
 @torch.inference_mode()
 def diverse_beam_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
+    no_telemetry(ctx, "diverse beam search")
     groups = group_prompts(reqs)
     return outputs_for_rows(groups, diverse_search(ctx, groups, spec), ctx)
 
 
 diverse_beam_batch.validate = _validate  # type: ignore[attr-defined]
+diverse_beam_batch.supports_record = False  # type: ignore[attr-defined]
 STRATEGIES.register("diverse_beam", diverse_beam_batch)

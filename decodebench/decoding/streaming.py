@@ -277,8 +277,8 @@ class BeamStream:
                     self.on_revise(p, agree)
             if self.deliver is not None and len(out) > agree:
                 self.deliver(p, list(out[agree:]))
-            s = {"stream_rule": self.rule, "stream_emitted": agree, "stream_first_step": first[p] if first[p] >= 0 else None,
-                 "stream_steps": self.steps}
+            s = {"stream_rule": self.rule, "stream_emitted": agree,
+                 "stream_first_step": first[p] if first[p] >= 0 else None, "stream_steps": self.steps}
             if self.rule == "lookahead":
                 s.update(stream_lookahead=self.k, stream_revisions=revisions[p], stream_emitted_total=total[p])
             if self.first_s[p] is not None:
