@@ -49,16 +49,17 @@ class ResumeWriter(results.GenerationsWriter):
 
 
 def read_partial(run_dir: Path) -> list[dict]:
-    """Rows of an unfinished point; a last line cut short by a kill is dropped."""
-    path = run_dir / results.PARTIAL
-    if not path.is_file():
-        return []
+    """Rows of an unfinished point: generations.jsonl when it was closed but not scored, then the partial file
+    (a last line cut short by a kill is dropped). May hold a row twice; the first copy counts."""
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    for path in (run_dir / results.GENERATIONS, run_dir / results.PARTIAL):
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
     return out
 
 

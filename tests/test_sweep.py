@@ -160,6 +160,12 @@ def test_interrupted_sweep_resumes_without_losing_rows(tmp_path, capsys, monkeyp
     code, res, _ = sweep(BASE + [f"sweep.dir={sdir}"], capsys)
     assert code == 0 and res["skipped"] == 4 and not res["complete"]
     assert stamps == {d.name: (d / "metrics.json").stat().st_mtime_ns for d in dirs}
+    # killed after a point's generations were closed, before its metrics: only the scoring is redone
+    (dirs[1] / "metrics.json").unlink()
+    monkeypatch.setattr(sweep_exec, "generate", lambda *a, **k: pytest.fail("rows generated again"))
+    code, res, _ = sweep(BASE + [f"sweep.dir={sdir}"], capsys)
+    assert code == 0 and res["complete"] == [str(dirs[1])] and tokens(dirs[1]) == tokens(fresh / dirs[1].name)
+    assert json.loads((dirs[1] / "run.json").read_text())["sweep"]["resumed_rows"] == 8
 
 
 def test_a_sweep_dir_of_another_configuration_is_refused(tmp_path, capsys, monkeypatch):
