@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 from omegaconf import DictConfig
 
@@ -34,7 +34,7 @@ from decodebench.sweep_plan import Plan, claim_dir, default_dir, make_plan
 log = logging.getLogger("decodebench")
 
 
-def _fail(msg: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def _fail(msg: str, code: int = 2) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
 
