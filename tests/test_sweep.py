@@ -243,3 +243,11 @@ def test_wandb_one_run_per_point_grouped_and_the_leaderboard_table(tmp_path, cap
     assert {kw["group"] for kw in inits} == {"sweep-s"} and all(kw["mode"] == "offline" for kw in inits)
     board = [kw for kw in inits if kw["job_type"] == "topp-leaderboard"]
     assert len(board) == 1 and ("topp:leaderboard", ["leaderboard"]) in logged
+
+
+def test_report_over_directories_without_results_is_refused(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["report", str(tmp_path / "empty")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "no runs found" in err[0]
