@@ -43,6 +43,7 @@ def test_multirun_jobs_in_one_process_load_the_model_once(tmp_path, monkeypatch)
              TINY + ["+experiment=grid", "strategy=topp,topk", f"hydra.sweep.dir={out}"], monkeypatch)
     assert len(loads) == 1
     assert (out / "multirun.yaml").is_file()
+    assert all((out / f"leaderboard.{x}").is_file() for x in ("md", "csv", "html"))  # the Hydra callback
     dirs = job_dirs(out)
     assert [d.name.split("-", 1)[0] for d in dirs] == ["0", "1", "2", "3"]
     assert all(results.is_complete(d) and (d / ".hydra" / "config.yaml").is_file() for d in dirs)
