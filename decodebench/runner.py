@@ -22,6 +22,7 @@ from decodebench import data, models, results
 from decodebench.config import ConfigError, prefix_key, validate
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.recorder import check_fields
+from decodebench.decoding.strategies import STRATEGIES
 
 log = logging.getLogger("decodebench")
 
@@ -50,6 +51,9 @@ def prepare(cfg: DictConfig) -> dict:
         record = check_fields(cfg.record)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if record and not getattr(STRATEGIES.get(spec.method), "supports_record", True):
+        raise ConfigError(f"record: strategy method {spec.method!r} has no per-step telemetry; "
+                          "set record=[] or choose a sampling strategy")
     try:
         table = data.load_table(cfg.dataset)
     except ValueError as e:

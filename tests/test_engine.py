@@ -148,3 +148,15 @@ def test_max_time_marks_rows(tiny):
     spec = build_strategy({"name": "greedy", "max_new_tokens": 400, "max_time": 1e-6})
     outs, _ = ours(model, tok, ["abc"], spec)
     assert outs[0].finish_reason in ("time", "eos") and len(outs[0].token_ids) < 400
+
+
+def test_batches_keep_a_prompts_rows_together():
+    from decodebench.decoding.engine import iter_batches
+
+    reqs = [Request(prompt_id=f"p{k}", prompt_ids=[1] * (1 + k % 3), sample_index=s) for k in range(5) for s in range(3)]
+    batches = [idx for idx, _ in iter_batches(reqs, 8)]
+    assert sorted(i for b in batches for i in b) == list(range(15))
+    for b in batches:
+        assert len(b) <= 8
+        for pid in {reqs[i].prompt_id for i in b}:
+            assert sum(reqs[i].prompt_id == pid for i in b) == 3

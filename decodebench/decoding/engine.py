@@ -158,7 +158,7 @@ class BatchContext:
     vocab_size: int
     stop: Optional[StopChecker] = None
     record: tuple[str, ...] = ()
-    streamer: Optional[Callable] = None  # called as streamer(row_index, new_token_ids) when text becomes final
+    streamer: Optional[Callable] = None  # streaming.Streamer: called as streamer(step, tokens [B], finished [B])
     stats: BatchStats = field(default_factory=BatchStats)
     sync: Callable = lambda: None  # device sync, used only for once-per-batch timings
 
@@ -252,11 +252,23 @@ STRATEGIES.register("sampling", sampling_batch)
 
 
 def iter_batches(reqs: list[Request], batch_size: int):
-    """Rows grouped by prompt length (less padding); yields (indices, rows). Results do not depend on it."""
-    order = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prompt_ids), i))
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        yield idx, [reqs[i] for i in idx]
+    """Rows grouped by prompt length (less padding), a prompt's rows never split across batches (a search
+    method runs once per prompt); yields (indices, rows). Results do not depend on the grouping."""
+    order = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prompt_ids), reqs[i].prompt_id, i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and reqs[groups[-1][0]].prompt_id == reqs[i].prompt_id:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    batch: list[int] = []
+    for g in groups:
+        if batch and len(batch) + len(g) > batch_size:
+            yield batch, [reqs[j] for j in batch]
+            batch = []
+        batch.extend(g)
+    if batch:
+        yield batch, [reqs[j] for j in batch]
 
 
 def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch_size: int = 8,
