@@ -9,6 +9,7 @@ from decodebench import results, runner
 from decodebench.__main__ import main as cli_main
 from decodebench.preflight import add_grid_keys
 from tests.conftest import compose
+from tests.test_sweep import one_thread  # noqa: F401  (autouse: no OpenMP spin-waits on a busy machine)
 
 ARGS = ["strategy=topp", "dataset.limit=2", "strategy.max_new_tokens=6", "logger=none", "progress=false",
         "scorers.names=[gen_length,distinct]", "scorers.bootstrap.samples=0", "sweep.grid.top_p=[0.8,0.95]",

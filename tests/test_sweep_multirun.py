@@ -10,6 +10,7 @@ import pytest
 
 from decodebench import models, results, runner
 from decodebench.__main__ import main as cli_main
+from tests.test_sweep import one_thread  # noqa: F401  (autouse: one OpenMP thread for tiny matrices)
 
 TINY = ["model=tiny", "strategy.max_new_tokens=4", "dataset.limit=2", "logger=none", "progress=false",
         "scorers.names=[gen_length,distinct]", "scorers.bootstrap.samples=0"]
@@ -71,6 +72,7 @@ def test_launcher_presets_compose(launcher, target):
 def test_multirun_through_submitit_local_executor(tmp_path, monkeypatch):
     """Each job a subprocess, submitted and collected by submitit as on SLURM."""
     out = tmp_path / "submitit"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs' processes, like this one (one_thread)
     multirun([], TINY + ["hydra/launcher=local", "strategy=topp", "strategy.top_p=0.8,0.9", f"hydra.sweep.dir={out}"],
              monkeypatch)
     dirs = job_dirs(out)
