@@ -161,8 +161,10 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
 
     metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"])
     try:
+        scoring = {name: models.load_model(models.ModelConfig(name_or_path=name), device=prep["device"],
+                                           dtype=prep["dtype"]) for name in sorted(prep["plan"].scoring_models())}
         metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
-                                          seed=int(cfg.seed), progress=bool(cfg.progress)))
+                                          seed=int(cfg.seed), progress=bool(cfg.progress), models=scoring))
     except BaseException:
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise

@@ -69,8 +69,11 @@ def score(cfg: DictConfig, run_dir: str) -> dict:
     if plan.needs_model:
         mcfg = _model_of_run(path, cfg)
         model, tok = models.load_model(mcfg, device=device, dtype=models.pick_dtype(str(cfg.dtype), device))
+    dtype = models.pick_dtype(str(cfg.dtype), device)
+    scoring = {name: models.load_model(models.ModelConfig(name_or_path=name), device=device, dtype=dtype)
+               for name in sorted(plan.scoring_models())}
     metrics = plan.score(records, model=model, tokenizer=tok, device=device, seed=int(cfg.seed),
-                         progress=bool(cfg.progress))
+                         progress=bool(cfg.progress), models=scoring)
     metrics["wall_time_s"] = time.perf_counter() - t0
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

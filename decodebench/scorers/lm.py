@@ -103,7 +103,7 @@ def cached_logprobs(inputs: Inputs, bos: str, batch_size: int, max_length: int |
     return inputs.cache[key]
 
 
-def perplexity_fn(inputs: Inputs, batch_size: int, max_length: int, bos: str) -> dict[str, np.ndarray]:
+def perplexity_fn(inputs: Inputs, batch_size: int, max_length: int, bos: str, **_) -> dict[str, np.ndarray]:
     logps = cached_logprobs(inputs, bos, batch_size, max_length or None)
     return {"nll": np.array([-lp.sum() for lp in logps]), "tokens": np.array([float(lp.size) for lp in logps])}
 
@@ -113,7 +113,7 @@ def perplexity_aggregate(stats: Mapping[str, np.ndarray], **_) -> dict[str, np.n
     return {"perplexity": np.exp(ratio(stats["nll"], stats["tokens"]))}
 
 
-def coherence_fn(inputs: Inputs, batch_size: int, max_length: int, bos: str) -> dict[str, np.ndarray]:
+def coherence_fn(inputs: Inputs, batch_size: int, max_length: int, bos: str, **_) -> dict[str, np.ndarray]:
     """Su & Collier (2023) coherence: per text the mean log-probability of the continuation's tokens
     given the prefix under the scoring model; then the mean over texts. Empty continuations are left
     out, as in their `compute_coherence.py`."""
@@ -129,7 +129,9 @@ def _check_lm(name: str):
     return check
 
 
-LM_OPTIONS = {"batch_size": 8, "max_length": 0}  # max_length 0: the model's own context length
+# max_length 0: the model's own context length; model "": the model that generated (else a name the
+# caller loads and passes to `ScorerPlan.score(models=...)`)
+LM_OPTIONS = {"batch_size": 8, "max_length": 0, "model": ""}
 
 PERPLEXITY = register(Scorer(
     name="perplexity", fn=perplexity_fn, aggregate=perplexity_aggregate, per_item=True,

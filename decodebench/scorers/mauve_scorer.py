@@ -51,7 +51,7 @@ def last_token_features(model, sequences: list[list[int]], *, batch_size: int, d
 
 def mauve_fn(inputs: Inputs, max_text_length: int, truncate_to_pair: bool, num_buckets: int,
              scaling_factor: float, kmeans_num_redo: int, kmeans_max_iter: int, mauve_seed: int,
-             batch_size: int) -> dict[str, float]:
+             batch_size: int, **_) -> dict[str, float]:
     try:
         import mauve
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -99,7 +99,8 @@ register(Scorer(
              "mauve_num_pairs": None},
     # mauve-text's defaults, except max_text_length: 200 as in Su & Collier's compute_mauve.py
     options={"max_text_length": 200, "truncate_to_pair": True, "num_buckets": 0, "scaling_factor": 5.0,
-             "kmeans_num_redo": 5, "kmeans_max_iter": 500, "mauve_seed": 25, "batch_size": 8},
+             "kmeans_num_redo": 5, "kmeans_max_iter": 500, "mauve_seed": 25, "batch_size": 8,
+             "model": ""},  # model "": the model that generated
     check=_check,
     doc="MAUVE of the generations against the references (num_buckets 0: mauve's 'auto', n/10)",
 ))

@@ -55,6 +55,8 @@ def _check_value(where: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
         value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
     else:
         ok, kind = isinstance(value, type(default)), type(default).__name__
     if not ok:
@@ -161,12 +163,19 @@ class ScorerPlan:
     def metric_names(self) -> list[str]:
         return [m for s, _ in self.entries for m in s.metric_names]
 
+    def scoring_models(self) -> set[str]:
+        """The scoring models other than the one that generated (the non-empty `model` options), for the
+        caller to load and pass to `score(models={name: (model, tokenizer)})`."""
+        return {o["model"] for _, o in self.entries if o.get("model")}
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """The resolved options of every scorer, and the bootstrap settings, for the run's records."""
         return {**{s.name: dict(o) for s, o in self.entries}, "bootstrap": dict(self.bootstrap)}
 
     def score(self, records: list[dict], *, model=None, tokenizer=None, device=None, seed: int = 0,
-              progress: bool = True) -> dict[str, float]:
+              progress: bool = True, models: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, float]:
+        """`model`/`tokenizer`: the model that generated; `models`: the other scoring models, by the
+        name in the scorers' `model` option (see `scoring_models()`)."""
         return score_plan(self, records, model=model, tokenizer=tokenizer, device=device, seed=seed,
-                          progress=progress)
+                          progress=progress, models=models)
 

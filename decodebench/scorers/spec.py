@@ -77,9 +77,11 @@ class Scorer:
         return [self.prefix + m for m in self.metrics]
 
     def needs_for(self, options: Mapping[str, Any]) -> frozenset[str]:
-        """What this scorer reads with these options: `unit: token` adds the records' token ids."""
+        """What this scorer reads with these options: `unit: token` adds the records' token ids; a
+        scoring `model` of its own (a non-empty `model` option) replaces the model that generated."""
         extra = {"token_ids"} if options.get("unit") == "token" else set()
-        return self.needs | extra
+        needs = self.needs | extra
+        return needs - {"model"} if options.get("model") else needs
 
 
 SCORERS: Registry[Scorer] = Registry("scorer")

@@ -3,7 +3,7 @@ intervals over prompts for per-item scorers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,6 +36,24 @@ def normalize_records(records: list[dict]) -> list[dict]:
         seen.add(key)
         out.append(r)
     return out
+
+
+def check_models(plan, models: Mapping[str, tuple[Any, Any]] | None) -> None:
+    for scorer, options in plan.entries:
+        name = options.get("model")
+        if name and name not in (models or {}):
+            raise ValueError(f"scorers.{scorer.name}.model is {name!r}, but no such scoring model was passed; "
+                             f"pass models={{{name!r}: (model, tokenizer)}} to score")
+
+
+def with_model(group: Group, name: str, model, tokenizer) -> Group:
+    """The group scored under another model: its own tokenizer re-tokenizes prompts and texts (the
+    records' token ids belong to the generating tokenizer), and its log-probabilities get their own cache."""
+    n = len(group.inputs)
+    label = f"{group.inputs.label} [{name}]".strip()
+    inputs = replace(group.inputs, model=model, tokenizer=tokenizer, prompt_token_ids=[None] * n,
+                     token_ids=[None] * n, label=label, cache={})
+    return Group(inputs, group.pos)
 
 
 def check_needs(plan, records: list[dict], model, tokenizer) -> None:
@@ -122,8 +140,9 @@ def _run_scorer(scorer: Scorer, options: Mapping, groups: list[Group], resamples
 
 
 def score_plan(plan, records: list[dict], *, model=None, tokenizer=None, device=None, seed: int = 0,
-               progress: bool = True) -> dict[str, float]:
+               progress: bool = True, models: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, float]:
     records = normalize_records(records)
+    check_models(plan, models)
     check_needs(plan, records, model, tokenizer)
     common = dict(model=model, tokenizer=tokenizer, device=device, seed=seed, progress=progress)
     n_prompts, runs, references = make_groups(records, common)
@@ -133,7 +152,14 @@ def score_plan(plan, records: list[dict], *, model=None, tokenizer=None, device=
         rng = np.random.default_rng(seed if boot["seed"] is None else boot["seed"])
         resamples = rng.integers(0, n_prompts, size=(boot["samples"], n_prompts))
     metrics: dict[str, float] = {}
+    other: dict[tuple[str, str], list[Group]] = {}  # (model name, target) -> groups, shared by its scorers
     for scorer, options in plan.entries:
         groups = [references] if scorer.target == "references" else list(runs.values())
+        name = options.get("model")
+        if name:
+            key = (name, scorer.target)
+            if key not in other:
+                other[key] = [with_model(g, name, *models[name]) for g in groups]
+            groups = other[key]
         metrics.update(_run_scorer(scorer, options, groups, resamples, boot["confidence"]))
     return metrics
