@@ -64,6 +64,11 @@ def prepare(cfg: DictConfig) -> dict:
         raise ConfigError(prefix_key("scorers", str(e))) from None
     try:
         models.resolve_source(cfg.model)
+        for name in plan.scoring_models():  # scorers.<name>.model=...: checked now, loaded after generation
+            try:
+                models.resolve_source(models.ModelConfig(name_or_path=name))
+            except ValueError as e:
+                raise ValueError("scorers.<scorer>.model: " + str(e).split(": ", 1)[-1]) from None
         device = models.pick_device(str(cfg.device))
     except ValueError as e:
         raise ConfigError(str(e)) from None
