@@ -1,8 +1,8 @@
 """Running a sweep's plan: one model load, fused batches, one result directory per point, resume.
 
-Fused: the rows of every point in a fusion group go through the engine together, `batch_size` rows of each
-point per forward (so a fused batch holds the same prompts, padded to the same width, as the point's own
-batch would). Each row carries its point's settings and seed, and a row's tokens do not depend on its
+Fused: the rows of every point in a fusion group go through the engine together, in batches of
+`batch_size` x points, prompt-major (so a fused batch holds, for every point, the same prompts, padded to
+the same width, as the point's own batch would). Each row carries its point's settings and seed, and a row's tokens do not depend on its
 batch-mates, so every point's generations equal that point run alone.
 
 What is never lost. Rows are appended to each point's `generations.partial.jsonl` as soon as their batch
