@@ -154,7 +154,7 @@ def test_batches_keep_a_prompts_rows_together():
     from decodebench.decoding.engine import iter_batches
 
     reqs = [Request(prompt_id=f"p{k}", prompt_ids=[1] * (1 + k % 3), sample_index=s) for k in range(5) for s in range(3)]
-    batches = [idx for idx, _ in iter_batches(reqs, 8)]
+    batches = [idx for idx, _ in iter_batches(reqs, 8, whole_prompts=True)]
     assert sorted(i for b in batches for i in b) == list(range(15))
     for b in batches:
         assert len(b) <= 8

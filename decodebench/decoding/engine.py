@@ -251,18 +251,23 @@ def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -
 STRATEGIES.register("sampling", sampling_batch)
 
 
-def iter_batches(reqs: list[Request], batch_size: int):
-    """Rows grouped by prompt length (less padding), a prompt's rows never split across batches (a search
-    method runs once per prompt); yields (indices, rows). Results do not depend on the grouping."""
-    order = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prompt_ids), reqs[i].prompt_id, i))
-    groups: list[list[int]] = []
+def iter_batches(reqs: list[Request], batch_size: int, whole_prompts: bool = False):
+    """Rows grouped by prompt length (less padding); yields (indices, rows). Results do not depend on it.
+
+    With `whole_prompts` (search methods, which run once per prompt over its rows) a prompt's rows are
+    never split across batches; a batch then holds at most `batch_size` rows unless one prompt has more.
+    """
+    order = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prompt_ids), i))
+    if not whole_prompts:
+        for s in range(0, len(order), batch_size):
+            idx = order[s: s + batch_size]
+            yield idx, [reqs[i] for i in idx]
+        return
+    groups: dict[str, list[int]] = {}
     for i in order:
-        if groups and reqs[groups[-1][0]].prompt_id == reqs[i].prompt_id:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+        groups.setdefault(reqs[i].prompt_id, []).append(i)
     batch: list[int] = []
-    for g in groups:
+    for g in groups.values():
         if batch and len(batch) + len(g) > batch_size:
             yield batch, [reqs[j] for j in batch]
             batch = []
@@ -287,7 +292,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
     stats = BatchStats()
     results: list[Optional[Output]] = [None] * len(reqs)
     sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-    for idx, rows in iter_batches(reqs, batch_size):
+    for idx, rows in iter_batches(reqs, batch_size, whole_prompts=spec.method != "sampling"):
         stop = StopChecker.for_spec(tokenizer, spec)  # stop strings and user criteria, or None
         ctx = BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
                            stop=stop, record=tuple(record), stats=stats, sync=sync,
