@@ -78,7 +78,7 @@ class LoggerConfig:
 
 @dataclass
 class SweepConfig:
-    """Schema of the `sweep` group: the grid the `sweep` verb runs (conf/sweep/<strategy>.yaml, docs/sweeps.md).
+    """Schema of the `sweep` group: the grid the `sweep` verb runs (conf/sweep/<strategy>.yaml, README, "Sweeps").
 
     Inert for a plain run; checked by decodebench.sweep_plan before any model loads."""
 

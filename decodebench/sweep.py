@@ -1,4 +1,4 @@
-"""The `sweep` verb: a strategy's grid in one process, one model load, fused batches (docs/sweeps.md).
+"""The `sweep` verb: a strategy's grid in one process, one model load, fused batches (README, "Sweeps").
 
     python -m decodebench strategy=topp sweep [sweep.grid.top_p=[0.5,0.9]] [sweep.seeds=[0,1]]
                                               [sweep.dir=PATH] [sweep.fuse=N] [any run override]
