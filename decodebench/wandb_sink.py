@@ -18,44 +18,8 @@ log = logging.getLogger("decodebench")
 TABLE_COLUMNS = ("prompt_id", "sample_index", "prompt", "text", "num_tokens", "finish_reason", "reference")
 
 
-def log_run(cfg, run_dir: str | os.PathLike, metrics: dict, records: list[dict], *,
-            group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
-            extra_tables: Optional[dict] = None) -> Optional[str]:
-    """Log config, metrics and a table of sample generations; returns the W&B run dir or None."""
-    lcfg = cfg.logger
-    if lcfg.name == "none" or lcfg.mode == "disabled":
-        return None
-    try:
-        import wandb
-
-        os.environ.setdefault("WANDB_SILENT", "true")
-        run = wandb.init(
-            project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(run_dir),
-            group=group or lcfg.group, job_type=job_type or cfg.strategy.name, name=name,
-            tags=list(lcfg.tags), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
-        )
-        try:
-            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    run.summary[k] = v
-            rows = [[r.get(c) for c in TABLE_COLUMNS] for r in records[: int(lcfg.num_samples)]]
-            run.log({"generations": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
-            for key, (columns, data) in (extra_tables or {}).items():
-                run.log({key: wandb.Table(columns=list(columns), data=data)})
-            path = run.dir
-        finally:
-            run.finish()
-        return str(Path(path).parent)
-    except Exception as e:  # noqa: BLE001 - logging is best effort; local results already exist
-        log.warning("W&B logging failed (%s: %s); local results are in %s", type(e).__name__, e, run_dir)
-        return None
-
-
-def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: list, *,
-              group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
-              config: Optional[dict] = None) -> Optional[str]:
-    """Log one table as a W&B run of its own (a sweep's leaderboard); returns the W&B run dir or None."""
+def _log(cfg, run_dir, write, *, group, job_type, name, config) -> Optional[str]:
+    """Open a W&B run under `run_dir`, let `write(run, wandb)` log into it, close it; never raises."""
     lcfg = cfg.logger
     if lcfg.name == "none" or lcfg.mode == "disabled":
         return None
@@ -67,7 +31,7 @@ def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: li
                          group=group or lcfg.group, job_type=job_type, name=name, tags=list(lcfg.tags),
                          config=config, reinit="finish_previous")
         try:
-            run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+            write(run, wandb)
             path = run.dir
         finally:
             run.finish()
@@ -75,3 +39,33 @@ def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: li
     except Exception as e:  # noqa: BLE001 - logging is best effort; local results already exist
         log.warning("W&B logging failed (%s: %s); local results are in %s", type(e).__name__, e, run_dir)
         return None
+
+
+def log_run(cfg, run_dir: str | os.PathLike, metrics: dict, records: list[dict], *,
+            group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
+            extra_tables: Optional[dict] = None) -> Optional[str]:
+    """Log config, metrics and a table of sample generations; returns the W&B run dir or None."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def write(run, wandb):
+        run.log(numbers)
+        for k, v in numbers.items():
+            run.summary[k] = v
+        rows = [[r.get(c) for c in TABLE_COLUMNS] for r in records[: int(cfg.logger.num_samples)]]
+        run.log({"generations": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
+        for key, (columns, data) in (extra_tables or {}).items():
+            run.log({key: wandb.Table(columns=list(columns), data=data)})
+
+    return _log(cfg, run_dir, write, group=group, job_type=job_type or cfg.strategy.name, name=name,
+                config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: list, *,
+              group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
+              config: Optional[dict] = None) -> Optional[str]:
+    """Log one table as a W&B run of its own (a sweep's leaderboard); returns the W&B run dir or None."""
+
+    def write(run, wandb):
+        run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+    return _log(cfg, run_dir, write, group=group, job_type=job_type, name=name, config=config)

@@ -22,7 +22,7 @@ import time
 import torch
 
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request, pack_left
+from decodebench.decoding.engine import BatchContext, Output, Request, RowTracker, pack_left
 from decodebench.decoding.recorder import make_recorder
 from decodebench.decoding.strategies import STRATEGIES, StrategySpec
 from decodebench.decoding.streaming import as_streamer
@@ -49,19 +49,13 @@ def contrastive_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
     K = int(max(r.params.top_k for r in reqs))
     chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev)
     recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
-    eos = torch.tensor(ctx.eos or [-1], device=dev)
     streamer = as_streamer(ctx.streamer)
+    tracker = RowTracker(B, spec, ctx, t0, streamer)
     rows = torch.arange(B, device=dev)
     cand_ok = torch.arange(K, device=dev)[None, :] < k_row[:, None]  # [B, K]
 
     logits, cache, ctx_h = runner.prefill(ids, attn)  # ctx_h [B, T0, H]: the prompt's hidden states
-    out_tokens = torch.full((B, spec.max_new_tokens), ctx.pad_id, dtype=torch.long, device=dev)
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    hit_eos = torch.zeros(B, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(B, dtype=torch.long, device=dev)
-    done_flag = AsyncFlag(dev)
-    deadline = t0 + spec.max_time if spec.max_time else None
-    timed_out, steps, seq = False, 0, ids
+    seq = ids
     for step in range(spec.max_new_tokens):
         processed = chain(logits, DecodeState(seq, attn, width, step))
         top_p, top_ids = torch.topk(processed.softmax(dim=-1), K, dim=-1)  # [B, K]
@@ -73,47 +67,16 @@ def contrastive_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
         pick = rows * K + sel
         cache.batch_select_indices(pick)
         tok = top_ids[rows, sel]
-        recorder.on_step(step, logits, processed, tok, ~finished)
+        recorder.on_step(step, logits, processed, tok, ~tracker.finished)
         logits, ctx_h = logits_k[pick], torch.cat([ctx_h, cand_h[pick]], 1)
-        tok = torch.where(finished, torch.full_like(tok, ctx.pad_id), tok)
-        out_tokens[:, step] = tok
-        lengths += (~finished).long()
-        is_eos = torch.isin(tok, eos) & ~finished
-        hit_eos |= is_eos
-        finished |= is_eos
-        steps = step + 1
-        if step == 0:
-            t_first = ctx.first_token(t0)
-        if ctx.stop is not None:
-            finished |= ctx.stop.update(out_tokens, lengths, step, finished)
-        if streamer is not None:
-            streamer(step, tok, finished)
-        done_flag.push(finished.all())
-        if step + 1 == spec.max_new_tokens or done_flag.ready_and_true():
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            timed_out = True
+        tok, done = tracker.push(step, tok)
+        if done:
             break
         seq, attn = torch.cat([seq, tok[:, None]], 1), cand_attn
-    ctx.decode_done(t_first, steps)
     chain.raise_if_nan()
-    outs = _outputs(out_tokens, lengths, hit_eos, timed_out, spec, ctx, recorder.finalize())
+    outs = tracker.outputs(recorder.finalize())
     if streamer is not None:
         streamer.close(outs)
-    return outs
-
-
-def _outputs(out_tokens, lengths, hit_eos, timed_out, spec, ctx, tele) -> list[Output]:
-    stop_at = ctx.stop.final_lengths(out_tokens, lengths) if ctx.stop is not None else None
-    outs = []
-    for i, (row, n, e) in enumerate(zip(out_tokens.tolist(), lengths.tolist(), hit_eos.tolist())):
-        reason = "eos" if e else "length"
-        if stop_at is not None and stop_at[i] is not None and stop_at[i] <= n:
-            n, reason = stop_at[i], ctx.stop.reason(i)
-        elif timed_out and not e and n < spec.max_new_tokens:
-            reason = "time"
-        outs.append(Output(token_ids=row[:n], finish_reason=reason,
-                           telemetry=None if tele is None else {k: v[i][:n] for k, v in tele.items()}))
     return outs
 
 

@@ -176,76 +176,92 @@ class BatchContext:
             self.stats.step_ms.append(1000 * (time.perf_counter() - t_first) / (steps - 1))
 
 
+class RowTracker:
+    """Per-row bookkeeping of a one-token-per-step loop: the output buffer, lengths, EOS, stop rules,
+    streaming, the all-finished flag read one step late (no sync) and the time limit."""
+
+    def __init__(self, batch: int, spec: StrategySpec, ctx: "BatchContext", t0: float, streamer=None):
+        dev = ctx.runner.device
+        self.spec, self.ctx, self.t0, self.streamer = spec, ctx, t0, streamer
+        self.out = torch.full((batch, spec.max_new_tokens), ctx.pad_id, dtype=torch.long, device=dev)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self.hit_eos = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.eos = torch.tensor(ctx.eos or [-1], device=dev)
+        self.flag = AsyncFlag(dev)
+        self.deadline = t0 + spec.max_time if spec.max_time else None
+        self.timed_out, self.steps, self.t_first = False, 0, t0
+
+    def push(self, step: int, tok: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Record this step's tokens (finished rows get the pad id); returns (tokens, stop the loop?)."""
+        ctx, fin = self.ctx, self.finished
+        tok = torch.where(fin, torch.full_like(tok, ctx.pad_id), tok)
+        self.out[:, step] = tok
+        self.lengths += (~fin).long()
+        is_eos = torch.isin(tok, self.eos) & ~fin
+        self.hit_eos |= is_eos
+        fin |= is_eos
+        self.steps = step + 1
+        if step == 0:
+            self.t_first = ctx.first_token(self.t0)
+        if ctx.stop is not None:
+            fin |= ctx.stop.update(self.out, self.lengths, step, fin)
+        if self.streamer is not None:
+            self.streamer(step, tok, fin)
+        self.flag.push(fin.all())
+        if step + 1 == self.spec.max_new_tokens or self.flag.ready_and_true():
+            return tok, True
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.timed_out = True
+            return tok, True
+        return tok, False
+
+    def outputs(self, telemetry: Optional[dict]) -> list[Output]:
+        """Per row: tokens up to EOS, a stop string's last token or the limit, and why it finished."""
+        ctx, spec = self.ctx, self.spec
+        ctx.decode_done(self.t_first, self.steps)
+        stop_at = ctx.stop.final_lengths(self.out, self.lengths) if ctx.stop is not None else None
+        outs = []
+        rows = zip(self.out.tolist(), self.lengths.tolist(), self.hit_eos.tolist())
+        for i, (row, n, eos) in enumerate(rows):
+            reason = "eos" if eos else "length"
+            if stop_at is not None and stop_at[i] is not None and stop_at[i] <= n:
+                n, reason = stop_at[i], ctx.stop.reason(i)  # "stop" or a user criterion's name
+            elif self.timed_out and not eos and n < spec.max_new_tokens:
+                reason = "time"
+            outs.append(Output(token_ids=row[:n], finish_reason=reason,
+                               telemetry=None if telemetry is None else {k: v[i][:n] for k, v in telemetry.items()}))
+        return outs
+
+
 @torch.inference_mode()
 def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
     """Greedy and sampled decoding for one batch (each row its own settings and seed)."""
     runner, dev = ctx.runner, ctx.runner.device
     t0 = time.perf_counter()
-    input_ids, attn = pack_left([r.prompt_ids for r in reqs], ctx.pad_id, dev)
-    B, width = input_ids.shape
+    ids, attn = pack_left([r.prompt_ids for r in reqs], ctx.pad_id, dev)
+    B, width = ids.shape
     chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size,
                                   eos_token_id=ctx.eos, device=dev)
     keys = request_keys(reqs, dev)
-    eos = torch.tensor(ctx.eos or [-1], device=dev)
     recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
-    done_flag = AsyncFlag(dev)
+    rows = RowTracker(B, spec, ctx, t0, ctx.streamer)
 
-    logits, cache, _ = runner.prefill(input_ids, attn)
-    out_tokens = torch.full((B, spec.max_new_tokens), ctx.pad_id, dtype=torch.long, device=dev)
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(B, dtype=torch.long, device=dev)
-    hit_eos = torch.zeros(B, dtype=torch.bool, device=dev)
-    ids = input_ids
-    steps = 0
-    deadline = t0 + spec.max_time if spec.max_time else None
-    timed_out = False
+    logits, cache, _ = runner.prefill(ids, attn)
     for step in range(spec.max_new_tokens):
-        state = DecodeState(input_ids=ids, attention_mask=attn, prompt_width=width, step=step)
-        processed = chain(logits, state)
+        processed = chain(logits, DecodeState(input_ids=ids, attention_mask=attn, prompt_width=width, step=step))
         tok = sample(processed, keys, step, chain.sample_mode, support=chain.support)
-        recorder.on_step(step, logits, processed, tok, ~finished)
-        tok = torch.where(finished, torch.full_like(tok, ctx.pad_id), tok)
+        recorder.on_step(step, logits, processed, tok, ~rows.finished)
+        tok, done = rows.push(step, tok)
         chain.update(tok)
-        out_tokens[:, step] = tok
-        lengths += (~finished).long()
-        is_eos = torch.isin(tok, eos) & ~finished
-        hit_eos |= is_eos
-        finished |= is_eos
-        steps = step + 1
-        if step == 0:
-            t_first = ctx.first_token(t0)
-        if ctx.stop is not None:
-            finished |= ctx.stop.update(out_tokens, lengths, step, finished)
-        if ctx.streamer is not None:
-            ctx.streamer(step, tok, finished)
-        done_flag.push(finished.all())
-        if step + 1 == spec.max_new_tokens or done_flag.ready_and_true():
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            timed_out = True
+        if done:
             break
         ids = torch.cat([ids, tok[:, None]], dim=1)
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         logits, cache, _ = runner.step(tok, attn, cache)
-    ctx.decode_done(t_first, steps)
     chain.raise_if_nan()
     ctx.stats.chain = list(chain.names)
-
-    stop_at = ctx.stop.final_lengths(out_tokens, lengths) if ctx.stop is not None else None
-    lengths_l = lengths.tolist()
-    eos_l = hit_eos.tolist()
-    tokens_l = out_tokens.tolist()
-    tele = recorder.finalize()
-    outs = []
-    for i in range(B):
-        n, reason = lengths_l[i], ("eos" if eos_l[i] else "length")
-        if stop_at is not None and stop_at[i] is not None and stop_at[i] <= n:
-            n, reason = stop_at[i], ctx.stop.reason(i)  # "stop" or a user criterion's name
-        elif timed_out and not eos_l[i] and n < spec.max_new_tokens:
-            reason = "time"
-        outs.append(Output(token_ids=tokens_l[i][:n], finish_reason=reason,
-                           telemetry=(None if tele is None else {k: v[i][:n] for k, v in tele.items()})))
-    return outs
+    return rows.outputs(recorder.finalize())
 
 
 STRATEGIES.register("sampling", sampling_batch)
