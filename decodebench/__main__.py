@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 VERBS = ("run", "sweep", "score", "report")
-GROUPS = ("model", "dataset", "strategy", "logger", "scorers")
 
 
 def split_verb(argv: list[str]) -> tuple[str, list[str]]:
@@ -35,7 +35,7 @@ def open_keys(args: list[str]) -> list[str]:
     return [f"++{a}" if a.startswith(OPEN_KEYS) and "=" in a else a for a in args]
 
 
-def fail(msg: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def fail(msg: str) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 

@@ -19,13 +19,14 @@ from decodebench.report import Report, Row, Stat, arrow, direction
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-def fmt_stat(s: Optional[Stat]) -> str:
+def fmt_stat(s: Optional[Stat], spread: str = "{}") -> str:
+    """'mean ± std' over seeds, or 'mean [lo, hi]' (one run's interval); `spread` wraps the second part."""
     if s is None:
         return ""
     if s.std is not None:
-        return f"{s.mean:.4g} ± {s.std:.2g}"
+        return f"{s.mean:.4g} " + spread.format(f"± {s.std:.2g}")
     if s.lo is not None and s.hi is not None:
-        return f"{s.mean:.4g} [{s.lo:.4g}, {s.hi:.4g}]"
+        return f"{s.mean:.4g} " + spread.format(f"[{s.lo:.4g}, {s.hi:.4g}]")
     return f"{s.mean:.4g}"
 
 
@@ -131,16 +132,6 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _stat_html(s: Optional[Stat]) -> str:
-    if s is None:
-        return ""
-    if s.std is not None:
-        return f"{s.mean:.4g} <span class=sub>± {s.std:.2g}</span>"
-    if s.lo is not None and s.hi is not None:
-        return f"{s.mean:.4g} <span class=sub>[{s.lo:.4g}, {s.hi:.4g}]</span>"
-    return f"{s.mean:.4g}"
-
-
 def _table(report: Report) -> str:
     """Failed rows put their error across the metric cells (a "result" column when there are none)."""
     metrics, star = report.shown_metrics or ["result"], report.pareto is not None
@@ -159,7 +150,7 @@ def _table(report: Report) -> str:
         cells += [f"<td class=setting>{_e(r.label)}</td>",
                   f"<td title='seeds: {seeds}'>{len(r.runs) if r.ok else ''}</td>"]
         if r.ok:
-            cells += [f"<td>{_stat_html(r.stats.get(m))}</td>" for m in metrics]
+            cells += [f"<td>{fmt_stat(r.stats.get(m), '<span class=sub>{}</span>')}</td>" for m in metrics]
         else:
             cells.append(f"<td class=status colspan={len(metrics)}>{_e(_status(r))}</td>")
         body.append(f"<tr class={cls}>{''.join(cells)}</tr>")

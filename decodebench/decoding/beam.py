@@ -318,14 +318,20 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("num_beam_groups must be 1 for beam search; use strategy=diverse_beam for groups")
 
 
-@torch.inference_mode()
-def beam_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
-    """Beam search for one batch of rows (see the module docstring)."""
-    no_telemetry(ctx, "beam search")
-    groups = group_prompts(reqs)
-    return outputs_for_rows(groups, beam_search(ctx, groups, spec), ctx)
+def register_search(name: str, label: str, search, validate):
+    """Register a beam-type method: `search(ctx, groups, spec) -> Hyps` over whole prompts, n best per
+    prompt handed to its rows by sample_index. No per-step telemetry (a hypothesis is stitched from rows)."""
+
+    @torch.inference_mode()
+    def method(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
+        no_telemetry(ctx, label)
+        groups = group_prompts(reqs)
+        return outputs_for_rows(groups, search(ctx, groups, spec), ctx)
+
+    method.validate = validate  # type: ignore[attr-defined]
+    method.supports_record = False  # type: ignore[attr-defined]
+    method.__name__ = f"{name}_batch"
+    return STRATEGIES.register(name, method)
 
 
-beam_batch.validate = _validate  # type: ignore[attr-defined]
-beam_batch.supports_record = False  # type: ignore[attr-defined]
-STRATEGIES.register("beam", beam_batch)
+beam_batch = register_search("beam", "beam search", beam_search, _validate)

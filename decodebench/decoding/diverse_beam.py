@@ -25,12 +25,11 @@ import time
 import torch
 
 from decodebench.decoding.beam import (BeamRows, Hyps, Prompts, check_common, end_codes, gather_beams,
-                                       group_prompts, make_stream, no_telemetry, outputs_for_rows,
-                                       reason_names, step_is_last)
+                                       make_stream, reason_names, register_search, step_is_last)
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request
+from decodebench.decoding.engine import AsyncFlag, BatchContext
 from decodebench.decoding.stopping import LENGTH
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import StrategySpec
 
 NEG = -1.0e9
 
@@ -186,13 +185,4 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("stream must be safe for diverse beam search (lookahead follows one leading beam)")
 
 
-@torch.inference_mode()
-def diverse_beam_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
-    no_telemetry(ctx, "diverse beam search")
-    groups = group_prompts(reqs)
-    return outputs_for_rows(groups, diverse_search(ctx, groups, spec), ctx)
-
-
-diverse_beam_batch.validate = _validate  # type: ignore[attr-defined]
-diverse_beam_batch.supports_record = False  # type: ignore[attr-defined]
-STRATEGIES.register("diverse_beam", diverse_beam_batch)
+diverse_beam_batch = register_search("diverse_beam", "diverse beam search", diverse_search, _validate)

@@ -29,12 +29,11 @@ import time
 import torch
 
 from decodebench.decoding.beam import (BeamRows, Hyps, Prompts, check_common, end_codes, gather_beams,
-                                       group_prompts, make_stream, no_telemetry, outputs_for_rows,
-                                       reason_names, step_is_last)
-from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request
+                                       make_stream, reason_names, register_search, step_is_last)
+from decodebench.decoding.engine import AsyncFlag, BatchContext, Request
 from decodebench.decoding.sampling import exponential_noise, row_keys
 from decodebench.decoding.stopping import LENGTH
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import StrategySpec
 
 NEG_INF = float("-inf")
 
@@ -142,13 +141,4 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("stream must be safe for stochastic beam search (samples, not a search with a leader)")
 
 
-@torch.inference_mode()
-def stochastic_beam_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
-    no_telemetry(ctx, "stochastic beam search")
-    groups = group_prompts(reqs)
-    return outputs_for_rows(groups, stochastic_search(ctx, groups, spec), ctx)
-
-
-stochastic_beam_batch.validate = _validate  # type: ignore[attr-defined]
-stochastic_beam_batch.supports_record = False  # type: ignore[attr-defined]
-STRATEGIES.register("stochastic_beam", stochastic_beam_batch)
+stochastic_beam_batch = register_search("stochastic_beam", "stochastic beam search", stochastic_search, _validate)
