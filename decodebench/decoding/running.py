@@ -210,7 +210,10 @@ class RunningBatch:
         """Ensure `width` columns before `col` and one free column after it: move every column by one
         shift when not (the rows' layout relative to `col` is unchanged)."""
         kv = self.kv
-        spans = [kv.col - self.start[s] for s in range(self.a) if self.owner[s] is not None]
+        # a row still running needs at most its prompt and L columns; a finished row waiting for the
+        # host work writes padding past that, which may be dropped
+        spans = [min(kv.col - self.start[s], len(self.reqs[s].prompt_ids) + self.L)
+                 for s in range(self.a) if self.owner[s] is not None]
         if kv.col >= width and kv.col + 1 <= self.C and (kv.col + 1 < self.C or not spans):
             return
         new_col = max([width] + spans)
@@ -227,7 +230,7 @@ class RunningBatch:
         else:
             self.valid[:, : -d] = False
         self.gen_start -= d
-        self.start = [s - d for s in self.start]
+        self.start = [max(0, s - d) for s in self.start]
         kv.col = new_col
         self.set_window()
 
@@ -274,6 +277,7 @@ def run_sampling(reqs: list[Request], spec, ctx: BatchContext, order: list[int],
             rb.step()
         if rb.time_up():
             rb.finished[: rb.a] = True
+            rb.flag.push(rb.finished)  # the host sees it now (on CUDA: one push later)
             ctx.sync()
         rb.check_strings()
         done = [s for s, f in enumerate(rb.finished_host()) if f and rb.owner[s] is not None]
