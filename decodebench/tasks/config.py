@@ -143,12 +143,6 @@ def check_task(cfg, spec) -> Optional[TaskPlan]:
     include = local_paths(t.include_path)
     tm, local = find_task(t.name, include)
     entries = leaf_entries(tm, t.name)
-    from decodebench.models import hub_offline
-
-    if not local and hub_offline():
-        raise ValueError(f"task {t.name!r} loads its data from the Hugging Face Hub, which is unreachable "
-                         f"(offline); put a task YAML with local data in a directory and set "
-                         f"task.include_path=DIR (see decodebench/tasks/lm_eval_tasks/)")
     types = {e.name: (e.cfg or {}).get("output_type", "generate_until") for e in entries}
     unsafe = [e.name for e in entries if (e.cfg or {}).get("unsafe_code")]
     if unsafe and not t.allow_code_execution:
@@ -160,4 +154,10 @@ def check_task(cfg, spec) -> Optional[TaskPlan]:
         raise ValueError(f"task {t.name!r}: {scored[0]} is scored by log-likelihood "
                          f"({types[scored[0]]}), which strategy {spec.name!r} does not change; choose a "
                          f"generate_until task, or strategy=greedy to score it once")
+    from decodebench.models import hub_offline
+
+    if not local and hub_offline():
+        raise ValueError(f"task {t.name!r} loads its data from the Hugging Face Hub, which is unreachable "
+                         f"(offline); put a task YAML with local data in a directory and set "
+                         f"task.include_path=DIR (see decodebench/tasks/lm_eval_tasks/)")
     return TaskPlan(cfg=t, include=include, output_types=types, unsafe=unsafe)

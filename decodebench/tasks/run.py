@@ -84,7 +84,7 @@ def evaluate_task(cfg, prep: dict, model, tok, run_dir) -> dict:
     for name, task in loaded["tasks"].items():
         if task.get_config("output_type") != "generate_until" or name not in samples:
             continue
-        if t.num_samples > 1:
+        if t.num_samples > 1 and name not in plan.unsafe:  # code tasks: pass@k, not a vote over programs
             out.update(tm_metrics.maj_at_n(name, task, samples[name], int(t.num_samples)))
         if name in plan.unsafe:
             from functools import partial
