@@ -7,6 +7,7 @@ so any task lm-eval knows, or one in `task.include_path`, can be named directly.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,16 @@ def offline_env() -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+_WARNED: set = set()
+
+
+def warn_once(msg: str) -> None:
+    """Preflight and the run check the same config: say it once per process."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        logging.getLogger("decodebench").warning(msg)
+
+
 def check_task(cfg, spec) -> Optional[TaskPlan]:
     """All task checks before any model loads; ValueError with one line (the caller prefixes nothing)."""
     t = cfg.get("task")
@@ -154,6 +165,9 @@ def check_task(cfg, spec) -> Optional[TaskPlan]:
         raise ValueError(f"task {t.name!r}: {scored[0]} is scored by log-likelihood "
                          f"({types[scored[0]]}), which strategy {spec.name!r} does not change; choose a "
                          f"generate_until task, or strategy=greedy to score it once")
+    if t.num_samples > 1 and not spec.params.do_sample and spec.method == "sampling":
+        warn_once(f"task.num_samples={t.num_samples} with strategy {spec.name!r}: greedy samples are all "
+                  f"the same, so maj@{t.num_samples} equals one sample's score; choose a sampling strategy")
     from decodebench.models import hub_offline
 
     if not local and hub_offline():

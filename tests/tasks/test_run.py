@@ -133,3 +133,18 @@ def test_lm_eval_cli_runs_decodebench_as_a_model(tmp_path):
     assert "decodebench_arith" in proc.stdout and "exact_match" in proc.stdout
     saved = list(tmp_path.rglob("results_*.json"))
     assert saved and "exact_match,strict-match" in json.loads(saved[0].read_text())["results"]["decodebench_arith"]
+
+
+def test_greedy_with_several_samples_is_said_once(caplog):
+    import logging
+
+    from decodebench.tasks import config as task_config
+    from tests.conftest import compose
+
+    task_config._WARNED.clear()
+    cfg = compose(expand_overrides(TINY + ["task=decodebench_arith", "task.num_samples=3"]))
+    with caplog.at_level(logging.WARNING, logger="decodebench"):
+        runner.prepare(cfg)
+        runner.prepare(cfg)  # preflight, then the run itself
+    said = [r for r in caplog.records if "greedy samples are all the same" in r.getMessage()]
+    assert len(said) == 1
