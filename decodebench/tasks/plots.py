@@ -34,6 +34,7 @@ def accuracy_vs_diversity(report: "Report") -> Optional["object"]:
     nrows = -(-len(metrics) // ncols)
     fig = Figure(figsize=(5.2 * ncols, 3.8 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)  # room for each row's x label under the next row's title
     colors = _colors(rows)
     for ax, m in zip(axes, metrics):
         for name, color in colors.items():
