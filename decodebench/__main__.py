@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb, rest = split_verb(argv)
     rest = open_keys(rest)
+    from decodebench.tasks.config import expand_overrides
+
+    rest = expand_overrides(rest)  # task=<lm-eval task name> -> task=lm_eval task.name=<name>
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from decodebench import preflight
 

@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from decodebench.data import DatasetConfig
 from decodebench.models import ModelConfig
+from decodebench.tasks.config import TaskConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -97,6 +98,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     scorers: Dict[str, Any] = field(default_factory=dict)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    task: Optional[TaskConfig] = None  # an lm-eval task scored for every run (conf/task/, decodebench/tasks/)
     seed: int = 0
     batch_size: Any = "auto"  # rows in the running batch, or "auto" (what fits; README, "The engine")
     sync_every: int = 4  # steps between the engine's host checks (finished rows, stop strings, time)

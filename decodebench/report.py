@@ -68,7 +68,7 @@ RANKING_ONLY = {"perplexity": False, "reference_perplexity": False}
 # Bookkeeping numbers: kept in the CSV, left out of the markdown and HTML tables.
 BOOKKEEPING = {"mauve_num_buckets", "mauve_num_pairs", "generated_tokens", "generation_time_s",
                "tokens_processed_per_token"}
-COMPANIONS = ("_std", "_ci_low", "_ci_high")
+COMPANIONS = ("_std", "_ci_low", "_ci_high", "_stderr")  # _stderr: lm-eval task metrics
 OUTPUTS = {"markdown": "leaderboard.md", "csv": "leaderboard.csv", "html": "leaderboard.html"}
 
 
@@ -320,6 +320,10 @@ def direction(metric: str) -> Optional[bool]:
     from decodebench.scorers import higher_is_better
 
     hib = higher_is_better(metric)
+    if hib is None and metric.startswith("task/"):  # lm-eval task metrics (decodebench/tasks/metrics.py)
+        from decodebench.tasks.metrics import higher_is_better as task_direction
+
+        hib = task_direction(metric)
     return hib if hib is not None else RUN_METRIC_DIRECTION.get(metric)
 
 

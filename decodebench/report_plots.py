@@ -156,5 +156,8 @@ def throughput(report: "Report") -> Optional[Plot]:
 
 def render(report: "Report") -> list[Plot]:
     """Every plot the report's data supports, in page order."""
-    plots = [frontier(report)] + [against_param(report, p) for p in report.swept] + [throughput(report)]
+    from decodebench.tasks.plots import render as task_plots  # accuracy against diversity, with task metrics
+
+    plots = ([frontier(report)] + task_plots(report) + [against_param(report, p) for p in report.swept]
+             + [throughput(report)])
     return [p for p in plots if p is not None]

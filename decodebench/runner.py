@@ -76,8 +76,20 @@ def prepare(cfg: DictConfig) -> dict:
             check_compile(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return dict(spec=spec, record=record, table=table, plan=plan, device=device,
+    return dict(spec=spec, task=check_task(cfg, spec), record=record, table=table, plan=plan, device=device,
                 dtype=models.pick_dtype(str(cfg.dtype), device))
+
+
+def check_task(cfg: DictConfig, spec):
+    """The `task` group's checks (decodebench/tasks/config.py); None without a task."""
+    if cfg.get("task") is None:
+        return None  # lm-eval is imported only when a task is used
+    from decodebench.tasks.config import check_task as check
+
+    try:
+        return check(cfg, spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
@@ -199,6 +211,10 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
                                            dtype=prep["dtype"]) for name in sorted(prep["plan"].scoring_models())}
         metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
                                           seed=int(cfg.seed), progress=bool(cfg.progress), models=scoring))
+        if prep.get("task") is not None:  # an lm-eval task's metrics join the run's (decodebench/tasks/run.py)
+            from decodebench.tasks.run import evaluate_task
+
+            metrics.update(evaluate_task(cfg, prep, model, tok, run_dir))
     except BaseException:
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise
