@@ -27,15 +27,9 @@ from torch import Tensor
 from decodebench.registry import did_you_mean
 
 from .chain import DecodeState, LogitsChain, NaNLogitsError
-from .params import SamplingParams
+from .params import BY_NAME, SamplingParams
 from .transforms import user_params
 
-# the per-row values that HF generate() treats as "not applied"
-_OFF = {
-    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-    "no_repeat_ngram_size": 0, "min_new_tokens": 0,
-}
 _ROW_FIELDS = {f.name for f in fields(SamplingParams)} - {"do_sample", "order", "extra"}
 _NEEDS_PROMPT_LENGTH = ("presence_penalty", "frequency_penalty", "min_new_tokens")
 
@@ -76,7 +70,8 @@ def _rows(b: int, order, params: dict) -> list[SamplingParams]:
         if name not in _ROW_FIELDS and name not in extra_names:
             raise TypeError(did_you_mean("process_logits parameter", name, sorted(_ROW_FIELDS | set(extra_names))))
         for i, val in enumerate(_per_row(name, value, b)):
-            if val is None or (name in _OFF and val == _OFF[name]):
+            # a value HF generate() treats as "not applied" (the table's off values, top_p 1, ...) is skipped
+            if val is None or (name in BY_NAME and val in BY_NAME[name].off):
                 continue
             (extras if name in extra_names else per_row)[i][name] = val
     order = tuple(order) if not isinstance(order, str) else order

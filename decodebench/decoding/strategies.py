@@ -16,12 +16,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from decodebench.decoding.params import SamplingParams
+from decodebench.decoding.params import PARAMS, SamplingParams
 from decodebench.registry import Registry
 
 STRATEGIES: Registry = Registry("strategy method")
 
-_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+_PARAM_FIELDS = {p.name for p in PARAMS}  # the strategy keys that are per-row sampling parameters
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
 
 
 def _params(d: dict) -> SamplingParams:
-    kw = {k: v for k, v in d.items() if k in _PARAM_FIELDS}
-    if kw.get("logit_bias") is not None:
-        kw["logit_bias"] = tuple(sorted((int(k), float(v)) for k, v in kw["logit_bias"].items()))
-    if kw.get("bad_words_ids") is not None:
-        kw["bad_words_ids"] = tuple(int(t) for t in kw["bad_words_ids"])
-    if isinstance(kw.get("order"), list):
-        kw["order"] = tuple(kw["order"])
-    if "extra" in kw and isinstance(kw["extra"], dict):
-        kw["extra"] = tuple(sorted((str(k), float(v)) for k, v in kw["extra"].items()))
-    return SamplingParams(**kw)
+    # the table's checks normalise lists and dicts (logit_bias, bad_words_ids, order, extra, ...)
+    return SamplingParams(**{k: v for k, v in d.items() if k in _PARAM_FIELDS})
 
 
 def build_strategy(d: dict) -> StrategySpec:
