@@ -20,13 +20,14 @@ from .params import asks_for, transform_params
 from .transforms import TRANSFORMS, PackContext, Step, TransformSpec
 
 
-def builtin(name: str, fn: Callable):
-    """Register a built-in transform's binder; its parameters, switch and warper flag come from the table."""
+def builtin(name: str, fn: Callable, unless: Callable[[object], bool] | None = None):
+    """Register a built-in transform's binder; its parameters, switch and warper flag come from the table.
+    `unless(row)`: another transform takes the row over (dynatemp rows skip plain temperature)."""
     table = transform_params(name)
     params, warper, asks = tuple(p.name for p in table), table[0].warper, asks_for(name)
 
     def is_on(row) -> bool:
-        return asks(row) and (row.do_sample or not warper)
+        return asks(row) and (row.do_sample or not warper) and not (unless is not None and unless(row))
 
     def register(bind):
         TRANSFORMS.register(name, TransformSpec(name, fn, params, is_on, bind, warper))
@@ -64,7 +65,7 @@ def _sub(col: Tensor, idx: Tensor | None) -> Tensor:
 
 
 # -------------------------------------------------------------------------------------------- warpers
-@builtin("temperature", W.temperature)
+@builtin("temperature", W.temperature, unless=asks_for("dynatemp"))
 def _temperature(ctx: PackContext, on: list[bool]) -> Step:
     t = ctx.floats(_pick(ctx, on, "temperature", 1.0))
     any_zero = any(o and r.temperature == 0 for r, o in zip(ctx.rows, on))

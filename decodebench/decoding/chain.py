@@ -35,10 +35,10 @@ from torch import Tensor
 
 from decodebench.registry import did_you_mean
 
-from . import bindings  # noqa: F401  (registers the built-in transforms)
+from . import bindings, bindings_samplers  # noqa: F401  (register the built-in transforms)
 from .params import SamplingParams
 from .penalties import counts_with_spare
-from .transforms import TRANSFORMS, PackContext, resolve_order
+from .transforms import TRANSFORMS, PackContext, StatefulStep, resolve_order
 
 
 class NaNLogitsError(ValueError):
@@ -51,6 +51,7 @@ class DecodeState:
     attention_mask: Tensor  # [B, T] 1 for real tokens, 0 for padding
     prompt_width: int  # T of the padded prompt block; generated tokens are input_ids[:, prompt_width:]
     step: int  # number of tokens generated so far (same for all rows)
+    keys: Tensor | None = None  # [B] int64 row keys (sampling.row_keys): XTC draws its coin from them
 
 
 class Tables:
@@ -84,6 +85,8 @@ class LogitsChain:
     def __init__(self, rows: list[SamplingParams], ctx: PackContext, steps: list, names: list[str],
                  support: int | None = None) -> None:
         self.rows, self._ctx, self._steps, self.names = rows, ctx, steps, names
+        # transforms with per-row state across steps (mirostat, grammar): updated by `update`, carried by `select`
+        self._stateful: dict[str, StatefulStep] = {}  # filled by from_rows, which knows each step's name
         # at most this many finite logits per sampled row leave the chain (top_k on all of them, plus
         # slack for ties): lets `sample` draw noise for those tokens only. None: no such bound.
         self.support = support
@@ -105,8 +108,10 @@ class LogitsChain:
         eos_token_id: int | Sequence[int] | None,
         device,
         dtype: torch.dtype = torch.float32,
+        tokenizer=None,
     ) -> "LogitsChain":
-        """Pack the rows' settings once. All rows must share one `order`."""
+        """Pack the rows' settings once. All rows must share one `order`. `tokenizer` (a Hugging Face
+        tokenizer) is needed only by grammars and by DRY sequence breakers given as text."""
         rows = list(rows)
         if not rows or not all(isinstance(r, SamplingParams) for r in rows):
             raise ValueError("from_rows needs a non-empty sequence of SamplingParams")
@@ -114,11 +119,13 @@ class LogitsChain:
         if len(orders) > 1:
             raise ValueError(f"all rows of a batch must share one order; got {', '.join(orders)}")
         eos = () if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
-        ctx = PackContext(rows, vocab_size, torch.device(device), dtype, tuple(int(e) for e in eos))
+        ctx = PackContext(rows, vocab_size, torch.device(device), dtype, tuple(int(e) for e in eos),
+                          tokenizer=tokenizer)
         names = resolve_order(rows[0].order)
         _check_covered(rows, names)
         active = [(n, on) for n in names for on in [[TRANSFORMS.get(n).is_on(r) for r in rows]] if any(on)]
         steps, applied = [], [n for n, _ in active]  # nobody asked for the others: the batch skips them
+        step_names: list[str] = []
         i = 0
         while i < len(active):
             name, on = active[i]
@@ -126,14 +133,18 @@ class LogitsChain:
                 ctx.support = _support_after_top_k(ctx, ["top_k"], active[i + 1][1])
                 if ctx.support is not None and ctx.device.type == "cpu":  # else: two steps, top_p sorts
                     steps.append(bindings.bind_top_k_top_p(ctx, on, active[i + 1][1]))
+                    step_names.append("top_k+top_p")
                     i += 2
                     continue
             if name == "top_p":
                 ctx.support = _support_after_top_k(ctx, applied[:i], on)
             steps.append(TRANSFORMS.get(name).bind(ctx, on))
+            step_names.append(name)
             i += 1
         sampled = [not r.greedy for r in rows]
-        return cls(rows, ctx, steps, applied, _support_after_top_k(ctx, applied, sampled))
+        chain = cls(rows, ctx, steps, applied, _support_after_top_k(ctx, applied, sampled))
+        chain._stateful = {n: st for n, st in zip(step_names, steps) if isinstance(st, StatefulStep)}
+        return chain
 
     def __call__(self, logits: Tensor, state: DecodeState) -> Tensor:
         """`[B, V]` float logits -> transformed `[B, V]`, same dtype."""
@@ -149,8 +160,11 @@ class LogitsChain:
     def update(self, new_tokens: Tensor) -> None:
         """Count one more generated token per row (`[B]` ids; ids < 0 or >= V count as padding).
 
-        Call after each step, if at all; the counts then stay valid for `state.step + 1`.
+        Call after each step; the counts then stay valid for `state.step + 1`. Stateful transforms
+        (mirostat's mu, grammar matchers) advance here only: with them, calling it is required.
         """
+        for st in self._stateful.values():
+            st.update(new_tokens)
         if self._counts is None:
             return  # no transform reads counts, or none built yet: the next call builds from input_ids
         v = self.vocab_size
@@ -167,7 +181,10 @@ class LogitsChain:
         idx = index.tolist() if isinstance(index, Tensor) else list(index)
         ctx = self._ctx
         new = LogitsChain.from_rows([self.rows[i] for i in idx], vocab_size=ctx.vocab_size,
-                                    eos_token_id=ctx.eos_ids, device=ctx.device, dtype=ctx.dtype)
+                                    eos_token_id=ctx.eos_ids, device=ctx.device, dtype=ctx.dtype,
+                                    tokenizer=ctx.tokenizer)
+        for name, st in new._stateful.items():
+            st.adopt(self._stateful[name], idx)  # the selected rows' mu, matchers, ...
         rows = torch.tensor(idx, dtype=torch.long, device=ctx.device)
         if self._counts is not None:
             new._counts, new._counts_step = self._counts.index_select(0, rows), self._counts_step

@@ -107,7 +107,7 @@ def check_breakers(breakers):
 def check_grammar(grammar):
     """`{"json_schema": <dict or JSON text>}`, `{"regex": "..."}` or `{"lark": "..."}` (EBNF in Lark syntax).
 
-    Returns `(kind, text)`; the grammar is compiled (and its errors reported) where the tokenizer is known.
+    Returns `(kind, text)`, after llguidance has compiled it (its message, on one line, if it does not).
     """
     if isinstance(grammar, (tuple, list)) and len(grammar) == 2 and grammar[0] in GRAMMAR_KINDS:
         kind, body = grammar
@@ -123,9 +123,14 @@ def check_grammar(grammar):
                 raise ValueError(f"grammar.json_schema is not valid JSON: {e}") from None
         if not isinstance(body, (dict, bool)):
             fail("grammar.json_schema", "a JSON object", body)
-        return (kind, json.dumps(body, sort_keys=True))
-    if not isinstance(body, str) or not body:
+        body = json.dumps(body, sort_keys=True)
+    elif not isinstance(body, str) or not body:
         fail(f"grammar.{kind}", "a non-empty string", body)
+    from .grammar import compile_error  # llguidance compiles without a tokenizer: errors before any model loads
+
+    err = compile_error(kind, body)
+    if err:
+        raise ValueError(f"grammar.{kind} does not compile: {err}")
     return (kind, body)
 
 
