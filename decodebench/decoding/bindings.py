@@ -184,12 +184,26 @@ def _bias(ctx: PackContext, on: list[bool]) -> Step:
 
 @builtin("bad_words_ids", P.ban_tokens)
 def _bans(ctx: PackContext, on: list[bool]) -> Step:
-    # HF's NoBadWordsLogitsProcessor drops single-token bans on EOS; so do we
-    bans = [[t for t in r.bad_words_ids if t not in ctx.eos_ids] if o else [] for r, o in zip(ctx.rows, on)]
+    # HF's NoBadWordsLogitsProcessor drops single-token bans on EOS; so do we. Multi-token bans are a
+    # sequence bias of -inf on their last token (HF's own construction), which needs the history.
+    rows = [r.bad_words_ids if o else () for r, o in zip(ctx.rows, on)]
+    bans = [[t for t in row if isinstance(t, int) and t not in ctx.eos_ids] for row in rows]
+    seqs = [[(t, -math.inf) for t in row if not isinstance(t, int)] for row in rows]
     _check_ids(ctx, "bad_words_ids", [t for row in bans for t in row])
     ids = ctx.longs(_pad_rows(ctx, bans, -1))
     vals = torch.where(ids >= 0, -math.inf, 0.0).to(torch.float32)
-    return lambda x, tables: P.add_sparse(x, ids, vals)
+    if not any(seqs):
+        return lambda x, tables: P.add_sparse(x, ids, vals)
+    from .bindings_samplers import pack_sequences  # late: that module imports this one
+    from .samplers_misc import sequence_bias
+
+    singles, multi = pack_sequences(ctx, "bad_words_ids", seqs)
+
+    def step(x: Tensor, tables) -> Tensor:
+        s = tables.state
+        return sequence_bias(P.add_sparse(x, ids, vals), s.input_ids, s.attention_mask, singles, multi)
+
+    return step
 
 
 def _check_ids(ctx: PackContext, name: str, ids: list[int]) -> None:

@@ -157,3 +157,12 @@ def check_extra(extra):
     if len({n for n, _ in out}) != len(out):
         fail("extra", "free of repeated names", extra)
     return tuple(sorted(out))
+
+
+def check_prefix_fn(name: str) -> str:
+    """A registered prefix_allowed_tokens_fn (plugins register theirs before configs are checked)."""
+    from .constraints import PREFIX_FNS
+
+    if name not in PREFIX_FNS:
+        raise ValueError(PREFIX_FNS.unknown_message(name))
+    return name

@@ -155,7 +155,7 @@ PARAMS: tuple[Param, ...] = (
     Param("grammar", "value", check=PV.check_grammar, transform="grammar", warper=False, sweep=False,
           config_type=Optional[Any]),
     Param("prefix_allowed_tokens_fn", "str", hint=" (a name registered with register_prefix_fn)",
-          transform="prefix_allowed_tokens_fn", warper=False, sweep=False),
+          check=PV.check_prefix_fn, transform="prefix_allowed_tokens_fn", warper=False, sweep=False),
     Param("watermark", "bool", default=False, off=(False,), transform="watermark", warper=False),
     _f("watermark_gamma", default=0.25, lo_open=True, hi=1.0, transform="watermark", switch=False, warper=False),
     _f("watermark_delta", default=2.0, transform="watermark", switch=False, warper=False),

@@ -84,15 +84,10 @@ def watermark(logits: Tensor, input_ids: Tensor, keys: list[WatermarkKey | None]
             green = _selfhash_green(k, ctx, logits[i])
         else:
             green = _green_cached(k, ctx).to(logits.device)
-        d = torch.tensor([deltas[i]], dtype=torch.float64, device=logits.device)
-        out[i, green] = _add(out[i, green], d)
+        # `+ python float`, HF's very op: torch rounds the scalar to bf16/fp16 for add on CPU (unlike div
+        # and mul, which keep it in float32), so any other formulation would differ in the last bit
+        out[i, green] = out[i, green] + float(deltas[i])
     return out
-
-
-def _add(x: Tensor, d: Tensor) -> Tensor:
-    from .processors import scalar_op  # `scores + python_float`: float32 arithmetic on half logits
-
-    return scalar_op(x[None], d, torch.add)[0]
 
 
 def _selfhash_green(key: WatermarkKey, ctx: tuple[int, ...], scores: Tensor) -> Tensor:
