@@ -163,6 +163,6 @@ def validate(cfg: DictConfig):
 def prefix_key(group: str, msg: str) -> str:
     """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key."""
     head = msg.split(" ", 1)[0]
-    if head.isidentifier() and not msg.startswith(f"{group}."):
+    if all(part.isidentifier() for part in head.split(".")) and not msg.startswith(f"{group}."):
         return f"{group}.{msg}"
     return msg

@@ -62,7 +62,7 @@ def top_n_sigma(logits: Tensor, n) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- tail-free
 def tail_free(logits: Tensor, z, min_tokens_to_keep=1) -> Tensor:
-    """Tail-free sampling (Phillips 2019), as llama.cpp's `tail_free` sampler: sort, take the absolute second
+    """Tail-free sampling (Bricken 2019), as llama.cpp's `tail_free` sampler: sort, take the absolute second
     differences of the probabilities, normalise them, and cut where their running sum first exceeds `z`
     (at a sorted position >= `min_tokens_to_keep`). `z >= 1` or at most two candidates: unchanged."""
     probs, idx = _sorted_probs(logits)

@@ -17,8 +17,8 @@ from .processors import NEG_INF, column, scalar_op
 
 # ------------------------------------------------------------------------------------------------- top-H
 def top_h(logits: Tensor, top_h, top_n: int = 100) -> Tensor:
-    """Top-H (Potraghloo et al. 2025), HF `TopHLogitsWarper`: among the `top_n` most likely tokens, keep the
-    most likely ones while their cumulative entropy terms `-p log p` stay <= `top_h * H` (H over those
+    """Top-H ("Top-H Decoding", NeurIPS 2025, arXiv 2509.02510), HF `TopHLogitsWarper`: among the `top_n`
+    most likely tokens, keep the most likely ones while their cumulative entropy terms `-p log p` stay <= `top_h * H` (H over those
     `top_n`), always the first."""
     b, v = logits.shape
     n = min(top_n, v)
