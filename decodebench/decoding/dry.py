@@ -1,4 +1,5 @@
-"""DRY ("Don't Repeat Yourself", by pi6am; llama.cpp's `dry` sampler) as a batched transform.
+"""DRY ("Don't Repeat Yourself", by p-e-w; llama.cpp's `dry` sampler, ported from koboldcpp by pi6am) as a
+batched transform.
 
 A token that would extend a sequence already seen in the row's history is penalised by
 `multiplier * base ** (length - allowed_length)` when the repeated sequence (the history's suffix) is at least
