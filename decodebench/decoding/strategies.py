@@ -94,6 +94,10 @@ def build_strategy(d: dict) -> StrategySpec:
         stopping=tuple(d.get("stopping") or ()),
     )
     getattr(check, "validate", lambda s: None)(spec)
+    if spec.params.guidance_scale not in (None, 1.0) or spec.params.negative_prompt is not None:
+        # the checks exist and `decoding.cfg_combine` has the step; the loop's two-forward wiring is pending
+        raise ValueError("guidance_scale is set, but classifier-free guidance is not run by the generation loop "
+                         "yet; leave guidance_scale and negative_prompt unset")
     return spec
 
 
