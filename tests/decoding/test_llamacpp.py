@@ -276,3 +276,19 @@ def test_dry_random_mixed_batch(dtype):
         want = (x[i].double() - torch.tensor(pen)).to(dtype)
         assert torch.equal(out[i], want), (i, out[i], want)
     assert not torch.equal(out, x)
+
+
+def test_llamacpp_order_places_every_sampler_as_its_default_chain():
+    from decodebench.decoding import process_logits, row_keys
+
+    x = make_logits(2, 50, torch.float32, seed=40)
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(41))
+    _, names = process_logits(
+        x, ids, order="llamacpp", return_chain=True, keys=row_keys(0, ["a", "b"], [0, 0]), prompt_length=6,
+        temperature=0.8, dynatemp_range=0.2, xtc_probability=0.5, min_p=0.05, top_p=0.9, typical_p=0.9, tfs_z=0.9,
+        top_k=40, top_n_sigma=2.0, dry_multiplier=0.8, dry_sequence_breakers=[], presence_penalty=0.1,
+        repetition_penalty=1.1, mirostat=2)
+    # common/common.h: penalties, dry, top_n_sigma, top_k, (tfs_z), typ_p, top_p, min_p, xtc, temperature
+    # (temp_ext); mirostat replaces the final draw
+    assert names == ["repetition_penalty", "presence_penalty", "dry", "top_n_sigma", "top_k", "tfs_z", "typical_p",
+                     "top_p", "min_p", "xtc", "dynatemp", "mirostat"]

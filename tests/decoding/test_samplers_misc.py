@@ -125,3 +125,24 @@ def test_cfg_combine_equals_hf_on_the_same_pairs(dtype):
     out = cfg_combine(cond, uncond, scales)
     for i in range(4):
         _same(out[i : i + 1], cfg_combine(cond[i : i + 1], uncond[i : i + 1], float(scales[i])))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hf_order_chain_equals_hf_processor_list(dtype):
+    """The new HF transforms in one chain, in HF's order, give what HF's processor list gives."""
+    v = 120
+    x = make_logits(3, v, dtype, seed=11)
+    ids = torch.randint(0, v, (3, 7), generator=torch.Generator().manual_seed(12))
+    seqs = [[[int(ids[0, -1]), 5], 2.0], [[9], -1.0]]
+    bans = [[int(ids[1, -1]), 6], [8]]
+    procs = [hf.SequenceBiasLogitsProcessor(seqs), hf.RepetitionPenaltyLogitsProcessor(1.3),
+             hf.NoBadWordsLogitsProcessor(bans, eos_token_id=0), hf.TemperatureLogitsWarper(0.8),
+             hf.TopHLogitsWarper(0.6), hf.TopKLogitsWarper(40), hf.TopPLogitsWarper(0.9), hf.MinPLogitsWarper(0.02),
+             hf.WatermarkLogitsProcessor(v, "cpu", bias=1.5)]
+    ref = x
+    for p in procs:
+        ref = p(ids, ref)
+    out = process_logits(x, ids, sequence_bias=seqs, repetition_penalty=1.3, bad_words_ids=bans, eos_token_id=0,
+                         temperature=0.8, top_h=0.6, top_k=40, top_p=0.9, min_p=0.02, watermark=True,
+                         watermark_delta=1.5)
+    _same(out, ref)
