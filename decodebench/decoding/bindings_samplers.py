@@ -55,7 +55,8 @@ def _xtc(ctx: PackContext, on: list[bool]) -> Step:
         s = tables.state
         if s.keys is None:
             raise ValueError("xtc_probability needs the rows' noise keys: pass DecodeState(keys=row_keys(...))")
-        return L.xtc(x, p, t, row_uniform(s.keys.to(x.device), s.step, XTC_STREAM), mtk)
+        # the row's own step (rows of a running batch may have started at different steps)
+        return L.xtc(x, p, t, row_uniform(s.keys.to(x.device), s.generated(), XTC_STREAM), mtk)
 
     return step
 
@@ -108,8 +109,12 @@ class MirostatStep(StatefulStep):
         self.mu = torch.where(self.on, new, self.mu)
         self._out = None
 
-    def adopt(self, old: "MirostatStep", index: list[int]) -> None:
-        self.mu = old.mu[torch.tensor(index, device=old.mu.device)].clone()
+    def adopt(self, old: "MirostatStep", index: list[int | None]) -> None:
+        kept = [j for j, i in enumerate(index) if i is not None]
+        if kept:
+            src = torch.tensor([index[j] for j in kept], device=old.mu.device)
+            self.mu = self.mu.clone()
+            self.mu[torch.tensor(kept, device=self.mu.device)] = old.mu[src].to(self.mu.device)
 
 
 @builtin("mirostat", L.mirostat_v2)

@@ -49,9 +49,14 @@ class NaNLogitsError(ValueError):
 class DecodeState:
     input_ids: Tensor  # [B, T] prompt + generated so far, LEFT-padded
     attention_mask: Tensor  # [B, T] 1 for real tokens, 0 for padding
-    prompt_width: int  # T of the padded prompt block; generated tokens are input_ids[:, prompt_width:]
-    step: int  # number of tokens generated so far (same for all rows)
+    prompt_width: int | Tensor  # generated tokens are input_ids[:, prompt_width:]; or `[B, 1]` per row
+    step: int  # steps run so far by this batch (keys the incremental tables)
+    row_step: Tensor | None = None  # `[B]` tokens generated per row, when rows started at different steps
     keys: Tensor | None = None  # [B] int64 row keys (sampling.row_keys): XTC draws its coin from them
+
+    def generated(self) -> Tensor:
+        """`[B]` (or scalar) tokens generated so far per row."""
+        return self.step if self.row_step is None else self.row_step
 
 
 class Tables:
@@ -65,7 +70,12 @@ class Tables:
         c = self.chain
         if c._counts is None or c._counts_step != self.state.step:
             s = self.state
-            c._counts = counts_with_spare(s.input_ids, c.vocab_size, s.attention_mask, s.prompt_width)
+            ids, mask = s.input_ids, s.attention_mask
+            if isinstance(s.prompt_width, Tensor):  # per-row prompt ends: count generated columns only
+                ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < s.prompt_width, c.vocab_size)
+                c._counts = counts_with_spare(ids, c.vocab_size, mask, 0)
+            else:
+                c._counts = counts_with_spare(ids, c.vocab_size, mask, s.prompt_width)
             c._counts_step = s.step
         return c._counts[:, : c.vocab_size]
 
@@ -183,13 +193,23 @@ class LogitsChain:
         new = LogitsChain.from_rows([self.rows[i] for i in idx], vocab_size=ctx.vocab_size,
                                     eos_token_id=ctx.eos_ids, device=ctx.device, dtype=ctx.dtype,
                                     tokenizer=ctx.tokenizer)
-        for name, st in new._stateful.items():
-            st.adopt(self._stateful[name], idx)  # the selected rows' mu, matchers, ...
+        new.carry_state(self, idx)  # the selected rows' mu, matchers, ...
         rows = torch.tensor(idx, dtype=torch.long, device=ctx.device)
         if self._counts is not None:
             new._counts, new._counts_step = self._counts.index_select(0, rows), self._counts_step
         new._nan = self._nan.clone()
         return new
+
+    def carry_state(self, old: "LogitsChain", index: Sequence[int | None]) -> None:
+        """Give this chain's row j the per-row state (mirostat's mu, grammar matchers) of `old`'s row
+        `index[j]`; `None` marks a row that joined the batch, which keeps its fresh state. For a chain
+        rebuilt with `from_rows` when rows leave and join (continuous batching): without this, stateful
+        transforms would restart."""
+        for name, st in self._stateful.items():
+            if name in old._stateful:
+                st.adopt(old._stateful[name], list(index))
+            elif any(i is not None for i in index):
+                raise ValueError(f"rows kept from the old chain need {name}'s state, which it does not have")
 
     def nan_flag(self) -> Tensor:
         """0-dim bool on the device: has any call seen a NaN logit? (No sync.)"""

@@ -103,10 +103,12 @@ class GrammarStep(StatefulStep):
             if not m.is_stopped():
                 m.consume_token(int(toks[i]))
 
-    def adopt(self, old: "GrammarStep", index: list[int]) -> None:
-        # a row may be selected twice (beams): each copy gets its own matcher
+    def adopt(self, old: "GrammarStep", index: list[int | None]) -> None:
+        # a row may be selected twice (beams): each copy gets its own matcher; new rows keep theirs
         seen: set[int] = set()
         for j, i in enumerate(index):
+            if i is None:
+                continue
             m = old.matchers[i]
             self.matchers[j] = None if m is None else (m.deep_copy() if i in seen else m)
             seen.add(i)

@@ -127,8 +127,8 @@ class StatefulStep:
     def update(self, tokens: Tensor) -> None:
         """One sampled token per row `[B]`, after the step that produced it."""
 
-    def adopt(self, old: "StatefulStep", index: list[int]) -> None:
-        """Take rows `index` of `old`'s state (the new chain's rows are `old`'s rows `index`, in order)."""
+    def adopt(self, old: "StatefulStep", index: list[int | None]) -> None:
+        """Row j takes row `index[j]` of `old`'s state; `None`: a new row, which keeps its fresh state."""
 
 
 def resolve_order(order: str | Sequence[str]) -> list[str]:

@@ -38,7 +38,7 @@ def generate(model, tok, prompts, rows, max_new, seed=0):
     for step in range(max_new):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
-        x = chain(logits, DecodeState(ids, mask, width, step, keys))
+        x = chain(logits, DecodeState(ids, mask, width, step, keys=keys))
         t = sample(x, keys, step, chain.sample_mode)
         chain.update(t)
         for i in range(len(prompts)):

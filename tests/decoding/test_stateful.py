@@ -98,7 +98,7 @@ def test_mirostat_state_across_steps_per_row(dtype):
     ids = torch.zeros(4, 1, dtype=torch.long)
     for step in range(6):
         x = make_logits(4, V, dtype, seed=10 + step) * 0.6
-        out = chain(x, DecodeState(ids, torch.ones_like(ids), 1, step, keys))
+        out = chain(x, DecodeState(ids, torch.ones_like(ids), 1, step, keys=keys))
         tok = sample(out, keys, step, True)
         chain.update(tok)
         ids = torch.cat([ids, tok[:, None]], 1)
@@ -112,9 +112,13 @@ def test_mirostat_state_across_steps_per_row(dtype):
                                           r.mirostat_eta, V)
         assert [k[i] for k in kept] == want_kept
         assert math.isclose(float(chain._stateful["mirostat"].mu[i]), want_mu, rel_tol=1e-4)
-    # select carries each row's mu
+    # select carries each row's mu; a rebuilt chain takes the kept rows' mu and starts joined rows afresh
+    mu = chain._stateful["mirostat"].mu
     sub = chain.select([3, 0])
-    assert torch.equal(sub._stateful["mirostat"].mu, chain._stateful["mirostat"].mu[[3, 0]])
+    assert torch.equal(sub._stateful["mirostat"].mu, mu[[3, 0]])
+    rebuilt = LogitsChain.from_rows([rows[2], rows[0], rows[3]], vocab_size=V, eos_token_id=None, device="cpu")
+    rebuilt.carry_state(chain, [2, None, 3])
+    assert rebuilt._stateful["mirostat"].mu.tolist() == [mu[2].item(), 2 * rows[0].mirostat_tau, mu[3].item()]
 
 
 def test_xtc_coin_depends_only_on_the_rows_key_and_step():
@@ -126,11 +130,11 @@ def test_xtc_coin_depends_only_on_the_rows_key_and_step():
         ids = torch.zeros(4, 1, dtype=torch.long)
         rows = [SamplingParams(do_sample=True, **kw)] * 4
         chain = LogitsChain.from_rows(rows, vocab_size=50, eos_token_id=None, device="cpu")
-        out = chain(x, DecodeState(ids, torch.ones_like(ids), 1, step, keys))
+        out = chain(x, DecodeState(ids, torch.ones_like(ids), 1, step, keys=keys))
         for j in range(4):  # the same row alone, and in another position, gives the same
             alone = LogitsChain.from_rows(rows[:1], vocab_size=50, eos_token_id=None, device="cpu")
             assert torch.equal(out[j], alone(x[j : j + 1], DecodeState(ids[:1], torch.ones_like(ids[:1]), 1, step,
-                                                                        keys[j : j + 1]))[0])
+                                                                        keys=keys[j : j + 1]))[0])
         fired += [bool(out[j].isinf().any()) for j in range(4)]
     assert 0.2 < np.mean(fired) < 0.8  # the coin lands both ways at probability 0.5
     with pytest.raises(ValueError, match="xtc_probability needs the rows' noise keys"):
