@@ -60,7 +60,7 @@ register(Scorer(
     metrics={"watermark_z": None, "watermark_p_value": None, "watermark_detected_rate": None},
     options={"gamma": 0.25, "hashing_key": 15485863, "seeding_scheme": "lefthash", "context_width": 1,
              "vocab_size": 0, "z_threshold": 4.0, "ignore_repeated_ngrams": False},
-    check=_check_watermark,
+    check=_check_watermark, default=False,
     doc="watermark detection (Kirchenbauer et al. 2023, = HF WatermarkDetector): z-score, p-value, detected share",
 ))
 
@@ -103,6 +103,6 @@ def _check_constraint(o: Mapping) -> None:
 register(Scorer(
     name="constraint_valid", fn=constraint_fn, per_item=True, needs=frozenset({"texts"}),
     metrics={"constraint_valid_rate": True}, options={"json_schema": None, "regex": None},
-    check=_check_constraint,
+    check=_check_constraint, default=False,
     doc="share of generations that parse and validate against a JSON schema (or fully match a regex)",
 ))
