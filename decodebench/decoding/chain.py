@@ -2,14 +2,18 @@
 
 The engine's view::
 
-    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=eos, device=dev)  # rows: SamplingParams
+    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=eos, device=dev,
+                                  tokenizer=tok)  # tokenizer: grammars and text DRY breakers need it
     chain.names                       # e.g. ['repetition_penalty', 'temperature', 'top_k', 'top_p']
     for step in range(max_new):
-        state = DecodeState(input_ids, attention_mask, prompt_width, step)  # [B, T] left-padded ids
+        state = DecodeState(input_ids, attention_mask, prompt_width, step,  # [B, T] left-padded ids
+                            keys=keys)  # [B] row keys: XTC's coins
         logits = chain(model_logits, state)                                 # [B, V] -> [B, V]
         tokens = sample(logits, keys, step, chain.sample_mode, support=chain.support)  # [B]
-        chain.update(tokens)          # optional: keeps the [B, V] token counts incremental
+        chain.update(tokens)          # keeps the counts incremental; advances mirostat and grammars
         ...
+    # rows left and joined: new = LogitsChain.from_rows(new_rows, ...); new.carry_state(chain, index)
+    # (index[j]: the old row of new row j, None for a joined row), or chain.select(index)
     chain.raise_if_nan()              # every N steps, or at the end: one sync
 
 `chain.sample_mode` (a bool when the batch agrees) and `chain.support` (a bound on finite logits per
