@@ -13,7 +13,6 @@ and a plugin's own method with `@register_search`. The engine calls `METHODS.get
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -97,7 +96,17 @@ class StrategySpec:
         """The resolved settings, recorded with each run's results."""
         from decodebench.decoding.chain import resolve_order
 
-        d = {k: v for k, v in dataclasses.asdict(self.params).items() if v is not None}
+        from decodebench.decoding.params import asks_for
+
+        d = {}
+        for p in PARAMS:
+            v = getattr(self.params, p.name)
+            # a tuning knob of a transform the row leaves off (xtc_threshold without XTC, ...) says nothing
+            if v is None or (not p.switch and p.transform is not None and not asks_for(p.transform)(self.params)):
+                continue
+            if p.kind == "bool" and p.switch and v in p.off:  # watermark: false
+                continue
+            d[p.name] = v
         d["order"] = resolve_order(self.params.order)
         return {"name": self.name, "method": self.method, "max_new_tokens": self.max_new_tokens,
                 "num_return_sequences": self.num_return_sequences, "stop": list(self.stop),
