@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from decodebench.decoding.engine import Request, generate, pack_left, positions
@@ -53,12 +55,23 @@ def test_greedy_equals_generate_on_embedded_model(embedded):
     assert stats.forward_passes >= 24 - 1
 
 
-def test_greedy_equals_generate_with_eos_and_batches(tiny):
+def eos_happy_copy(tiny, bias: float):
+    """A copy of the tiny model with the EOS row of its (tied) embedding and output matrix shifted, so
+    that some rows end early (the session's tiny model stays as it is)."""
     model, tok = tiny
-    # Make EOS likely for some rows: bias the tiny model's output layer towards token 2 a little.
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] += bias
+    return model, tok
+
+
+def test_greedy_equals_generate_with_eos_and_batches(tiny):
+    model, tok = eos_happy_copy(tiny, -0.1)
     texts = ["a", "hello world, this is longer", "xyz", "0123456789" * 3, "q"]
     spec = build_strategy({"name": "greedy", "max_new_tokens": 30})
     ref = hf_greedy(model, tok, texts, 30)
+    lengths = [len(r) for r in ref]
+    assert min(lengths) < 30 and max(lengths) == 30, lengths  # the EOS branch and the length branch
     for bs in (1, 2, 5):
         outs, _ = ours(model, tok, texts, spec, batch_size=bs)
         assert [o.token_ids for o in outs] == ref
@@ -67,21 +80,17 @@ def test_greedy_equals_generate_with_eos_and_batches(tiny):
 
 
 def test_eos_finish_reason_and_no_padding_in_output(tiny):
-    model, tok = tiny
-    with torch.no_grad():
-        model.lm_head.weight[tok.eos_token_id] += 0.5  # an EOS-happy copy of the tiny model
-    try:
-        spec = build_strategy({"name": "sample", "do_sample": True, "max_new_tokens": 40})
-        outs, _ = ours(model, tok, ["ab", "cd", "efg", "h"] * 4, spec, seed=3)
-        reasons = {o.finish_reason for o in outs}
-        assert "eos" in reasons
-        for o in outs:
-            if o.finish_reason == "eos":
-                assert o.token_ids[-1] == tok.eos_token_id and tok.eos_token_id not in o.token_ids[:-1]
-            assert tok.pad_token_id not in o.token_ids
-    finally:
-        with torch.no_grad():
-            model.lm_head.weight[tok.eos_token_id] -= 0.5
+    model, tok = eos_happy_copy(tiny, 0.5)
+    spec = build_strategy({"name": "sample", "do_sample": True, "max_new_tokens": 40})
+    outs, _ = ours(model, tok, ["ab", "cd", "efg", "h"] * 4, spec, seed=3)
+    reasons = {o.finish_reason for o in outs}
+    assert reasons == {"eos", "length"}
+    for o in outs:
+        if o.finish_reason == "eos":
+            assert o.token_ids[-1] == tok.eos_token_id and tok.eos_token_id not in o.token_ids[:-1]
+        else:
+            assert len(o.token_ids) == 40
+        assert tok.pad_token_id not in o.token_ids
 
 
 def test_seeded_sampling_reproduces_and_seeds_differ(tiny):

@@ -34,6 +34,13 @@ class Recording(Streamer):
     def end(self, row):
         self.ended.append(row)
 
+    def close(self, outputs):
+        # what the search streamed by itself, before close() reconciles the stream with the outputs
+        if not hasattr(self, "before_close"):
+            self.before_close = {i: list(v) for i, v in self.stream.items()}
+            self.revisions_before_close = dict(self.revisions)
+        super().close(outputs)
+
 
 def run(model, tok, texts, d, batch_size=64, **kw):
     spec = build_strategy({"name": "s", **d})
@@ -46,10 +53,12 @@ def run(model, tok, texts, d, batch_size=64, **kw):
         return made[-1][1]
 
     outs, stats = generate(model, tok, reqs, spec, batch_size=batch_size, streamer_factory=factory, **kw)
-    streamed = {}
+    streamed, before = {}, {}
     for rows, rec in made:
         for i, r in enumerate(rows):
             streamed[(r.prompt_id, r.sample_index)] = (rec.stream.get(i, []), rec.revisions.get(i, 0), i in rec.ended)
+            before[(r.prompt_id, r.sample_index)] = (rec.before_close.get(i, []), rec.revisions_before_close.get(i, 0))
+    run.before_close = before
     return reqs, outs, streamed
 
 
@@ -121,15 +130,29 @@ def test_stream_stats_without_a_streamer():
 
 @pytest.mark.parametrize("d", [
     dict(method="sampling", do_sample=True, max_new_tokens=12),
-    dict(method="sampling", do_sample=True, max_new_tokens=12, stop=["\x7f"]),  # the stream is cut back
+    dict(method="sampling", do_sample=True, max_new_tokens=12, stop="from a free run"),  # the stream is cut back
     dict(method="contrastive", top_k=3, penalty_alpha=0.5, max_new_tokens=12),
 ])
 def test_one_token_strategies_stream_their_outputs(d):
     model, tok = peaky_tiny()
+    if d.get("stop"):  # a stop string that the free run generates mid-way, so streams are cut back
+        _, free, _ = run(model, tok, TEXTS, {**d, "stop": []})
+        long = max(free, key=lambda o: len(o.token_ids))
+        d = {**d, "stop": [tok.decode(long.token_ids[5:7])]}
     reqs, outs, streamed = run(model, tok, TEXTS, d)
+    cut = 0
     for r, o in zip(reqs, outs):
         tokens, _, ended = streamed[(r.prompt_id, r.sample_index)]
         assert tokens == o.token_ids and ended
+        # the stream as the loop sent it, before close() reconciled it: never revised, and it is the output
+        # (with a stop string, the output followed by the tokens generated after it, cut back at close)
+        early, revised = run.before_close[(r.prompt_id, r.sample_index)]
+        assert revised == 0 and early[: len(o.token_ids)] == o.token_ids
+        if not d.get("stop"):
+            assert early == o.token_ids
+        cut += len(early) > len(o.token_ids)
+    if d.get("stop"):
+        assert cut, "the stop string should cut some stream back"
 
 
 def test_text_streamer_releases_words_and_ends_with_the_full_text(embedded):
