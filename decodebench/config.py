@@ -7,13 +7,14 @@ model loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from decodebench.data import DatasetConfig
+from decodebench.decoding.params import PARAMS, Param
 from decodebench.models import ModelConfig
 from decodebench.tasks.config import TaskConfig
 
@@ -25,45 +26,39 @@ class ConfigError(ValueError):
     """A bad setting; str() is one line naming the key and what to change."""
 
 
-@dataclass
-class StrategyConfig:
-    """Hydra schema of the `strategy` group; parameter names are Hugging Face GenerationConfig's."""
+def _annotation(p: Param):
+    if p.config_type is not None:
+        return p.config_type
+    base = {"float": float, "int": int, "bool": bool, "str": str}[p.kind]
+    return base if p.default is not None else Optional[base]
 
-    name: str = MISSING  # the strategy's config name (greedy, topp, beam, ...)
-    method: str = "sampling"  # search method in decodebench.decoding.STRATEGIES
-    max_new_tokens: int = 64
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: Optional[float] = None
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    min_p: Optional[float] = None
-    typical_p: Optional[float] = None
-    epsilon_cutoff: Optional[float] = None
-    eta_cutoff: Optional[float] = None
-    repetition_penalty: Optional[float] = None
-    penalize_prompt: bool = True
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    no_repeat_ngram_size: Optional[int] = None
-    min_new_tokens: Optional[int] = None
-    logit_bias: Optional[Dict[int, float]] = None
-    bad_words_ids: Optional[List[int]] = None
-    min_tokens_to_keep: int = 1
-    order: Any = "hf"  # "hf", "vllm", "llamacpp" or a list of transform names
-    extra: Dict[str, float] = field(default_factory=dict)  # parameters of user-registered transforms
-    stop: List[str] = field(default_factory=list)  # stop strings, matched on decoded text
-    stopping: List[str] = field(default_factory=list)  # user stopping criteria by name (decoding/stopping.py)
-    # search strategies (beam, contrastive, ...)
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: Any = False  # true, false or "never"
-    num_beam_groups: int = 1
-    diversity_penalty: float = 0.0
-    penalty_alpha: Optional[float] = None
-    max_time: Optional[float] = None  # seconds per batch
-    stream: Optional[str] = None  # beam streaming rule: "safe" or "lookahead"
-    lookahead: int = 2
+
+def _default(p: Param):
+    if isinstance(p.default, tuple):  # dataclass defaults must not be shared mutables: Hydra gets a list
+        return field(default_factory=(dict if p.name == "extra" else lambda d=p.default: list(d)))
+    return field(default=p.default)
+
+
+# Hydra schema of the `strategy` group: the loop's keys, then one field per row of the parameter table
+# (decoding/params.py), then the search methods' options. Names are Hugging Face GenerationConfig's.
+StrategyConfig = make_dataclass("StrategyConfig", [
+    ("name", str, field(default=MISSING)),  # the strategy's config name (greedy, topp, beam, ...)
+    ("method", str, field(default="sampling")),  # search method in decodebench.decoding.STRATEGIES
+    ("max_new_tokens", int, field(default=64)),
+    ("num_return_sequences", int, field(default=1)),
+    *[(p.name, _annotation(p), _default(p)) for p in PARAMS],
+    ("stop", List[str], field(default_factory=list)),  # stop strings, matched on decoded text
+    ("stopping", List[str], field(default_factory=list)),  # user stopping criteria by name (decoding/stopping.py)
+    ("num_beams", int, field(default=1)),
+    ("length_penalty", float, field(default=1.0)),
+    ("early_stopping", Any, field(default=False)),  # true, false or "never"
+    ("num_beam_groups", int, field(default=1)),
+    ("diversity_penalty", float, field(default=0.0)),
+    ("penalty_alpha", Optional[float], field(default=None)),
+    ("max_time", Optional[float], field(default=None)),  # seconds per batch
+    ("stream", Optional[str], field(default=None)),  # beam streaming rule: "safe" or "lookahead"
+    ("lookahead", int, field(default=2)),
+], namespace={"__module__": __name__})
 
 
 @dataclass
@@ -177,6 +172,6 @@ def validate(cfg: DictConfig):
 def prefix_key(group: str, msg: str) -> str:
     """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key."""
     head = msg.split(" ", 1)[0]
-    if head.isidentifier() and not msg.startswith(f"{group}."):
+    if all(part.isidentifier() for part in head.split(".")) and not msg.startswith(f"{group}."):
         return f"{group}.{msg}"
     return msg

@@ -31,14 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results
 from decodebench.config import ConfigError, StrategyConfig, validate
+# Sampling-only parameters (the table's warpers): no effect on rows with do_sample=false.
+from decodebench.decoding.params import PARAMS, SAMPLING_ONLY
 
 SWEEP_JSON = "sweep.json"
 # Settings that do not change a point's results: left out of the fingerprint.
 NOT_FINGERPRINTED = ("sweep", "logger", "progress", "batch_size", "seed")
-# Sampling-only parameters (decoding/params.py): no effect on rows with do_sample=false.
-SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-# Strategy config keys that are not parameters one can sweep.
-NOT_PARAMS = ("name", "method")
+# Strategy config keys that are not parameters one can sweep (the table's structured values among them).
+NOT_PARAMS = ("name", "method") + tuple(p.name for p in PARAMS if not p.sweep)
 
 
 @dataclass

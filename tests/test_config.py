@@ -55,6 +55,15 @@ def test_top_level_options_compose():
     (["batch_size=0"], "batch_size"),
     (["dataset=file", "dataset.path=/nonexistent/prompts.jsonl"], "dataset.path"),
     (["dataset.prompt_column=nope"], "prompt_column"),
+    (["strategy=top_n_sigma", "strategy.top_n_sigma=-1"], "strategy.top_n_sigma must be in [0, inf)"),
+    (["strategy=xtc", "strategy.xtc_probability=1.5"], "strategy.xtc_probability must be in [0, 1]"),
+    (["strategy=mirostat", "strategy.mirostat=3"], "strategy.mirostat must be one of 0, 1, 2"),
+    (["strategy=sample", "strategy.guidance_scale=-1"], "strategy.guidance_scale must be in [0, inf)"),
+    (["strategy=sample", "+strategy.grammar.regex='[a-'"], "strategy.grammar.regex does not compile"),
+    (["strategy=sample", "+strategy.grammar.lark='start: x'"], "strategy.grammar.lark does not compile: at 1(8)"),
+    (["strategy=sample", "+strategy.grammar.json_schema='{nope'"], "strategy.grammar.json_schema is not valid JSON"),
+    (["strategy=dry", "strategy.dry_base=0.5"], "strategy.dry_base must be in [1, inf)"),
+    (["strategy=sample", "strategy.guidance_scale=2"], "strategy.guidance_scale is set, but classifier-free"),
 ])
 def test_bad_input_is_one_line(args, needle):
     cfg, err = compose_checked(args)

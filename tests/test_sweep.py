@@ -85,8 +85,17 @@ def test_plan_points_names_and_groups():
     assert sorted(len(g) for g in plan2.groups(None)) == [4, 4]
 
 
+def test_every_new_strategy_grid_plans():
+    """Each default grid of the newer samplers expands into valid points (the table makes them sweepable)."""
+    for name in ("top_n_sigma", "xtc", "dry", "mirostat", "tfs", "dynatemp", "smoothing", "top_h", "watermark"):
+        plan = make_plan(compose([f"strategy={name}", f"sweep={name}"]))
+        assert len(plan.points) > 1 and all(p.spec.params.do_sample for p in plan.points), name
+
+
 @pytest.mark.parametrize("args, expect", [
     (["strategy=greedy", "~sweep.grid.top_p", "~sweep.grid.temperature"], "strategy greedy has no grid"),
+    (["strategy=greedy", "~sweep.grid.top_p", "~sweep.grid.temperature", "sweep.grid.xtc_probability=[0.5]"],
+     "does not sample"),
     (["sweep.grid.top_q=[0.5]"], "did you mean top_p"),
     (["sweep.grid.top_p=[]"], "sweep.grid.top_p has no values"),
     (["sweep.grid.top_p=0.5"], "sweep.grid.top_p must be a list"),

@@ -10,8 +10,10 @@ Usable on any logits tensor, with no model, Hydra or W&B::
     tokens = sample(x, row_keys(0, ["a", "b", "c", "d"], [0] * 4), step=0, do_sample=True)  # [B]
 
 The engine packs per-request `SamplingParams` once into a `LogitsChain` (see chain.py). Modules:
-processors.py (filtering transforms), penalties.py (history-dependent ones), transforms.py (registry,
-named orders, `register_transform`), bindings.py (built-ins' packing), chain.py, api.py, sampling.py.
+params.py (the parameter table), processors.py (filtering transforms), penalties.py (history-dependent
+ones), samplers_llamacpp.py, dry.py, samplers_misc.py, watermark.py, grammar.py, constraints.py (the newer
+samplers and constraints), transforms.py (registry, named orders, `register_transform`), bindings*.py
+(packing), chain.py, api.py, sampling.py.
 """
 
 from .api import process_logits
@@ -27,9 +29,13 @@ from .penalties import (
     repetition_penalty,
     token_counts,
 )
+from .constraints import register_prefix_fn
+from .dry import dry
 from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
-from .sampling import exponential_noise, row_keys, sample, uniform_bits
-from .transforms import ORDERS, TRANSFORMS, TransformSpec, register_transform, resolve_order
+from .samplers_llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
+from .samplers_misc import cfg_combine, sequence_bias, smoothing, top_h
+from .sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
+from .transforms import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
 
 __all__ = [
     "process_logits", "SamplingParams", "LogitsChain", "DecodeState", "NaNLogitsError",
@@ -37,5 +43,7 @@ __all__ = [
     "register_transform", "TRANSFORMS", "TransformSpec", "ORDERS", "resolve_order",
     "temperature", "top_k", "top_p", "top_k_top_p", "min_p", "typical", "epsilon", "eta",
     "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "min_new_tokens",
-    "logit_bias", "ban_tokens", "token_counts",
+    "logit_bias", "ban_tokens", "token_counts", "row_uniform", "StatefulStep", "register_prefix_fn",
+    "top_h", "top_n_sigma", "tail_free", "xtc", "dynatemp", "mirostat_v1", "mirostat_v2", "smoothing", "dry",
+    "sequence_bias", "cfg_combine",
 ]

@@ -27,15 +27,9 @@ from torch import Tensor
 from decodebench.registry import did_you_mean
 
 from .chain import DecodeState, LogitsChain, NaNLogitsError
-from .params import SamplingParams
+from .params import BY_NAME, SamplingParams
 from .transforms import user_params
 
-# the per-row values that HF generate() treats as "not applied"
-_OFF = {
-    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-    "no_repeat_ngram_size": 0, "min_new_tokens": 0,
-}
 _ROW_FIELDS = {f.name for f in fields(SamplingParams)} - {"do_sample", "order", "extra"}
 _NEEDS_PROMPT_LENGTH = ("presence_penalty", "frequency_penalty", "min_new_tokens")
 
@@ -49,11 +43,14 @@ def process_logits(
     prompt_length: int | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     return_chain: bool = False,
+    keys: Tensor | None = None,
+    tokenizer=None,
     **params,
 ):
     """Apply the given transforms to `logits` `[B, V]`; returns `[B, V]` (and the resolved names when
     `return_chain=True`). `prompt_length` says how many leading positions of `input_ids` are prompt
-    (needed by presence/frequency penalties, min_new_tokens and `penalize_prompt=False`).
+    (needed by presence/frequency penalties, min_new_tokens and `penalize_prompt=False`). `keys` `[B]`
+    (sampling.row_keys) gives XTC its coins; `tokenizer` serves grammars and text DRY breakers.
     """
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a [B, V] float tensor, got {tuple(logits.shape)} {logits.dtype}")
@@ -62,8 +59,9 @@ def process_logits(
     b, v = logits.shape
     rows = _rows(b, order, params)
     chain = LogitsChain.from_rows(rows, vocab_size=v, eos_token_id=eos_token_id, device=logits.device,
-                                  dtype=logits.dtype)
+                                  dtype=logits.dtype, tokenizer=tokenizer)
     state = _state(chain.names, rows, logits, input_ids, attention_mask, prompt_length)
+    state.keys = keys
     out = chain(logits, state)
     return (out, chain.names) if return_chain else out
 
@@ -76,7 +74,8 @@ def _rows(b: int, order, params: dict) -> list[SamplingParams]:
         if name not in _ROW_FIELDS and name not in extra_names:
             raise TypeError(did_you_mean("process_logits parameter", name, sorted(_ROW_FIELDS | set(extra_names))))
         for i, val in enumerate(_per_row(name, value, b)):
-            if val is None or (name in _OFF and val == _OFF[name]):
+            # a value HF generate() treats as "not applied" (the table's off values, top_p 1, ...) is skipped
+            if val is None or (name in BY_NAME and val in BY_NAME[name].off):
                 continue
             (extras if name in extra_names else per_row)[i][name] = val
     order = tuple(order) if not isinstance(order, str) else order
@@ -91,13 +90,14 @@ def _per_row(name: str, value, b: int) -> list:
         return value.tolist()
     if name == "logit_bias" and isinstance(value, dict):
         value = tuple(value.items())
-    if name == "bad_words_ids" and value is not None:
+    if name in ("bad_words_ids", "sequence_bias", "dry_sequence_breakers") and value is not None:
         value = tuple(value)
     return [value] * b
 
 
 def _state(names, rows, logits, input_ids, attention_mask, prompt_length) -> DecodeState:
-    needs_ids = {"repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size"}
+    needs_ids = {"repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "dry",
+                 "sequence_bias", "prefix_allowed_tokens_fn", "watermark"}
     used = needs_ids.intersection(names)
     if used and input_ids is None:
         raise ValueError(f"{sorted(used)[0]} needs input_ids (the tokens so far)")

@@ -16,12 +16,18 @@ from torch import Tensor
 
 from . import penalties as P
 from . import processors as W
+from .params import asks_for, transform_params
 from .transforms import TRANSFORMS, PackContext, Step, TransformSpec
 
 
-def _builtin(name: str, fn: Callable, params: tuple[str, ...], warper: bool, asks: Callable[[object], bool]):
+def builtin(name: str, fn: Callable, unless: Callable[[object], bool] | None = None):
+    """Register a built-in transform's binder; its parameters, switch and warper flag come from the table.
+    `unless(row)`: another transform takes the row over (dynatemp rows skip plain temperature)."""
+    table = transform_params(name)
+    params, warper, asks = tuple(p.name for p in table), table[0].warper, asks_for(name)
+
     def is_on(row) -> bool:
-        return asks(row) and (row.do_sample or not warper)
+        return asks(row) and (row.do_sample or not warper) and not (unless is not None and unless(row))
 
     def register(bind):
         TRANSFORMS.register(name, TransformSpec(name, fn, params, is_on, bind, warper))
@@ -59,7 +65,7 @@ def _sub(col: Tensor, idx: Tensor | None) -> Tensor:
 
 
 # -------------------------------------------------------------------------------------------- warpers
-@_builtin("temperature", W.temperature, ("temperature",), True, lambda r: r.temperature not in (None, 1.0))
+@builtin("temperature", W.temperature, unless=asks_for("dynatemp"))
 def _temperature(ctx: PackContext, on: list[bool]) -> Step:
     t = ctx.floats(_pick(ctx, on, "temperature", 1.0))
     any_zero = any(o and r.temperature == 0 for r, o in zip(ctx.rows, on))
@@ -73,14 +79,14 @@ def top_k_bounds(ctx: PackContext, on: list[bool]) -> list[int | None]:
             for r, o in zip(ctx.rows, on)]
 
 
-@_builtin("top_k", W.top_k, ("top_k",), True, lambda r: r.top_k not in (None, 0))
+@builtin("top_k", W.top_k)
 def _top_k(ctx: PackContext, on: list[bool]) -> Step:
     k, mtk = ctx.longs(_pick(ctx, on, "top_k", 0)), _mtk(ctx)
     k_max = max([b for b in top_k_bounds(ctx, on) if b is not None], default=0)
     return lambda x, tables: W.top_k(x, k, mtk, k_max=k_max)
 
 
-@_builtin("top_p", W.top_p, ("top_p",), True, lambda r: r.top_p is not None and r.top_p < 1.0)
+@builtin("top_p", W.top_p)
 def _top_p(ctx: PackContext, on: list[bool]) -> Step:
     p, mtk, support = ctx.floats(_pick(ctx, on, "top_p", math.inf)), _mtk(ctx), ctx.support
     return _on_rows_only(ctx, on, lambda x, i: W.top_p(x, _sub(p, i), _sub(mtk, i), support=support))
@@ -95,38 +101,33 @@ def bind_top_k_top_p(ctx: PackContext, on_k: list[bool], on_p: list[bool]) -> St
     return lambda x, tables: W.top_k_top_p(x, k, p, mtk, k_max=k_max, support=support)
 
 
-@_builtin("min_p", W.min_p, ("min_p",), True, lambda r: r.min_p is not None)
+@builtin("min_p", W.min_p)
 def _min_p(ctx: PackContext, on: list[bool]) -> Step:
     m, mtk = ctx.floats(_pick(ctx, on, "min_p", 0.0)), _mtk(ctx)
     sizes = sorted({r.min_tokens_to_keep for r, o in zip(ctx.rows, on) if o})
     return lambda x, tables: W.min_p(x, m, mtk, keep_sizes=sizes)
 
 
-@_builtin("typical_p", W.typical, ("typical_p",), True, lambda r: r.typical_p is not None and r.typical_p < 1)
+@builtin("typical_p", W.typical)
 def _typical(ctx: PackContext, on: list[bool]) -> Step:
     mass, mtk = ctx.floats(_pick(ctx, on, "typical_p", math.inf)), _mtk(ctx)
     return _on_rows_only(ctx, on, lambda x, i: W.typical(x, _sub(mass, i), _sub(mtk, i)))
 
 
-def _cutoff_on(field: str) -> Callable[[object], bool]:
-    return lambda r: getattr(r, field) is not None and 0 < getattr(r, field) < 1
-
-
-@_builtin("epsilon_cutoff", W.epsilon, ("epsilon_cutoff",), True, _cutoff_on("epsilon_cutoff"))
+@builtin("epsilon_cutoff", W.epsilon)
 def _epsilon(ctx: PackContext, on: list[bool]) -> Step:
     e, mtk, keep = ctx.floats(_pick(ctx, on, "epsilon_cutoff", 0.0)), _mtk(ctx), _keep_max(ctx, on)
     return lambda x, tables: W.epsilon(x, e, mtk, keep_max=keep)
 
 
-@_builtin("eta_cutoff", W.eta, ("eta_cutoff",), True, _cutoff_on("eta_cutoff"))
+@builtin("eta_cutoff", W.eta)
 def _eta(ctx: PackContext, on: list[bool]) -> Step:
     e, mtk, keep = ctx.floats(_pick(ctx, on, "eta_cutoff", 0.0)), _mtk(ctx), _keep_max(ctx, on)
     return lambda x, tables: W.eta(x, e, mtk, keep_max=keep)
 
 
 # ---------------------------------------------------------------------------------------- processors
-@_builtin("repetition_penalty", P.repetition_penalty, ("repetition_penalty", "penalize_prompt"), False,
-          lambda r: r.repetition_penalty not in (None, 1.0))
+@builtin("repetition_penalty", P.repetition_penalty)
 def _repetition(ctx: PackContext, on: list[bool]) -> Step:
     pen = ctx.floats(_pick(ctx, on, "repetition_penalty", 1.0))
     prompt = [o and r.penalize_prompt for r, o in zip(ctx.rows, on)]
@@ -134,22 +135,19 @@ def _repetition(ctx: PackContext, on: list[bool]) -> Step:
     return lambda x, tables: P.repetition_penalty(x, pen, tables.history(prompt_rows))
 
 
-@_builtin("frequency_penalty", P.frequency_penalty, ("frequency_penalty",), False,
-          lambda r: r.frequency_penalty not in (None, 0.0))
+@builtin("frequency_penalty", P.frequency_penalty)
 def _frequency(ctx: PackContext, on: list[bool]) -> Step:
     f = ctx.floats(_pick(ctx, on, "frequency_penalty", 0.0))
     return lambda x, tables: P.frequency_penalty(x, f, tables.counts())
 
 
-@_builtin("presence_penalty", P.presence_penalty, ("presence_penalty",), False,
-          lambda r: r.presence_penalty not in (None, 0.0))
+@builtin("presence_penalty", P.presence_penalty)
 def _presence(ctx: PackContext, on: list[bool]) -> Step:
     f = ctx.floats(_pick(ctx, on, "presence_penalty", 0.0))
     return lambda x, tables: P.presence_penalty(x, f, tables.counts())
 
 
-@_builtin("no_repeat_ngram_size", P.no_repeat_ngram, ("no_repeat_ngram_size",), False,
-          lambda r: r.no_repeat_ngram_size not in (None, 0))
+@builtin("no_repeat_ngram_size", P.no_repeat_ngram)
 def _ngram(ctx: PackContext, on: list[bool]) -> Step:
     vals = _pick(ctx, on, "no_repeat_ngram_size", 0)
     n, sizes = ctx.longs(vals), sorted({v for v in vals if v})
@@ -161,8 +159,7 @@ def _ngram(ctx: PackContext, on: list[bool]) -> Step:
     return step
 
 
-@_builtin("min_new_tokens", P.min_new_tokens, ("min_new_tokens",), False,
-          lambda r: r.min_new_tokens not in (None, 0))
+@builtin("min_new_tokens", P.min_new_tokens)
 def _min_new(ctx: PackContext, on: list[bool]) -> Step:
     if not ctx.eos_ids:
         raise ValueError("min_new_tokens needs eos_token_id (the token it holds back)")
@@ -175,7 +172,7 @@ def _pad_rows(ctx: PackContext, rows: list[list], fill) -> list[list]:
     return [r + [fill] * (width - len(r)) for r in rows]
 
 
-@_builtin("logit_bias", P.logit_bias, ("logit_bias",), False, lambda r: bool(r.logit_bias))
+@builtin("logit_bias", P.logit_bias)
 def _bias(ctx: PackContext, on: list[bool]) -> Step:
     pairs = [list(r.logit_bias) if o else [] for r, o in zip(ctx.rows, on)]
     _check_ids(ctx, "logit_bias", [t for row in pairs for t, _ in row])
@@ -185,14 +182,28 @@ def _bias(ctx: PackContext, on: list[bool]) -> Step:
     return lambda x, tables: P.add_sparse(x, ids, vals)
 
 
-@_builtin("bad_words_ids", P.ban_tokens, ("bad_words_ids",), False, lambda r: bool(r.bad_words_ids))
+@builtin("bad_words_ids", P.ban_tokens)
 def _bans(ctx: PackContext, on: list[bool]) -> Step:
-    # HF's NoBadWordsLogitsProcessor drops single-token bans on EOS; so do we
-    bans = [[t for t in r.bad_words_ids if t not in ctx.eos_ids] if o else [] for r, o in zip(ctx.rows, on)]
+    # HF's NoBadWordsLogitsProcessor drops single-token bans on EOS; so do we. Multi-token bans are a
+    # sequence bias of -inf on their last token (HF's own construction), which needs the history.
+    rows = [r.bad_words_ids if o else () for r, o in zip(ctx.rows, on)]
+    bans = [[t for t in row if isinstance(t, int) and t not in ctx.eos_ids] for row in rows]
+    seqs = [[(t, -math.inf) for t in row if not isinstance(t, int)] for row in rows]
     _check_ids(ctx, "bad_words_ids", [t for row in bans for t in row])
     ids = ctx.longs(_pad_rows(ctx, bans, -1))
     vals = torch.where(ids >= 0, -math.inf, 0.0).to(torch.float32)
-    return lambda x, tables: P.add_sparse(x, ids, vals)
+    if not any(seqs):
+        return lambda x, tables: P.add_sparse(x, ids, vals)
+    from .bindings_samplers import pack_sequences  # late: that module imports this one
+    from .samplers_misc import sequence_bias
+
+    singles, multi = pack_sequences(ctx, "bad_words_ids", seqs)
+
+    def step(x: Tensor, tables) -> Tensor:
+        s = tables.state
+        return sequence_bias(P.add_sparse(x, ids, vals), s.input_ids, s.attention_mask, singles, multi)
+
+    return step
 
 
 def _check_ids(ctx: PackContext, name: str, ids: list[int]) -> None:

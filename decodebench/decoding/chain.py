@@ -2,14 +2,18 @@
 
 The engine's view::
 
-    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=eos, device=dev)  # rows: SamplingParams
+    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=eos, device=dev,
+                                  tokenizer=tok)  # tokenizer: grammars and text DRY breakers need it
     chain.names                       # e.g. ['repetition_penalty', 'temperature', 'top_k', 'top_p']
     for step in range(max_new):
-        state = DecodeState(input_ids, attention_mask, prompt_width, step)  # [B, T] left-padded ids
+        state = DecodeState(input_ids, attention_mask, prompt_width, step,  # [B, T] left-padded ids
+                            keys=keys)  # [B] row keys: XTC's coins
         logits = chain(model_logits, state)                                 # [B, V] -> [B, V]
         tokens = sample(logits, keys, step, chain.sample_mode, support=chain.support)  # [B]
-        chain.update(tokens)          # optional: keeps the [B, V] token counts incremental
+        chain.update(tokens)          # keeps the counts incremental; advances mirostat and grammars
         ...
+    # rows left and joined: new = LogitsChain.from_rows(new_rows, ...); new.carry_state(chain, index)
+    # (index[j]: the old row of new row j, None for a joined row), or chain.select(index)
     chain.raise_if_nan()              # every N steps, or at the end: one sync
 
 `chain.sample_mode` (a bool when the batch agrees) and `chain.support` (a bound on finite logits per
@@ -35,10 +39,10 @@ from torch import Tensor
 
 from decodebench.registry import did_you_mean
 
-from . import bindings  # noqa: F401  (registers the built-in transforms)
+from . import bindings, bindings_samplers  # noqa: F401  (register the built-in transforms)
 from .params import SamplingParams
 from .penalties import counts_with_spare
-from .transforms import TRANSFORMS, PackContext, resolve_order
+from .transforms import TRANSFORMS, PackContext, StatefulStep, resolve_order
 
 
 class NaNLogitsError(ValueError):
@@ -52,6 +56,7 @@ class DecodeState:
     prompt_width: int | Tensor  # generated tokens are input_ids[:, prompt_width:]; or `[B, 1]` per row
     step: int  # steps run so far by this batch (keys the incremental tables)
     row_step: Tensor | None = None  # `[B]` tokens generated per row, when rows started at different steps
+    keys: Tensor | None = None  # [B] int64 row keys (sampling.row_keys): XTC draws its coin from them
 
     def generated(self) -> Tensor:
         """`[B]` (or scalar) tokens generated so far per row."""
@@ -94,6 +99,8 @@ class LogitsChain:
     def __init__(self, rows: list[SamplingParams], ctx: PackContext, steps: list, names: list[str],
                  support: int | None = None) -> None:
         self.rows, self._ctx, self._steps, self.names = rows, ctx, steps, names
+        # transforms with per-row state across steps (mirostat, grammar): updated by `update`, carried by `select`
+        self._stateful: dict[str, StatefulStep] = {}  # filled by from_rows, which knows each step's name
         # at most this many finite logits per sampled row leave the chain (top_k on all of them, plus
         # slack for ties): lets `sample` draw noise for those tokens only. None: no such bound.
         self.support = support
@@ -115,8 +122,10 @@ class LogitsChain:
         eos_token_id: int | Sequence[int] | None,
         device,
         dtype: torch.dtype = torch.float32,
+        tokenizer=None,
     ) -> "LogitsChain":
-        """Pack the rows' settings once. All rows must share one `order`."""
+        """Pack the rows' settings once. All rows must share one `order`. `tokenizer` (a Hugging Face
+        tokenizer) is needed only by grammars and by DRY sequence breakers given as text."""
         rows = list(rows)
         if not rows or not all(isinstance(r, SamplingParams) for r in rows):
             raise ValueError("from_rows needs a non-empty sequence of SamplingParams")
@@ -124,11 +133,13 @@ class LogitsChain:
         if len(orders) > 1:
             raise ValueError(f"all rows of a batch must share one order; got {', '.join(orders)}")
         eos = () if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
-        ctx = PackContext(rows, vocab_size, torch.device(device), dtype, tuple(int(e) for e in eos))
+        ctx = PackContext(rows, vocab_size, torch.device(device), dtype, tuple(int(e) for e in eos),
+                          tokenizer=tokenizer)
         names = resolve_order(rows[0].order)
         _check_covered(rows, names)
         active = [(n, on) for n in names for on in [[TRANSFORMS.get(n).is_on(r) for r in rows]] if any(on)]
         steps, applied = [], [n for n, _ in active]  # nobody asked for the others: the batch skips them
+        step_names: list[str] = []
         i = 0
         while i < len(active):
             name, on = active[i]
@@ -136,14 +147,18 @@ class LogitsChain:
                 ctx.support = _support_after_top_k(ctx, ["top_k"], active[i + 1][1])
                 if ctx.support is not None and ctx.device.type == "cpu":  # else: two steps, top_p sorts
                     steps.append(bindings.bind_top_k_top_p(ctx, on, active[i + 1][1]))
+                    step_names.append("top_k+top_p")
                     i += 2
                     continue
             if name == "top_p":
                 ctx.support = _support_after_top_k(ctx, applied[:i], on)
             steps.append(TRANSFORMS.get(name).bind(ctx, on))
+            step_names.append(name)
             i += 1
         sampled = [not r.greedy for r in rows]
-        return cls(rows, ctx, steps, applied, _support_after_top_k(ctx, applied, sampled))
+        chain = cls(rows, ctx, steps, applied, _support_after_top_k(ctx, applied, sampled))
+        chain._stateful = {n: st for n, st in zip(step_names, steps) if isinstance(st, StatefulStep)}
+        return chain
 
     def __call__(self, logits: Tensor, state: DecodeState) -> Tensor:
         """`[B, V]` float logits -> transformed `[B, V]`, same dtype."""
@@ -159,8 +174,11 @@ class LogitsChain:
     def update(self, new_tokens: Tensor) -> None:
         """Count one more generated token per row (`[B]` ids; ids < 0 or >= V count as padding).
 
-        Call after each step, if at all; the counts then stay valid for `state.step + 1`.
+        Call after each step; the counts then stay valid for `state.step + 1`. Stateful transforms
+        (mirostat's mu, grammar matchers) advance here only: with them, calling it is required.
         """
+        for st in self._stateful.values():
+            st.update(new_tokens)
         if self._counts is None:
             return  # no transform reads counts, or none built yet: the next call builds from input_ids
         v = self.vocab_size
@@ -177,12 +195,25 @@ class LogitsChain:
         idx = index.tolist() if isinstance(index, Tensor) else list(index)
         ctx = self._ctx
         new = LogitsChain.from_rows([self.rows[i] for i in idx], vocab_size=ctx.vocab_size,
-                                    eos_token_id=ctx.eos_ids, device=ctx.device, dtype=ctx.dtype)
+                                    eos_token_id=ctx.eos_ids, device=ctx.device, dtype=ctx.dtype,
+                                    tokenizer=ctx.tokenizer)
+        new.carry_state(self, idx)  # the selected rows' mu, matchers, ...
         rows = torch.tensor(idx, dtype=torch.long, device=ctx.device)
         if self._counts is not None:
             new._counts, new._counts_step = self._counts.index_select(0, rows), self._counts_step
         new._nan = self._nan.clone()
         return new
+
+    def carry_state(self, old: "LogitsChain", index: Sequence[int | None]) -> None:
+        """Give this chain's row j the per-row state (mirostat's mu, grammar matchers) of `old`'s row
+        `index[j]`; `None` marks a row that joined the batch, which keeps its fresh state. For a chain
+        rebuilt with `from_rows` when rows leave and join (continuous batching): without this, stateful
+        transforms would restart."""
+        for name, st in self._stateful.items():
+            if name in old._stateful:
+                st.adopt(old._stateful[name], list(index))
+            elif any(i is not None for i in index):
+                raise ValueError(f"rows kept from the old chain need {name}'s state, which it does not have")
 
     def nan_flag(self) -> Tensor:
         """0-dim bool on the device: has any call seen a NaN logit? (No sync.)"""

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .processors import NEG_INF, column
+from .processors import NEG_INF, column, opmath, scalar_op
 
 
 # ------------------------------------------------------------------------------------ history tables
@@ -62,7 +62,10 @@ def repetition_penalty(logits: Tensor, repetition_penalty, token_ids: Tensor) ->
     plus one copy of the logits, rather than several passes over `[B, V]`.
     """
     v = logits.shape[-1]
-    pen = column(repetition_penalty, logits, name="repetition_penalty").to(logits.dtype)
+    if token_ids.shape[1] == 0:  # no history yet: nothing to penalise (and argmax needs a column)
+        return logits.clone()
+    # the penalty stays in float32 on half logits, as HF's Python float does (see processors.scalar_op)
+    pen = column(repetition_penalty, logits, name="repetition_penalty").to(opmath(logits.dtype))
     real = (token_ids >= 0) & (token_ids < v)
     any_real = real.any(dim=-1, keepdim=True)
     # Positions that do not count re-write a token that does (first real one; token 0 in an empty row)
@@ -70,18 +73,21 @@ def repetition_penalty(logits: Tensor, repetition_penalty, token_ids: Tensor) ->
     first = token_ids.gather(1, real.int().argmax(dim=-1, keepdim=True))
     ids = torch.where(real, token_ids, torch.where(any_real, first, 0))
     score = logits.gather(1, ids)
-    penalised = torch.where(score < 0, score * pen, score / pen)
+    wide = score.to(pen.dtype)
+    penalised = torch.where(score < 0, wide * pen, wide / pen).to(logits.dtype)
     return logits.clone().scatter_(1, ids, torch.where(any_real, penalised, score))
 
 
 def frequency_penalty(logits: Tensor, frequency_penalty, counts: Tensor) -> Tensor:
     """`logits - frequency_penalty * count` with `counts` `[B, V]` over generated tokens (vLLM order)."""
-    return logits - column(frequency_penalty, logits, name="frequency_penalty").to(logits.dtype) * counts
+    f = column(frequency_penalty, logits, name="frequency_penalty")
+    return scalar_op(logits, f, lambda x, col: x - col * counts)
 
 
 def presence_penalty(logits: Tensor, presence_penalty, counts: Tensor) -> Tensor:
     """`logits - presence_penalty * (count > 0)` with `counts` `[B, V]` over generated tokens."""
-    return logits - column(presence_penalty, logits, name="presence_penalty").to(logits.dtype) * (counts > 0)
+    p = column(presence_penalty, logits, name="presence_penalty")
+    return scalar_op(logits, p, lambda x, col: x - col * (counts > 0))
 
 
 # --------------------------------------------------------------------------------------- n-gram bans

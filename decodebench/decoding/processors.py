@@ -53,6 +53,21 @@ def column(x, logits: Tensor, dtype: torch.dtype = torch.float64, name: str = "p
     return torch.full((b, 1), x, dtype=dtype, device=logits.device)
 
 
+def opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype torch computes `tensor op python_float` in: float32 for half types, else the dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def scalar_op(logits: Tensor, col: Tensor, op) -> Tensor:
+    """`op(logits, col)` rounded once to the logits dtype, as HF's `scores op python_float`.
+
+    On bf16/fp16 logits torch does the arithmetic in float32 with the scalar kept in float32, then
+    rounds once; rounding the parameter to bf16 first would change it (min_p 0.3 -> 0.30078125).
+    """
+    om = opmath(logits.dtype)
+    return op(logits.to(om), col.to(om)).to(logits.dtype)
+
+
 def _drop(logits: Tensor, remove: Tensor) -> Tensor:
     """`-inf` where `remove`: one pass (`masked_fill` out of place is a copy plus a fill)."""
     return torch.where(remove, NEG_INF, logits)
@@ -82,7 +97,7 @@ def temperature(logits: Tensor, temperature, *, any_zero: bool | None = None) ->
     """
     t = column(temperature, logits, name="temperature")
     zero = t == 0
-    out = logits / torch.where(zero, 1.0, t).to(logits.dtype)  # x / 1 == x: disabled rows unchanged
+    out = scalar_op(logits, torch.where(zero, 1.0, t), torch.div)  # x / 1 == x: disabled rows unchanged
     if any_zero is None:
         any_zero = bool(zero.any())
     if any_zero:
@@ -231,7 +246,7 @@ def min_p(logits: Tensor, min_p, min_tokens_to_keep=1, *, keep_sizes: Sequence[i
     """
     probs = torch.softmax(logits, dim=-1)
     top = probs.amax(dim=-1, keepdim=True)
-    remove = probs < column(min_p, logits, name="min_p").to(logits.dtype) * top
+    remove = probs < scalar_op(top, column(min_p, logits, name="min_p"), torch.mul)
     mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
     if keep_sizes is None:
         keep_sizes = sorted(set(mtk.flatten().tolist()))  # a sync; the chain packs this

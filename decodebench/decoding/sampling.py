@@ -130,6 +130,15 @@ def uniform_bits(keys: Tensor, step, vocab_size: int) -> Tensor:
     return _bits(keys, step, vocab_size)
 
 
+def row_uniform(keys: Tensor, step, stream: int) -> Tensor:
+    """`[B]` float32 uniform in (0, 1) per (row key, step, stream): a row's own coin, e.g. XTC's.
+
+    The key is salted by `stream`, so the coin is independent of the token noise of the same step, and
+    it depends on nothing but the row's key and the step: never on batch-mates."""
+    salt = _signed((int(stream) + 1) * _MIX2 & _M64, 64)
+    return _uniform(_bits(keys.long() ^ salt, step, 1)[:, 0])
+
+
 _HALF_ULP: dict[str, Tensor] = {}
 
 

@@ -13,11 +13,10 @@ and a plugin's own method with `@register_search`. The engine calls `METHODS.get
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from decodebench.decoding.params import SamplingParams
+from decodebench.decoding.params import PARAMS, SamplingParams
 from decodebench.registry import Registry
 
 METHODS: Registry = Registry("strategy method")
@@ -63,7 +62,7 @@ def register_search(name: str, **kw) -> Callable:
 
 METHODS.register("sampling", SearchMethod(name="sampling", unit="row", fusable=True))
 
-_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+_PARAM_FIELDS = {p.name for p in PARAMS}  # the strategy keys that are per-row sampling parameters
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,17 @@ class StrategySpec:
         """The resolved settings, recorded with each run's results."""
         from decodebench.decoding.chain import resolve_order
 
-        d = {k: v for k, v in dataclasses.asdict(self.params).items() if v is not None}
+        from decodebench.decoding.params import asks_for
+
+        d = {}
+        for p in PARAMS:
+            v = getattr(self.params, p.name)
+            # a tuning knob of a transform the row leaves off (xtc_threshold without XTC, ...) says nothing
+            if v is None or (not p.switch and p.transform is not None and not asks_for(p.transform)(self.params)):
+                continue
+            if p.kind == "bool" and p.switch and v in p.off:  # watermark: false
+                continue
+            d[p.name] = v
         d["order"] = resolve_order(self.params.order)
         return {"name": self.name, "method": self.method, "max_new_tokens": self.max_new_tokens,
                 "num_return_sequences": self.num_return_sequences, "stop": list(self.stop),
@@ -115,16 +124,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
 
 
 def _params(d: dict) -> SamplingParams:
-    kw = {k: v for k, v in d.items() if k in _PARAM_FIELDS}
-    if kw.get("logit_bias") is not None:
-        kw["logit_bias"] = tuple(sorted((int(k), float(v)) for k, v in kw["logit_bias"].items()))
-    if kw.get("bad_words_ids") is not None:
-        kw["bad_words_ids"] = tuple(int(t) for t in kw["bad_words_ids"])
-    if isinstance(kw.get("order"), list):
-        kw["order"] = tuple(kw["order"])
-    if "extra" in kw and isinstance(kw["extra"], dict):
-        kw["extra"] = tuple(sorted((str(k), float(v)) for k, v in kw["extra"].items()))
-    return SamplingParams(**kw)
+    # the table's checks normalise lists and dicts (logit_bias, bad_words_ids, order, extra, ...)
+    return SamplingParams(**{k: v for k, v in d.items() if k in _PARAM_FIELDS})
 
 
 def build_strategy(d: dict) -> StrategySpec:
@@ -144,6 +145,10 @@ def build_strategy(d: dict) -> StrategySpec:
         stopping=tuple(d.get("stopping") or ()),
     )
     check.validate(spec)
+    if spec.params.guidance_scale not in (None, 1.0) or spec.params.negative_prompt is not None:
+        # the checks exist and `decoding.cfg_combine` has the step; the loop's two-forward wiring is pending
+        raise ValueError("guidance_scale is set, but classifier-free guidance is not run by the generation loop "
+                         "yet; leave guidance_scale and negative_prompt unset")
     return spec
 
 

@@ -4,7 +4,8 @@ Every transform a chain can run is a `TransformSpec` in `TRANSFORMS`, registered
 `order` lists use (the GenerationConfig parameter name for the built-ins: "temperature", "top_k",
 "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty",
 "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "min_new_tokens", "logit_bias",
-"bad_words_ids").
+"bad_words_ids"; and "top_h", "top_n_sigma", "tfs_z", "xtc", "dynatemp", "mirostat", "smoothing_factor",
+"dry", "sequence_bias", "grammar", "prefix_allowed_tokens_fn", "watermark").
 
 Your own transform: a pure batched function `[B, V] -> [B, V]` whose parameters arrive as `[B]` tensors
 (logits dtype, one value per row, `neutral` for rows that leave it unset)::
@@ -53,6 +54,7 @@ class PackContext:
     dtype: torch.dtype
     eos_ids: tuple[int, ...]
     support: int | None = None  # at most this many finite logits per row reach top_p (top_k ran first)
+    tokenizer: object = None  # a Hugging Face tokenizer: text DRY breakers and grammars need it
 
     def floats(self, values: Sequence[float]) -> Tensor:
         """A `[B]` float64 column: per-row arithmetic in double, rounded to the logits dtype where HF does."""
@@ -82,22 +84,51 @@ _USER_ORDER: list[str] = []  # user transforms in registration order (the Regist
 # temperature, min_p, top_k+top_p); llama.cpp common/common.h default `samplers` with the logit-bias
 # sampler that common/sampling.cpp puts first. Transforms an engine lacks sit next to their kin.
 ORDERS: dict[str, tuple[str, ...]] = {
+    # HF: sequence bias first, then penalties, bans, constraints, warpers (top_h right after temperature);
+    # the watermark after every other transform (transformers #34630). Non-HF samplers sit by their kin;
+    # mirostat last, since its update reads the distribution the token is drawn from.
     "hf": (
-        "logit_bias", "repetition_penalty", "frequency_penalty", "presence_penalty",
-        "no_repeat_ngram_size", "bad_words_ids", "min_new_tokens",
-        "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+        "logit_bias", "sequence_bias", "repetition_penalty", "frequency_penalty", "presence_penalty", "dry",
+        "no_repeat_ngram_size", "bad_words_ids", "min_new_tokens", "prefix_allowed_tokens_fn", "grammar",
+        "temperature", "dynatemp", "smoothing_factor", "top_h", "top_k", "top_p", "min_p", "typical_p",
+        "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "tfs_z", "xtc", "watermark", "mirostat",
     ),
+    # vLLM: the structured-output bitmask before everything, then bans, min tokens, bias, penalties,
+    # temperature, min_p, top_k/top_p
     "vllm": (
-        "bad_words_ids", "min_new_tokens", "logit_bias",
-        "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
-        "temperature", "min_p", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+        "grammar", "bad_words_ids", "min_new_tokens", "logit_bias", "sequence_bias", "prefix_allowed_tokens_fn",
+        "repetition_penalty", "frequency_penalty", "presence_penalty", "dry", "no_repeat_ngram_size",
+        "temperature", "dynatemp", "smoothing_factor", "min_p", "top_k", "top_p", "typical_p", "epsilon_cutoff",
+        "eta_cutoff", "top_h", "top_n_sigma", "tfs_z", "xtc", "watermark", "mirostat",
     ),
+    # llama.cpp's default chain (common/common.h): penalties, dry, top_n_sigma, top_k, (tfs_z, in releases
+    # that had it), typical, top_p, min_p, xtc, temperature (temp_ext = dynatemp); mirostat replaces the
+    # final draw. Its logit-bias and grammar samplers come first.
     "llamacpp": (
-        "logit_bias", "bad_words_ids", "min_new_tokens",
-        "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
-        "top_k", "typical_p", "top_p", "min_p", "epsilon_cutoff", "eta_cutoff", "temperature",
+        "logit_bias", "sequence_bias", "bad_words_ids", "min_new_tokens", "prefix_allowed_tokens_fn", "grammar",
+        "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "dry",
+        "top_n_sigma", "top_k", "tfs_z", "typical_p", "top_p", "min_p", "xtc", "epsilon_cutoff", "eta_cutoff",
+        "top_h", "temperature", "dynatemp", "smoothing_factor", "watermark", "mirostat",
     ),
 }
+
+
+class StatefulStep:
+    """A packed step with per-row state across steps (mirostat's mu, grammar matchers, ...).
+
+    The loop drives it through the chain: `chain(logits, state)` calls it, `chain.update(tokens)` passes each
+    row's sampled token to `update`, and `chain.select(index)` hands the rows' state to the new chain's step
+    through `adopt`. State lives in `[B, ...]` tensors or per-row lists, indexed by row.
+    """
+
+    def __call__(self, logits: Tensor, tables) -> Tensor:
+        raise NotImplementedError
+
+    def update(self, tokens: Tensor) -> None:
+        """One sampled token per row `[B]`, after the step that produced it."""
+
+    def adopt(self, old: "StatefulStep", index: list[int | None]) -> None:
+        """Row j takes row `index[j]` of `old`'s state; `None`: a new row, which keeps its fresh state."""
 
 
 def resolve_order(order: str | Sequence[str]) -> list[str]:

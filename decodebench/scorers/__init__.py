@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 # importing the families registers their scorers
-from . import corpus, embedding, lm, mauve_scorer, ngrams, repetition, self_bleu  # noqa: F401
+from . import constraints, corpus, embedding, lm, mauve_scorer, ngrams, repetition, self_bleu  # noqa: F401
 from .inputs import Inputs
 from .plan import ScorerPlan, higher_is_better, resolve_scorers
 from .records import load_generations

@@ -83,7 +83,7 @@ def _resolve_options(scorer: Scorer, given: Any) -> dict[str, Any]:
 
 def _resolve_names(names: Any) -> list[str]:
     if names == "all":
-        return SCORERS.names()
+        return [n for n, s in SCORERS.items() if s.default]
     if isinstance(names, str) or not isinstance(names, Sequence):
         raise ValueError(f"scorers.names must be a list of scorer names or 'all'; got {names!r}")
     by_metric = _metric_index()
@@ -134,7 +134,8 @@ def resolve_scorers(cfg: Mapping) -> "ScorerPlan":
     if "names" not in cfg:
         raise ValueError("scorers.names is missing: list the scorers to run, or 'all'")
     names = _resolve_names(cfg["names"])
-    entries = tuple((SCORERS.get(n), options.get(n) or dict(SCORERS.get(n).options)) for n in names)
+    # a scorer named without options is checked with its defaults too (constraint_valid needs one given)
+    entries = tuple((SCORERS.get(n), options.get(n) or _resolve_options(SCORERS.get(n), None)) for n in names)
     return ScorerPlan(entries=entries, bootstrap=bootstrap)
 
 

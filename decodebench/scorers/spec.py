@@ -61,6 +61,9 @@ class Scorer:
     check: Callable[[Mapping[str, Any]], None] | None = None
     target: str = "generations"
     doc: str = ""
+    # chosen by `names: all` and the evaluate module's default set; False for scorers that need the run's own
+    # settings (a constraint to check, watermark keys) and are asked for by name
+    default: bool = True
 
     def __post_init__(self) -> None:
         if not self.needs <= NEEDS:

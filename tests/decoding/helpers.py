@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # every logits dtype a run accepts
+
 
 def make_logits(b: int, v: int, dtype=torch.float32, seed: int = 0, ties: bool = False, neg_inf: float = 0.0):
     """`[b, v]` random logits. `ties` rounds to a coarse grid (many exact ties); `neg_inf` is the share of
@@ -22,7 +24,7 @@ def make_logits(b: int, v: int, dtype=torch.float32, seed: int = 0, ties: bool =
 def logit_cases(b: int = 6, v: int = 300):
     """(label, logits) over dtypes, ties and -inf inputs."""
     out = []
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         for ties in (False, True):
             for neg_inf in (0.0, 0.3):
                 label = f"{str(dtype)[6:]}-{'ties' if ties else 'noties'}-{'inf' if neg_inf else 'finite'}"

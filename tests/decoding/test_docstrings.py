@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 
 import pytest
 import torch
 
 import decodebench.decoding as decoding
-from decodebench.decoding import api, params, penalties, processors, sampling
+from decodebench.decoding import api, params, penalties, processors, samplers_llamacpp, samplers_misc, sampling
+
+# the package exports the function `dry`, which shadows its module's attribute
+MODULES = [processors, penalties, sampling, api, params, samplers_llamacpp, samplers_misc,
+           importlib.import_module("decodebench.decoding.dry")]
 
 
-@pytest.mark.parametrize("module", [processors, penalties, sampling, api, params], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     names = {name: getattr(decoding, name) for name in decoding.__all__}
     result = doctest.testmod(module, extraglobs={"torch": torch, **names}, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -17,7 +17,7 @@ from decodebench.decoding.penalties import (
     token_counts,
 )
 
-from .helpers import make_logits
+from .helpers import DTYPES, make_logits
 
 V = 12  # a small vocabulary, so that histories repeat tokens and n-grams
 
@@ -36,7 +36,7 @@ def _left_pad(rows: list[torch.Tensor], pad: int = 7) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_repetition_penalty(dtype):
     x = make_logits(4, V, dtype, seed=1, neg_inf=0.2)
     ids = _ids(4, 9, seed=2)
@@ -45,15 +45,24 @@ def test_repetition_penalty(dtype):
         assert torch.equal(repetition_penalty(x, pen, ids), ref)
 
 
-def test_repetition_penalty_rows_with_no_history_are_unchanged():
-    x = make_logits(2, V, torch.float32, seed=3)
+def test_repetition_penalty_on_an_empty_history_changes_nothing():
+    for dtype in DTYPES:
+        x = make_logits(2, V, dtype, seed=3)
+        out = repetition_penalty(x, torch.tensor([2.0, 0.5]), torch.zeros(2, 0, dtype=torch.long))
+        assert torch.equal(out, hf.RepetitionPenaltyLogitsProcessor(2.0)(torch.zeros(2, 0, dtype=torch.long), x.clone()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repetition_penalty_rows_with_no_history_are_unchanged(dtype):
+    x = make_logits(2, V, dtype, seed=3)
     out = repetition_penalty(x, 2.0, torch.tensor([[-1, -1, -1], [3, -1, 3]]))
     assert torch.equal(out[0], x[0]) and torch.equal(out[1], hf.RepetitionPenaltyLogitsProcessor(2.0)(
         torch.tensor([[3, 3]]), x[1:].clone())[0])
 
 
-def test_repetition_penalty_ignores_padding_and_per_row_values():
-    x = make_logits(3, V, torch.float32, seed=4)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repetition_penalty_ignores_padding_and_per_row_values(dtype):
+    x = make_logits(3, V, dtype, seed=4)
     rows = [torch.tensor([1, 2, 2]), torch.tensor([3, 1, 4, 4, 0]), torch.tensor([5])]
     ids, mask = _left_pad(rows)  # the pad id (7) must not be penalised
     pens = torch.tensor([1.5, 1.0, 0.7], dtype=torch.float64)
@@ -63,35 +72,43 @@ def test_repetition_penalty_ignores_padding_and_per_row_values():
         assert torch.equal(out[i : i + 1], ref)
 
 
-def test_repetition_penalty_generated_only_matches_hf_prompt_ignore_length():
-    x = make_logits(2, V, torch.float32, seed=5)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repetition_penalty_generated_only_matches_hf_prompt_ignore_length(dtype):
+    x = make_logits(2, V, dtype, seed=5)
     ids = _ids(2, 8, seed=6)
     ref = hf.RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=5)(ids, x.clone())
     assert torch.equal(repetition_penalty(x, 1.3, torch.cat([torch.full((2, 5), -1), ids[:, 5:]], 1)), ref)
 
 
-def test_presence_and_frequency_follow_openai_formula():
-    x = make_logits(2, V, torch.float64, seed=7)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
+def test_presence_and_frequency_follow_openai_formula(dtype):
+    x = make_logits(2, V, dtype, seed=7)
     ids = torch.tensor([[1, 1, 1, 2], [3, 3, 0, 0]])
     counts = token_counts(ids, V)
     assert counts[0, 1] == 3 and counts[1, 0] == 2 and counts.sum() == 8
     f, p = torch.tensor([0.5, 0.0], dtype=torch.float64), torch.tensor([0.25, 1.0], dtype=torch.float64)
     out = presence_penalty(frequency_penalty(x, f, counts), p, counts)
-    want = x - f[:, None] * counts - p[:, None] * (counts > 0)
+    # each step in float32 (float64 for float64 logits), rounded once per step, as `x - 0.5 * c` is
+    wide = x.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    step1 = (wide - f[:, None].to(wide.dtype) * counts).to(dtype)
+    want = (step1.to(wide.dtype) - p[:, None].to(wide.dtype) * (counts > 0)).to(dtype)
     assert torch.equal(out, want)
-    assert out[0, 1] == x[0, 1] - 1.5 - 0.25 and out[1, 3] == x[1, 3] - 1.0
+    if dtype == torch.float64:
+        assert out[0, 1] == x[0, 1] - 1.5 - 0.25 and out[1, 3] == x[1, 3] - 1.0
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_no_repeat_ngram(n):
-    x = make_logits(5, V, torch.float32, seed=8)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_repeat_ngram(n, dtype):
+    x = make_logits(5, V, dtype, seed=8)
     ids = _ids(5, 14, seed=9)
     ref = hf.NoRepeatNGramLogitsProcessor(n)(ids, x.clone())
     assert torch.equal(no_repeat_ngram(x, ids, n), ref)
 
 
-def test_no_repeat_ngram_padded_per_row():
-    x = make_logits(4, V, torch.float32, seed=10)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_repeat_ngram_padded_per_row(dtype):
+    x = make_logits(4, V, dtype, seed=10)
     rows = [torch.tensor([1, 2, 1, 2, 1]), torch.tensor([3, 3]), torch.tensor([4, 0, 4, 0, 4, 0, 4]),
             torch.tensor([2, 2, 2])]
     ids, mask = _left_pad(rows, pad=2)  # a pad id that also occurs for real: it must still not count
@@ -102,8 +119,9 @@ def test_no_repeat_ngram_padded_per_row():
         assert torch.equal(out[i : i + 1], ref), i
 
 
-def test_min_new_tokens():
-    x = make_logits(3, V, torch.float32, seed=11)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_min_new_tokens(dtype):
+    x = make_logits(3, V, dtype, seed=11)
     ids = _ids(3, 6, seed=12)
     for prompt_len, need in ((6, 2), (4, 2), (3, 3), (2, 3)):
         ref = hf.MinNewTokensLengthLogitsProcessor(prompt_len, need, [3, 9])(ids, x)
@@ -112,7 +130,7 @@ def test_min_new_tokens():
     assert per_row[1, 3] == float("-inf") and per_row[0, 3] == x[0, 3] and per_row[2, 3] == x[2, 3]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_logit_bias_and_bans(dtype):
     x = make_logits(3, V, dtype, seed=13, neg_inf=0.2)
     ids = _ids(3, 4, seed=14)

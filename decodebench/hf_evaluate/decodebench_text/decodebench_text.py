@@ -28,7 +28,8 @@ Returns:
     dict of metric name -> float (fractions, not percent).
 """
 
-TEXT_SCORERS = [name for name, s in SCORERS.items() if s.needs <= {"texts"} and s.target == "generations"]
+TEXT_SCORERS = [name for name, s in SCORERS.items()
+                if s.needs <= {"texts"} and s.target == "generations" and s.default]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
