@@ -125,7 +125,7 @@ class BeamRows:
         self.valid = torch.zeros((n, cap), dtype=torch.bool, device=dev)
         self.pos = torch.zeros(n, dtype=torch.long, device=dev)
         self.chain = LogitsChain.from_rows([r.params for r in prompts for _ in range(nb)],
-                                           vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev)
+                                           vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev, tokenizer=ctx.tokenizer)
         self.eos = torch.tensor(ctx.eos, dtype=torch.long, device=dev)  # built once, read every step
 
     def prefill(self) -> torch.Tensor:

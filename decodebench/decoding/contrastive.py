@@ -55,7 +55,7 @@ def contrastive_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
     kv.col, kv.lo = width, 0
     tokens = torch.full((B, cap), ctx.pad_id, dtype=torch.long, device=dev)
     valid = torch.zeros((B, cap), dtype=torch.bool, device=dev)
-    chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev)
+    chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev, tokenizer=ctx.tokenizer)
     recorder = make_recorder(ctx.record, B, L, dev)
     streamer = as_streamer(ctx.streamer)
     tracker = RowTracker(B, spec, ctx, t0, streamer)

@@ -53,7 +53,7 @@ def diverse_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) -> Hy
     Kg = max(2, 1 + len(ctx.eos)) * S
     rows = BeamRows(ctx, groups.reqs, nb)
     chains = [LogitsChain.from_rows([r.params for r in groups.reqs for _ in range(S)], vocab_size=V,
-                                    eos_token_id=ctx.eos, device=dev) for _ in range(G)]
+                                    eos_token_id=ctx.eos, device=dev, tokenizer=ctx.tokenizer) for _ in range(G)]
     stream = make_stream(spec, ctx, groups, P)
     rank = torch.arange(Kg, device=dev)
     base = torch.arange(P, device=dev)[:, None] * nb

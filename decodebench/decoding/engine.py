@@ -126,7 +126,7 @@ def make_context(model, tokenizer, runner, spec, stats, *, record=(), streamer=N
     return BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
                         stop=StopChecker.for_spec(tokenizer, spec), record=tuple(record), stats=stats, sync=sync,
                         streamer=streamer, sync_every=sync_every, batch_size=batch_size, continuous=continuous,
-                        max_new_tokens=spec.max_new_tokens)
+                        max_new_tokens=spec.max_new_tokens, tokenizer=tokenizer)
 
 
 def check_sync_every(k) -> int:

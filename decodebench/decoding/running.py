@@ -59,6 +59,7 @@ class RunningBatch:
         self.a = 0
         self.chain: Optional[LogitsChain] = None
         self.chain_names: set[str] = set()
+        self.chain_owner: list[Optional[int]] = []  # the request of each chain row when it was built
         self.steps = 0  # decode steps run (the chain's incremental tables key on it)
         self.flag = AsyncFlag(dev, (S,))
         self.deadline, self.timed_out = deadline, False
@@ -71,7 +72,8 @@ class RunningBatch:
         a, kv, ctx = self.a, self.kv, self.ctx
         fin, n = self.finished[:a], self.lengths[:a]
         state = DecodeState(input_ids=self.tokens[:a, kv.lo:kv.col], attention_mask=self.valid[:a, kv.lo:kv.col],
-                            prompt_width=(self.gen_start[:a] - kv.lo)[:, None], step=self.steps, row_step=n)
+                            prompt_width=(self.gen_start[:a] - kv.lo)[:, None], step=self.steps, row_step=n,
+                            keys=self.keys[:a])
         raw = self.logits[:a]
         processed = self.chain(raw, state)
         tok = sample(processed, self.keys[:a], n, self.chain.sample_mode, support=self.chain.support)
@@ -194,11 +196,18 @@ class RunningBatch:
         self.rebuild_chain()
 
     def rebuild_chain(self) -> None:
+        """The chain of the running rows, after rows left or joined; per-row transform state (mirostat's
+        mu, grammar matchers, ...) follows each row that stays."""
         ctx = self.ctx
         rows = [r.params if r is not None else _IDLE for r in self.reqs[: self.a]]
         if self.a:
+            old, old_rows = self.chain, self.chain_owner
             self.chain = LogitsChain.from_rows(rows, vocab_size=ctx.vocab_size, eos_token_id=ctx.eos,
-                                               device=self.rt.device)
+                                               device=self.rt.device, tokenizer=ctx.tokenizer)
+            self.chain_owner = list(self.owner[: self.a])
+            if old is not None:
+                where = {o: i for i, o in enumerate(old_rows) if o is not None}
+                self.chain.carry_state(old, [where.get(o) if o is not None else None for o in self.chain_owner])
             self.chain_names.update(self.chain.names)
         self.set_window()
 

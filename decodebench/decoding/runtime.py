@@ -133,6 +133,7 @@ class BatchContext:
     sync_every: int = 4  # host work (stop strings, streamers, time limit, all-finished) every k steps
     batch_size: int = 8  # rows in a running batch (continuous batching)
     max_new_tokens: int = 0  # the strategy's limit: sizes the static state
+    tokenizer: object = None  # for transforms that need text (grammars, DRY's sequence breakers)
     continuous: bool = True
 
     def first_token(self, t0: float) -> float:
