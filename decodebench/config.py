@@ -7,6 +7,7 @@ model loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -74,6 +75,7 @@ class LoggerConfig:
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     num_samples: int = 32  # rows in the logged table of sample generations
+    init_timeout: float = 30.0  # seconds online mode waits for the server before logging offline instead
 
 
 @dataclass
@@ -83,7 +85,7 @@ class SweepConfig:
     Inert for a plain run; checked by decodebench.sweep_plan before any model loads."""
 
     grid: Dict[str, Any] = field(default_factory=dict)  # strategy parameter -> list of values; points = product
-    seeds: Optional[List[int]] = None  # one point per seed as well; null: just the top-level seed
+    seeds: Optional[List[int]] = None  # one point per seed as well; null: the top-level seed (seed=N)
     dir: Optional[str] = None  # the sweep directory; null: outputs/sweeps/<date>/<time>-<strategy>
     fuse: Optional[int] = None  # at most this many points generated together; null: all that can be
     leaderboard: bool = True  # write leaderboard.{md,csv,html} in the sweep directory at the end
@@ -131,7 +133,28 @@ def register_configs() -> None:
     cs.store(name="score_schema", node=ScoreConfig)
 
 
+SEED_LIMIT = 2**63  # seeds are hashed as unsigned 64-bit counters, and numpy takes them too
+
+
+def check_seed(key: str, seed: Any) -> int:
+    """A seed is an integer in [0, 2**63); anything else is a one-line ConfigError naming `key`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{key} must be an integer in [0, 2**63), got {seed!r}; e.g. {key.split('.')[0]}=0"
+                          if key == "seed" else f"{key} must hold integers in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_logger(lcfg: Any) -> None:
+    if lcfg.name not in ("wandb", "none"):
+        raise ConfigError(f"logger must be wandb or none, got {lcfg.name!r}")
+    if lcfg.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.mode must be offline, online or disabled, got {lcfg.mode!r}")
+    if not lcfg.init_timeout > 0:
+        raise ConfigError(f"logger.init_timeout must be > 0 seconds, got {lcfg.init_timeout}")
+
+
 def _check_top(cfg: DictConfig) -> None:
+    check_seed("seed", cfg.seed)
     dev = str(cfg.device)
     if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
@@ -139,10 +162,7 @@ def _check_top(cfg: DictConfig) -> None:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.logger.name not in ("wandb", "none"):
-        raise ConfigError(f"logger must be wandb or none, got {cfg.logger.name!r}")
-    if cfg.logger.mode not in ("offline", "online", "disabled"):
-        raise ConfigError(f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
+    check_logger(cfg.logger)
 
 
 def strategy_dict(cfg: DictConfig) -> dict:
@@ -165,9 +185,21 @@ def validate(cfg: DictConfig):
         raise ConfigError(prefix_key("strategy", str(e))) from None
 
 
+# Messages from libraries that do not know the config: the one key that leads to each.
+SENTENCE_KEYS = {"unknown logits transform": "strategy.order", "unknown scorer ": "scorers.names"}
+# A message that starts with a key: "top_p must be ...", "order: ...", "stop strings must ...".
+_KEY_HEAD = re.compile(r"^[A-Za-z_][\w.]*(?=[:=(]|\s(?:must|is|are|has|needs|names|sets|cannot|only|takes|"
+                       r"strings|should|expects|requires)\b)")
+
+
 def prefix_key(group: str, msg: str) -> str:
-    """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key."""
-    head = msg.split(" ", 1)[0]
-    if head.isidentifier() and not msg.startswith(f"{group}."):
+    """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key; a message
+    that starts with a sentence ('unknown scorer ...') gets 'scorers: ...', never 'scorers.unknown ...'."""
+    if msg.startswith((f"{group}.", f"{group}:")):
+        return msg
+    for sentence, key in SENTENCE_KEYS.items():
+        if msg.startswith(sentence) and key.startswith(f"{group}."):
+            return f"{key}: {msg}"
+    if _KEY_HEAD.match(msg):
         return f"{group}.{msg}"
-    return msg
+    return f"{group}: {msg}"

@@ -229,12 +229,18 @@ def _load_file(path: Path) -> "datasets.Dataset":
         raise ValueError(f"dataset.path: file is empty: {path}")
     builder = FILE_BUILDERS[suffix]
     kwargs: dict = {}
-    if builder == "csv":
-        kwargs = _csv_kwargs(path, sep="\t" if suffix == ".tsv" else ",")
     try:
+        if builder == "csv":
+            kwargs = _csv_kwargs(path, sep="\t" if suffix == ".tsv" else ",")
         with _quiet_progress():
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # parse errors come in many types; the cause stays chained
+        cause = e
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, UnicodeDecodeError):
+            raise ValueError(f"dataset.path: {path.name} is not UTF-8 text (byte {cause.object[cause.start]:#04x} at "
+                             f"offset {cause.start}); convert the file to UTF-8, e.g. with iconv -t UTF-8") from e
         raise ValueError(f"dataset.path: could not read {path.name} as {builder}: {_one_line(e)}") from e
 
 
@@ -283,14 +289,19 @@ def _load_saved(local: Path, cfg: Any) -> "datasets.Dataset":
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Mute "Generating train split" bars for a small local file; restore the user's setting after."""
+    """Mute "Generating train split" bars and parse-error log lines for a small local file; restore after."""
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
+    # `datasets` logs a parse error before raising it; the error we raise says it in one line instead.
+    ds_log = logging.getLogger("datasets")
+    level = ds_log.level
+    ds_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        ds_log.setLevel(level)
         if not was_disabled:
             datasets.enable_progress_bars()
 

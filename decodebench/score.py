@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import models, results, wandb_sink
-from decodebench.config import ConfigError, prefix_key, register_configs
+from decodebench.config import ConfigError, check_logger, check_seed, prefix_key, register_configs
 
 register_configs()
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -43,6 +43,9 @@ def _model_of_run(path: Path, cfg: DictConfig) -> models.ModelConfig:
 
 def prepare(cfg: DictConfig):
     from decodebench.scorers import load_generations, resolve_scorers
+
+    check_seed("seed", cfg.seed)
+    check_logger(cfg.logger)
 
     try:
         plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
