@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 GENERATIONS = "generations.jsonl"
 PARTIAL = "generations.partial.jsonl"
@@ -45,6 +45,42 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         if e.filename is None and e.errno is not None:
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
+
+
+def os_error_line(e: OSError) -> str:
+    """'out/metrics.json: No space left on device': one line naming the path."""
+    where = e.filename if e.filename is not None else "a result file"
+    return f"{where}: {e.strerror or type(e).__name__}" + (f" (and {e.filename2})" if e.filename2 else "")
+
+
+_kept = ["nothing was written yet"]
+
+
+def note_kept(what: str) -> None:
+    """What an interruption now would leave on disk; said by the one line printed on Ctrl-C."""
+    _kept[0] = what
+
+
+def kept() -> str:
+    return _kept[0]
+
+
+def check_writable_dir(key: str, path: str | os.PathLike) -> Optional[str]:
+    """None if `path` is (or can be made) a directory we can write into, else one line naming `key`.
+    Creates the directory, as the run would a moment later."""
+    p = Path(path).expanduser()
+    for parent in [p, *p.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{key}: {parent} is a file, not a directory; give a directory path"
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        return f"{key}: cannot write into {p} ({e.strerror or e}); give a writable directory"
+    return None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

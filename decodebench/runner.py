@@ -184,6 +184,8 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     """Close generations.jsonl, record the applied chain, score, and write metrics.json last."""
     order = {p.id: k for k, p in enumerate(prompts)}
     writer.close(sort_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
+    results.note_kept(f"the generations are complete in {run_dir / results.GENERATIONS} but not scored (score "
+                      f"them with: python -m decodebench score generations={run_dir})")
     info["strategy"]["chain"] = stats.chain  # the transforms actually applied, in order
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     records = results.read_generations(run_dir)
@@ -200,6 +202,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     metrics["wall_time_s"] = time.perf_counter() - t_start
     (run_dir / "error.json").unlink(missing_ok=True)  # a directory never holds both: metrics.json wins
     results.write_json_atomic(run_dir / results.METRICS, metrics)
+    results.note_kept(f"the run is complete in {run_dir} (only its W&B logging may be unfinished)")
     return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records),
             "strategy": info["strategy"]["name"]}
 
@@ -214,6 +217,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
         rows = int(cfg.batch_size) * max(int(cfg.strategy.num_beams), 1)
         prompts, ids, _ = checked_prompts(cfg, prep, rows, spec.max_new_tokens)
         results.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        results.note_kept(f"{run_dir} holds only config.yaml; nothing was generated yet")
         model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
         return _generate_and_finish(cfg, run_dir, prep, prompts, ids, model, tok, t_start)
 
@@ -226,6 +230,7 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
     writer = results.GenerationsWriter(run_dir)
+    results.note_kept(f"the finished batches are in {writer.partial}; metrics.json was not written")
 
     def on_batch(idx, outs):
         writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])

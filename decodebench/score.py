@@ -148,6 +148,9 @@ def hydra_main(cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # one line naming the path, not Hydra's traceback
+        print(f"error: {results.os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
     m = res["metrics"]
     shown = ", ".join(f"{k}={m[k]:.4g}" for k in ("diversity", "gen_length", "distinct_2", "perplexity", "mauve")
                       if isinstance(m.get(k), (int, float)))

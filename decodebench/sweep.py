@@ -26,7 +26,7 @@ from typing import NoReturn, Optional
 
 from omegaconf import DictConfig
 
-from decodebench import preflight, runner
+from decodebench import preflight, results, runner
 from decodebench.config import ConfigError
 from decodebench.dirlock import DirLock
 from decodebench.sweep_exec import Context, run_points
@@ -128,6 +128,9 @@ def main(argv: list[str]) -> dict:
     if err:
         _fail(err)
     where = sweep_dir_of(cfg, make_plan(cfg))
+    err = results.check_writable_dir("sweep.dir", where)
+    if err:
+        _fail(err)
     try:
         res = run_sweep(cfg, where)
     except ConfigError as e:
