@@ -153,13 +153,17 @@ def check_logger(lcfg: Any) -> None:
         raise ConfigError(f"logger.init_timeout must be > 0 seconds, got {lcfg.init_timeout}")
 
 
-def _check_top(cfg: DictConfig) -> None:
-    check_seed("seed", cfg.seed)
+def check_device(cfg: Any) -> None:
     dev = str(cfg.device)
     if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+
+
+def _check_top(cfg: DictConfig) -> None:
+    check_seed("seed", cfg.seed)
+    check_device(cfg)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     check_logger(cfg.logger)
@@ -167,6 +171,20 @@ def _check_top(cfg: DictConfig) -> None:
 
 def strategy_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.strategy, resolve=True)  # type: ignore[return-value]
+
+
+def _check_extra(cfg: DictConfig) -> None:
+    """strategy.extra.<p> must be a parameter of a registered (plugin) transform: the engine would find out
+    only after the model loaded."""
+    from decodebench.decoding import bindings  # noqa: F401  (registers the built-in transforms)
+    from decodebench.decoding.transforms import user_params
+    from decodebench.registry import did_you_mean
+
+    known = sorted(user_params())
+    for k in (cfg.strategy.get("extra") or {}):
+        if k not in known:
+            raise ConfigError(f"strategy.extra.{k}: {did_you_mean('transform parameter', str(k), known)}; register "
+                              "a transform with that parameter in a plugin (plugins=[my_module])")
 
 
 def validate(cfg: DictConfig):
@@ -177,6 +195,7 @@ def validate(cfg: DictConfig):
     from decodebench.decoding.strategies import build_strategy
 
     _check_top(cfg)
+    _check_extra(cfg)
     try:
         return build_strategy(strategy_dict(cfg))
     except ConfigError:
@@ -188,7 +207,7 @@ def validate(cfg: DictConfig):
 # Messages from libraries that do not know the config: the one key that leads to each.
 SENTENCE_KEYS = {"unknown logits transform": "strategy.order", "unknown scorer ": "scorers.names"}
 # A message that starts with a key: "top_p must be ...", "order: ...", "stop strings must ...".
-_KEY_HEAD = re.compile(r"^[A-Za-z_][\w.]*(?=[:=(]|\s(?:must|is|are|has|needs|names|sets|cannot|only|takes|"
+_KEY_HEAD = re.compile(r"^[A-Za-z_][\w.]*(?=[:=(]|\s\(|\s(?:must|is|are|has|needs|names|sets|cannot|only|takes|"
                        r"strings|should|expects|requires)\b)")
 
 

@@ -62,6 +62,6 @@ def did_you_mean(kind: str, name: str, choices: list[str]) -> str:
     choices = sorted(set(choices))  # a name offered by two sources (a scorer and its metric) is listed once
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (known: {', '.join(choices)})"
+    return f"unknown {kind} {name!r}{hint} (known: {', '.join(choices) or 'none yet'})"
 
 

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import models, results, wandb_sink
-from decodebench.config import ConfigError, check_logger, check_seed, prefix_key, register_configs
+from decodebench.config import ConfigError, check_device, check_logger, check_seed, prefix_key, register_configs
 from decodebench.dirlock import DirLock
 
 log = logging.getLogger("decodebench")
@@ -86,6 +86,11 @@ def prepare(cfg: DictConfig):
 
     check_seed("seed", cfg.seed)
     check_logger(cfg.logger)
+    check_device(cfg)
+    try:
+        models.pick_device(str(cfg.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     try:
         plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
