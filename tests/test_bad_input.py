@@ -145,6 +145,18 @@ REPORT = [
 CASES = RUN + SWEEP + SCORE + REPORT
 
 
+@pytest.fixture(autouse=True)
+def own_log_handlers():
+    """An in-process Hydra run binds the root logger's handlers to this test's captured stderr; put the
+    handlers back afterwards, so a later test never logs into a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    yield
+    root.handlers[:] = saved
+
+
 def test_the_table_covers_every_verb_with_at_least_80_cases():
     assert len(CASES) >= 80
     assert all(len(t) >= 5 for t in (RUN, SWEEP, SCORE, REPORT))
