@@ -100,7 +100,10 @@ class Config:
     scorers: Dict[str, Any] = field(default_factory=dict)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
-    batch_size: int = 8
+    batch_size: Any = "auto"  # rows in the running batch, or "auto" (what fits; README, "The engine")
+    sync_every: int = 4  # steps between the engine's host checks (finished rows, stop strings, time)
+    continuous: bool = True  # continuous batching for one-token-per-step strategies
+    compile: bool = False  # run the decode step under torch.compile (CUDA graphs on CUDA)
     device: str = "auto"
     dtype: str = "auto"
     record: List[str] = field(default_factory=list)  # per-step telemetry fields, or ["all"]
@@ -164,8 +167,12 @@ def check_device(cfg: Any) -> None:
 def _check_top(cfg: DictConfig) -> None:
     check_seed("seed", cfg.seed)
     check_device(cfg)
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    bs = cfg.batch_size
+    if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+        raise ConfigError(f"batch_size must be an integer >= 1 or auto, got {bs!r}")
+    se = cfg.get("sync_every", 4)
+    if isinstance(se, bool) or not isinstance(se, int) or se < 1:
+        raise ConfigError(f"sync_every must be a positive integer (steps between host checks), got {se!r}")
     check_logger(cfg.logger)
 
 

@@ -162,11 +162,13 @@ def check_kv_memory(rows: int, width: int, shape: Optional[Shape], dtype: str, d
     return need
 
 
-def check(cfg, mcfg, ids: dict[str, list[int]], max_new_tokens: int, rows: int, device: str,
+def check(cfg, mcfg, ids: dict[str, list[int]], max_new_tokens: int, rows: Optional[int], device: str,
           dtype: str) -> dict[str, list[int]]:
-    """All model-dependent checks of one run or sweep; returns the prompt ids to feed (maybe cut)."""
+    """All model-dependent checks of one run or sweep; returns the prompt ids to feed (maybe cut).
+    `rows`: KV cache rows of a running batch; None (batch_size=auto) leaves the memory to the engine."""
     shape = model_shape(mcfg)
     ids = fit_prompts(ids, max_new_tokens, shape, str(mcfg.name_or_path), cfg.dataset.get("truncate"))
-    width = max((len(t) for t in ids.values()), default=0) + max_new_tokens
-    check_kv_memory(rows, width, shape, dtype, device)
+    if rows is not None:
+        width = max((len(t) for t in ids.values()), default=0) + max_new_tokens
+        check_kv_memory(rows, width, shape, dtype, device)
     return ids

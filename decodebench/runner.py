@@ -22,7 +22,7 @@ from decodebench import data, models, results
 from decodebench.config import ConfigError, prefix_key, validate
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.recorder import check_fields
-from decodebench.decoding.strategies import STRATEGIES
+from decodebench.decoding.strategies import METHODS
 from decodebench.dirlock import DirLock
 
 log = logging.getLogger("decodebench")
@@ -40,9 +40,16 @@ def get_tokenizer(mcfg: models.ModelConfig, device: str, dtype: str):
     return _MODEL_CACHE[key][1] if key in _MODEL_CACHE else models.load_tokenizer(mcfg)
 
 
-def checked_prompts(cfg: DictConfig, prep: dict, rows: int, max_new_tokens: int):
+def rows_per_forward(cfg: DictConfig, points: int = 1, num_beams: int = 1) -> Optional[int]:
+    """KV cache rows a running batch may hold (None for batch_size=auto: the engine sizes it to fit)."""
+    if str(cfg.batch_size) == "auto":
+        return None
+    return int(cfg.batch_size) * points * max(int(cfg.strategy.num_beams), num_beams, 1)
+
+
+def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_tokens: int):
     """Prompts and their token ids, checked against the model's config (positions, KV memory) before its
-    weights load: (prompts, ids, tokenizer). `rows`: rows per forward."""
+    weights load: (prompts, ids, tokenizer). `rows`: KV cache rows of a running batch (None: not checked)."""
     from decodebench import limits
 
     tok = get_tokenizer(cfg.model, prep["device"], prep["dtype"])
@@ -74,7 +81,7 @@ def prepare(cfg: DictConfig) -> dict:
         record = check_fields(cfg.record)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if record and not getattr(STRATEGIES.get(spec.method), "supports_record", True):
+    if record and not METHODS.get(spec.method).supports_record:
         raise ConfigError(f"record: strategy method {spec.method!r} has no per-step telemetry; "
                           "set record=[] or choose a sampling strategy")
     try:
@@ -132,6 +139,8 @@ def run_metrics(stats, wall: float, device: str) -> dict:
         "per_token_latency_ms": statistics.median(stats.step_ms) if stats.step_ms else 0.0,
         "peak_memory_mb": peak,
         "forward_passes_per_token": stats.forward_passes / max(stats.generated_tokens, 1),
+        "row_step_efficiency": stats.generated_tokens / stats.row_steps if stats.row_steps else 1.0,
+        "compile_time_s": stats.compile_s,
         "tokens_processed_per_token": stats.tokens_processed / max(stats.generated_tokens, 1),
         "generated_tokens": float(stats.generated_tokens),
         "generation_time_s": stats.decode_s,
@@ -156,13 +165,36 @@ def load_prompts(cfg: DictConfig, prep: dict, tok) -> list:
     return prompts
 
 
-def run_info(cfg: DictConfig, prep: dict, spec, prompts: list, num_rows: int) -> dict:
+def run_info(cfg: DictConfig, prep: dict, spec, prompts: list, num_rows: int, batch_size: int) -> dict:
     """The body of run.json (the applied transform chain is added when generation is done)."""
     return {
         "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
-        "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
-        "num_prompts": len(prompts), "num_rows": num_rows, "empty_prompts_skipped": prep.get("empty_skipped", 0),
+        "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(batch_size),
+        "batch_size_setting": str(cfg.batch_size), "num_prompts": len(prompts), "num_rows": num_rows,
+        "empty_prompts_skipped": prep.get("empty_skipped", 0), "engine": engine_options(cfg),
     }
+
+
+def engine_options(cfg: DictConfig) -> dict:
+    """The engine's settings from the top-level config (none of them changes a generated token)."""
+    return {"continuous": bool(cfg.get("continuous", True)), "sync_every": int(cfg.get("sync_every", 4)),
+            "compile": bool(cfg.get("compile", False))}
+
+
+def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> int:
+    """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine.py), times
+    `scale` (fused sweep points); a batch whose KV state cannot fit is a ConfigError naming the bytes."""
+    from decodebench.decoding import engine
+
+    cont = bool(cfg.get("continuous", True))
+    if str(cfg.batch_size) == "auto":
+        return engine.auto_batch_size(model, reqs, spec, cont)
+    bs = int(cfg.batch_size) * scale
+    try:
+        engine.check_kv_fits(model, bs, reqs, spec, cont)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return bs
 
 
 def make_record(req: Request, prompt, out, tok) -> dict:
@@ -214,8 +246,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     spec = prep["spec"]
     run_dir = Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):  # one writer per directory
-        rows = int(cfg.batch_size) * max(int(cfg.strategy.num_beams), 1)
-        prompts, ids, _ = checked_prompts(cfg, prep, rows, spec.max_new_tokens)
+        prompts, ids, _ = checked_prompts(cfg, prep, rows_per_forward(cfg), spec.max_new_tokens)
         results.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         results.note_kept(f"{run_dir} holds only config.yaml; nothing was generated yet")
         model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
@@ -226,7 +257,8 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
     spec = prep["spec"]
     reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids)
     by_id = {p.id: p for p in prompts}
-    info = run_info(cfg, prep, spec, prompts, len(reqs))
+    bs = batch_size_for(cfg, model, reqs, spec)
+    info = run_info(cfg, prep, spec, prompts, len(reqs), bs)
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
     writer = results.GenerationsWriter(run_dir)
@@ -236,8 +268,8 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
         writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])
 
     with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
-        _, stats = generate(model, tok, reqs, spec, batch_size=int(cfg.batch_size), record=prep["record"],
-                            progress=bar, on_batch=on_batch)
+        _, stats = generate(model, tok, reqs, spec, batch_size=bs, record=prep["record"],
+                            progress=bar, on_batch=on_batch, **engine_options(cfg))
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 

@@ -73,8 +73,8 @@ def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None) -> dict:
     sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
     with DirLock(sdir, "sweep.dir"):  # one writer per directory: a second sweep here is refused at once
         # Checked against the model's config before its weights load; a fused batch holds every point's rows.
-        widest = max(len(g) for g in plan.groups(cfg.sweep.fuse))
-        rows = int(cfg.batch_size) * widest * max(max(int(p.cfg.strategy.num_beams) for p in plan.points), 1)
+        rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
+                                       max(int(p.cfg.strategy.num_beams) for p in plan.points))
         prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
         claim_dir(sdir, plan)
         log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)

@@ -154,7 +154,8 @@ def own_log_handlers():
     import logging
 
     root = logging.getLogger()
-    saved = list(root.handlers)
+    saved = [h for h in root.handlers if not getattr(getattr(h, "stream", None), "closed", False)]
+    root.handlers[:] = saved  # an earlier module's in-process Hydra run may have left one on a closed stream
     yield
     root.handlers[:] = saved
 

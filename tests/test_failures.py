@@ -18,21 +18,10 @@ import pytest
 
 from decodebench import results
 from tests.conftest import ROOT, compose
+from tests.test_bad_input import own_log_handlers  # noqa: F401  (autouse)
 from tests.test_report import m, write_run
 
 TINY = ["model=tiny", "logger=none", "progress=false", "scorers=text", "scorers.bootstrap.samples=0"]
-
-
-@pytest.fixture(autouse=True)
-def own_log_handlers():
-    """An in-process Hydra run binds the root logger's handlers to this test's captured stderr; put the
-    handlers back afterwards, so a later test never logs into a closed stream."""
-    import logging
-
-    root = logging.getLogger()
-    saved = list(root.handlers)
-    yield
-    root.handlers[:] = saved
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -16,7 +16,7 @@ from decodebench import limits, results, runner
 from decodebench.config import ConfigError
 from decodebench.dirlock import LOCK_FILE, DirectoryBusy, DirLock
 from tests.conftest import ROOT, compose
-from tests.test_bad_input import crafted_run_dir
+from tests.test_bad_input import crafted_run_dir, own_log_handlers  # noqa: F401  (autouse)
 from tests.test_sweep import BASE as SWEEP_BASE
 from tests.test_sweep import sweep as sweep_verb
 from tests.test_sweep import tokens

@@ -24,9 +24,9 @@ from typing import Optional
 import torch
 
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request, pack_left
+from decodebench.decoding.runtime import AsyncFlag, BatchContext, Output, Request, pack_left
 from decodebench.decoding.stopping import BASE_REASONS, EOS, LENGTH, TIME
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import METHODS, SearchMethod, StrategySpec
 from decodebench.decoding.streaming import BeamStream, as_streamer
 
 NEG = -1.0e9  # transformers' "excluded" score: finite, so excluded sums still order like HF's
@@ -318,20 +318,17 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("num_beam_groups must be 1 for beam search; use strategy=diverse_beam for groups")
 
 
-def register_search(name: str, label: str, search, validate):
+def register_beam_type(name: str, label: str, search, validate):
     """Register a beam-type method: `search(ctx, groups, spec) -> Hyps` over whole prompts, n best per
     prompt handed to its rows by sample_index. No per-step telemetry (a hypothesis is stitched from rows)."""
 
     @torch.inference_mode()
-    def method(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
+    def run(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
         no_telemetry(ctx, label)
         groups = group_prompts(reqs)
         return outputs_for_rows(groups, search(ctx, groups, spec), ctx)
 
-    method.validate = validate  # type: ignore[attr-defined]
-    method.supports_record = False  # type: ignore[attr-defined]
-    method.__name__ = f"{name}_batch"
-    return STRATEGIES.register(name, method)
+    return METHODS.register(name, SearchMethod(name=name, run=run, validate=validate, supports_record=False))
 
 
-beam_batch = register_search("beam", "beam search", beam_search, _validate)
+beam_batch = register_beam_type("beam", "beam search", beam_search, _validate)

@@ -22,9 +22,10 @@ import time
 import torch
 
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import BatchContext, Output, Request, RowTracker, pack_left
+from decodebench.decoding.row_tracker import RowTracker
+from decodebench.decoding.runtime import BatchContext, Output, Request, pack_left
 from decodebench.decoding.recorder import make_recorder
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import METHODS, SearchMethod, StrategySpec
 from decodebench.decoding.streaming import as_streamer
 
 
@@ -94,6 +95,5 @@ def _validate(spec: StrategySpec) -> None:
                          f"got {spec.num_return_sequences}")
 
 
-contrastive_batch.validate = _validate  # type: ignore[attr-defined]
-contrastive_batch.needs_hidden_states = True  # type: ignore[attr-defined]
-STRATEGIES.register("contrastive", contrastive_batch)
+METHODS.register("contrastive", SearchMethod(name="contrastive", run=contrastive_batch, validate=_validate,
+                                             needs_hidden_states=True))

@@ -25,9 +25,9 @@ import time
 import torch
 
 from decodebench.decoding.beam import (BeamRows, Hyps, Prompts, check_common, end_codes, gather_beams,
-                                       make_stream, reason_names, register_search, step_is_last)
+                                       make_stream, reason_names, register_beam_type, step_is_last)
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import AsyncFlag, BatchContext
+from decodebench.decoding.runtime import AsyncFlag, BatchContext
 from decodebench.decoding.stopping import LENGTH
 from decodebench.decoding.strategies import StrategySpec
 
@@ -185,4 +185,4 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("stream must be safe for diverse beam search (lookahead follows one leading beam)")
 
 
-diverse_beam_batch = register_search("diverse_beam", "diverse beam search", diverse_search, _validate)
+diverse_beam_batch = register_beam_type("diverse_beam", "diverse beam search", diverse_search, _validate)
