@@ -101,6 +101,10 @@ def prepare(cfg: DictConfig) -> dict:
             except ValueError as e:
                 raise ValueError("scorers.<scorer>.model: " + str(e).split(": ", 1)[-1]) from None
         device = models.pick_device(str(cfg.device))
+        if cfg.get("compile", False):
+            from decodebench.decoding.compiled import check_compile
+
+            check_compile(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return dict(spec=spec, record=record, table=table, plan=plan, device=device, empty_skipped=len(skipped),

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from decodebench.decoding.kvcache import ModelRunner, Runtime, check_model
+from decodebench.decoding.kvcache import Runtime, check_model
 from decodebench.decoding.runtime import (  # noqa: F401  (re-exported: the engine's public types)
     AsyncFlag, BatchContext, BatchStats, Output, Request, eos_ids, pack_left, positions,
 )
@@ -124,7 +124,8 @@ def make_context(model, tokenizer, runner, spec, stats, *, record=(), streamer=N
     sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
     return BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
                         stop=StopChecker.for_spec(tokenizer, spec), record=tuple(record), stats=stats, sync=sync,
-                        streamer=streamer, sync_every=sync_every, batch_size=batch_size, continuous=continuous)
+                        streamer=streamer, sync_every=sync_every, batch_size=batch_size, continuous=continuous,
+                        max_new_tokens=spec.max_new_tokens)
 
 
 def check_sync_every(k) -> int:
@@ -136,7 +137,7 @@ def check_sync_every(k) -> int:
 def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch_size: int = 8,
              record: Sequence[str] = (), progress=None, on_batch: Optional[Callable] = None,
              streamer_factory: Optional[Callable] = None, continuous: bool = True, sync_every: int = 4,
-             compile: bool = False) -> tuple[list[Output], BatchStats]:
+             compile: bool | str = False) -> tuple[list[Output], BatchStats]:
     """Run every request through the strategy's search method.
 
     `on_batch(indices, outputs)` is called as rows finish (the runner appends results to disk there, so a
@@ -169,7 +170,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
         if compile:
             from decodebench.decoding.compiled import compile_decode
 
-            stats.compile_s = compile_decode(runner)
+            compile_decode(runner, backend=compile if isinstance(compile, str) else None)
         cont = continuous and streamer_factory is None and not spec.max_time and not compile
         ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                            batch_size=batch_size, continuous=cont)
@@ -180,7 +181,8 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
         ctx.sync()
         stats.decode_s += time.perf_counter() - t0
     else:
-        runner = ModelRunner(model, hidden_states=method.needs_hidden_states)
+        check_model(model)
+        runner = Runtime(model, hidden_states=method.needs_hidden_states)
         for idx, rows in iter_batches(reqs, batch_size, whole_prompts=True):
             ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                                streamer=streamer_factory(rows) if streamer_factory else None)
@@ -192,6 +194,8 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
             stats.decode_s += time.perf_counter() - t0
             stats.batch_size = max(stats.batch_size, len(rows))
             deliver(idx, outs)
+    stats.compile_s = getattr(runner, "compile_s", 0.0)
+    stats.decode_s -= stats.compile_s  # compile time is reported apart from generation time
     stats.forward_passes = runner.forward_passes
     stats.tokens_processed = runner.tokens_processed
     stats.row_steps = runner.row_steps

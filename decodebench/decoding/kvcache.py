@@ -158,6 +158,7 @@ class Runtime:
         self.forward_passes = 0
         self.tokens_processed = 0
         self.row_steps = 0
+        self.compile_s = 0.0  # first-call time of compiled shapes (compiled.py)
         impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
         self.additive_mask = impl == "eager"
         self.dtype = next(model.parameters()).dtype
@@ -224,6 +225,8 @@ class Runtime:
         ids, real = ids.to(self.device), real.to(self.device)
         pos = (real.long().cumsum(-1) - 1).clamp(min=0)
         mask = self.mask4d(real, width, causal_tail=True)
+        if not self.additive_mask:  # padding queries see themselves: no fully masked row anywhere
+            mask[:, 0] |= torch.eye(width, dtype=torch.bool, device=self.device) & ~real[:, :, None]
         src = torch.tensor(where, dtype=torch.long, device=self.device)
         kv.mode, kv.rows, kv.src = "prefill", slots, (None if len(uniq) == len(where) else src)
         try:
@@ -254,43 +257,3 @@ class Runtime:
         self.row_steps += tok.shape[0]
         return self.decode_fn(tok, pos, mask)
 
-
-class ModelRunner:
-    """The forward with transformers' `DynamicCache`, for the beam-type searches and contrastive search,
-    whose bit-for-bit parity with `generate` depends on the same cache arithmetic."""
-
-    def __init__(self, model, *, hidden_states: bool = False):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.hidden_states = hidden_states
-        self.forward_passes = 0
-        self.tokens_processed = 0
-        self.row_steps = 0
-
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
-        from transformers import DynamicCache
-
-        cache = cache if cache is not None else DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=True, logits_to_keep=1,
-            output_hidden_states=self.hidden_states,
-        )
-        self.forward_passes += 1
-        self.tokens_processed += int(input_ids.numel())
-        logits = out.logits[:, -1, :].to(dtype=torch.float32)
-        hidden = out.hidden_states[-1] if self.hidden_states else None
-        return logits, cache, hidden
-
-    @torch.inference_mode()
-    def prefill(self, input_ids, attention_mask):
-        from decodebench.decoding.runtime import positions
-
-        return self._forward(input_ids, attention_mask, positions(attention_mask), None)
-
-    @torch.inference_mode()
-    def step(self, tokens, attention_mask, cache):
-        """tokens [B] (or [B, 1]); attention_mask [B, T] already includes the new column."""
-        pos = (attention_mask.long().sum(-1, keepdim=True) - 1).clamp(min=0)
-        self.row_steps += tokens.shape[0]
-        return self._forward(tokens.view(-1, 1), attention_mask, pos, cache)

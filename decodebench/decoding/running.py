@@ -174,8 +174,8 @@ class RunningBatch:
     def compact(self) -> None:
         """Running slots with a request move to the front; the batch shrinks to them."""
         live = [s for s in range(self.a) if self.owner[s] is not None]
-        if len(live) == self.a:
-            return
+        if len(live) == self.a or (self.rt.static_shapes and live):
+            return  # compiled steps keep one shape: finished rows idle until the batch is done
         idx = torch.tensor(live, dtype=torch.long, device=self.rt.device)
         n = len(live)
         self.kv.select_slots(idx, n)

@@ -132,6 +132,7 @@ class BatchContext:
     sync: Callable = lambda: None  # device sync, used only for once-per-batch timings
     sync_every: int = 4  # host work (stop strings, streamers, time limit, all-finished) every k steps
     batch_size: int = 8  # rows in a running batch (continuous batching)
+    max_new_tokens: int = 0  # the strategy's limit: sizes the static state
     continuous: bool = True
 
     def first_token(self, t0: float) -> float:
