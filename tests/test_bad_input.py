@@ -263,3 +263,32 @@ def _fill(s: str, files: dict) -> str:
     for k, v in files.items():
         s = s.replace(k, v)
     return s
+
+
+def test_messages_list_known_names_once_and_keep_the_key_apart_from_the_sentence(files, monkeypatch):
+    from decodebench.preflight import compose_checked
+
+    err = compose_checked(["scorers.names=[nope]"])[1]
+    known = err.split("(known: ")[1].rstrip(")").split(", ")
+    assert err.startswith("scorers.names: unknown scorer 'nope'") and len(known) == len(set(known)) > 10
+    assert compose_checked(["strategy.order=[unknown]"])[1].startswith("strategy.order: unknown logits transform")
+    monkeypatch.syspath_prepend(str(Path(files["<file>"]).parent))
+    err = compose_checked(["plugins=[boom_plugin_xyz]"])[1]
+    assert "RuntimeError: boom at import" in err and "boom_plugin_xyz.py:1" in err
+
+
+def test_a_broken_jsonl_logs_nothing_before_its_one_line_error(files):
+    import logging
+
+    from decodebench import data
+
+    seen: list = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logging.getLogger("datasets").addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match="dataset.path: could not read broken.jsonl"):
+            data.load_table(data.DatasetConfig(name="file", path=files["<broken.jsonl>"]))
+    finally:
+        logging.getLogger("datasets").removeHandler(handler)
+    assert seen == []
