@@ -41,12 +41,28 @@ def fail(msg: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Every verb ends in one line on stderr when it does not succeed: bad input (exit 2), a file that cannot
+    be written (exit 1, naming the path), Ctrl-C (exit 130, saying what was kept)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb, rest = split_verb(argv)
-    rest = open_keys(rest)
-    from decodebench.tasks.config import expand_overrides
+    try:
+        from decodebench.tasks.config import expand_overrides
 
-    rest = expand_overrides(rest)  # task=<lm-eval task name> -> task=lm_eval task.name=<name>
+        # task=<lm-eval task name> -> task=lm_eval task.name=<name>
+        return dispatch(verb, expand_overrides(open_keys(rest)))
+    except KeyboardInterrupt:
+        from decodebench.results import kept
+
+        print(f"\n{verb} interrupted; {kept()}", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except OSError as e:
+        from decodebench.results import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def dispatch(verb: str, rest: list[str]) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from decodebench import preflight
 

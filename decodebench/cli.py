@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from decodebench import runner, wandb_sink
+from decodebench import results, runner, wandb_sink
 from decodebench.config import ConfigError, register_configs
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -41,6 +41,9 @@ def main(cfg: DictConfig) -> Optional[dict]:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk, a permission: one line naming the path (Hydra would print a traceback)
+        print(f"error: {results.os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
     print(runner.summarize(res))
     print(runner.machine_line(res), flush=True)
     return res

@@ -7,6 +7,7 @@ model loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
@@ -70,6 +71,7 @@ class LoggerConfig:
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     num_samples: int = 32  # rows in the logged table of sample generations
+    init_timeout: float = 30.0  # seconds online mode waits for the server before logging offline instead
 
 
 @dataclass
@@ -79,7 +81,7 @@ class SweepConfig:
     Inert for a plain run; checked by decodebench.sweep_plan before any model loads."""
 
     grid: Dict[str, Any] = field(default_factory=dict)  # strategy parameter -> list of values; points = product
-    seeds: Optional[List[int]] = None  # one point per seed as well; null: just the top-level seed
+    seeds: Optional[List[int]] = None  # one point per seed as well; null: the top-level seed (seed=N)
     dir: Optional[str] = None  # the sweep directory; null: outputs/sweeps/<date>/<time>-<strategy>
     fuse: Optional[int] = None  # at most this many points generated together; null: all that can be
     leaderboard: bool = True  # write leaderboard.{md,csv,html} in the sweep directory at the end
@@ -131,26 +133,62 @@ def register_configs() -> None:
     cs.store(name="score_schema", node=ScoreConfig)
 
 
-def _check_top(cfg: DictConfig) -> None:
+SEED_LIMIT = 2**63  # seeds are hashed as unsigned 64-bit counters, and numpy takes them too
+
+
+def check_seed(key: str, seed: Any) -> int:
+    """A seed is an integer in [0, 2**63); anything else is a one-line ConfigError naming `key`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{key} must be an integer in [0, 2**63), got {seed!r}; e.g. {key.split('.')[0]}=0"
+                          if key == "seed" else f"{key} must hold integers in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_logger(lcfg: Any) -> None:
+    if lcfg.name not in ("wandb", "none"):
+        raise ConfigError(f"logger must be wandb or none, got {lcfg.name!r}")
+    if lcfg.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.mode must be offline, online or disabled, got {lcfg.mode!r}")
+    if not lcfg.init_timeout > 0:
+        raise ConfigError(f"logger.init_timeout must be > 0 seconds, got {lcfg.init_timeout}")
+
+
+def check_device(cfg: Any) -> None:
     dev = str(cfg.device)
     if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+
+
+def _check_top(cfg: DictConfig) -> None:
+    check_seed("seed", cfg.seed)
+    check_device(cfg)
     bs = cfg.batch_size
     if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
         raise ConfigError(f"batch_size must be an integer >= 1 or auto, got {bs!r}")
     se = cfg.get("sync_every", 4)
     if isinstance(se, bool) or not isinstance(se, int) or se < 1:
         raise ConfigError(f"sync_every must be a positive integer (steps between host checks), got {se!r}")
-    if cfg.logger.name not in ("wandb", "none"):
-        raise ConfigError(f"logger must be wandb or none, got {cfg.logger.name!r}")
-    if cfg.logger.mode not in ("offline", "online", "disabled"):
-        raise ConfigError(f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
+    check_logger(cfg.logger)
 
 
 def strategy_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.strategy, resolve=True)  # type: ignore[return-value]
+
+
+def _check_extra(cfg: DictConfig) -> None:
+    """strategy.extra.<p> must be a parameter of a registered (plugin) transform: the engine would find out
+    only after the model loaded."""
+    from decodebench.decoding import bindings  # noqa: F401  (registers the built-in transforms)
+    from decodebench.decoding.transforms import user_params
+    from decodebench.registry import did_you_mean
+
+    known = sorted(user_params())
+    for k in (cfg.strategy.get("extra") or {}):
+        if k not in known:
+            raise ConfigError(f"strategy.extra.{k}: {did_you_mean('transform parameter', str(k), known)}; register "
+                              "a transform with that parameter in a plugin (plugins=[my_module])")
 
 
 def validate(cfg: DictConfig):
@@ -161,6 +199,7 @@ def validate(cfg: DictConfig):
     from decodebench.decoding.strategies import build_strategy
 
     _check_top(cfg)
+    _check_extra(cfg)
     try:
         return build_strategy(strategy_dict(cfg))
     except ConfigError:
@@ -169,9 +208,21 @@ def validate(cfg: DictConfig):
         raise ConfigError(prefix_key("strategy", str(e))) from None
 
 
+# Messages from libraries that do not know the config: the one key that leads to each.
+SENTENCE_KEYS = {"unknown logits transform": "strategy.order", "unknown scorer ": "scorers.names"}
+# A message that starts with a key: "top_p must be ...", "order: ...", "stop strings must ...".
+_KEY_HEAD = re.compile(r"^[A-Za-z_][\w.]*(?=[:=(]|\s\(|\s(?:must|is|are|has|needs|names|sets|cannot|only|takes|"
+                       r"strings|should|expects|requires)\b)")
+
+
 def prefix_key(group: str, msg: str) -> str:
-    """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key."""
-    head = msg.split(" ", 1)[0]
-    if all(part.isidentifier() for part in head.split(".")) and not msg.startswith(f"{group}."):
+    """'top_p must be ...' -> 'strategy.top_p must be ...', so every message names its full key; a message
+    that starts with a sentence ('unknown scorer ...') gets 'scorers: ...', never 'scorers.unknown ...'."""
+    if msg.startswith((f"{group}.", f"{group}:")):
+        return msg
+    for sentence, key in SENTENCE_KEYS.items():
+        if msg.startswith(sentence) and key.startswith(f"{group}."):
+            return f"{key}: {msg}"
+    if _KEY_HEAD.match(msg):
         return f"{group}.{msg}"
-    return msg
+    return f"{group}: {msg}"

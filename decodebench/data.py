@@ -57,6 +57,8 @@ class DatasetConfig:
     prefix_tokens: Optional[int] = None  # N-token prefix as prompt, the rest as reference; shorter rows dropped
     chat_template: bool = False  # wrap each prompt as a user message (add_generation_prompt=True)
     system_prompt: Optional[str] = None  # a system message before it; needs chat_template=true
+    truncate: Optional[str] = None  # "left": cut prompts too long for the model to their last tokens; null: refuse
+    empty_prompts: str = "error"  # an empty prompt is refused ("error") or left out and counted ("skip")
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -103,6 +105,12 @@ def check_config(cfg: Any) -> None:
             "dataset.reference_column: cannot be combined with dataset.prefix_tokens, which makes the rest of "
             "each text the reference; set dataset.reference_column=null or dataset.prefix_tokens=null"
         )
+    truncate, empty = getattr(cfg, "truncate", None), getattr(cfg, "empty_prompts", "error")
+    if truncate not in (None, "left"):
+        raise ValueError(f"dataset.truncate: must be left or null (refuse prompts too long for the model), "
+                         f"got {truncate!r}")
+    if empty not in ("error", "skip"):
+        raise ValueError(f"dataset.empty_prompts: must be error or skip, got {empty!r}")
     if cfg.system_prompt is not None and not cfg.chat_template:
         raise ValueError("dataset.system_prompt: only used inside a chat template; set dataset.chat_template=true")
 
@@ -160,6 +168,12 @@ def to_prompts(table: "datasets.Dataset", cfg: Any, tokenizer: Any = None) -> Li
             raise ValueError(f"dataset.prompt_column: row {i} (id {ids[i]!r}) has no text in {cfg.prompt_column!r}")
 
     rows = list(zip(ids, texts, categories, references))
+    if cfg.prefix_tokens is None:  # with prefix_tokens, empty rows are short rows: dropped and counted there
+        empty = set(empty_rows(table, cfg))
+        if empty:
+            rows = [r for i, r in enumerate(rows) if i not in empty]
+            log.warning("dataset.empty_prompts=skip: left out %d empty prompt%s of %d", len(empty),
+                        "s" * (len(empty) > 1), len(texts))
     if cfg.prefix_tokens is not None:
         rows = _split_prefixes(rows, cfg.prefix_tokens, tokenizer)
     prompts = []
@@ -175,6 +189,15 @@ def to_prompts(table: "datasets.Dataset", cfg: Any, tokenizer: Any = None) -> Li
             )
         )
     return prompts
+
+
+def empty_rows(table: "datasets.Dataset", cfg: Any) -> List[int]:
+    """Rows whose prompt is the empty string: a ValueError naming the first, unless empty_prompts=skip."""
+    rows = [i for i, t in enumerate(table[cfg.prompt_column]) if t == ""]
+    if rows and getattr(cfg, "empty_prompts", "error") != "skip":
+        raise ValueError(f"dataset.empty_prompts: row {rows[0]} of {len(table)} has an empty prompt ({len(rows)} "
+                         "such rows); fill or remove them, or set dataset.empty_prompts=skip to leave them out")
+    return rows
 
 
 def load_prompts(cfg: Any, tokenizer: Any = None) -> List[Prompt]:
@@ -229,12 +252,18 @@ def _load_file(path: Path) -> "datasets.Dataset":
         raise ValueError(f"dataset.path: file is empty: {path}")
     builder = FILE_BUILDERS[suffix]
     kwargs: dict = {}
-    if builder == "csv":
-        kwargs = _csv_kwargs(path, sep="\t" if suffix == ".tsv" else ",")
     try:
+        if builder == "csv":
+            kwargs = _csv_kwargs(path, sep="\t" if suffix == ".tsv" else ",")
         with _quiet_progress():
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # parse errors come in many types; the cause stays chained
+        cause = e
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, UnicodeDecodeError):
+            raise ValueError(f"dataset.path: {path.name} is not UTF-8 text (byte {cause.object[cause.start]:#04x} at "
+                             f"offset {cause.start}); convert the file to UTF-8, e.g. with iconv -t UTF-8") from e
         raise ValueError(f"dataset.path: could not read {path.name} as {builder}: {_one_line(e)}") from e
 
 
@@ -283,14 +312,19 @@ def _load_saved(local: Path, cfg: Any) -> "datasets.Dataset":
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Mute "Generating train split" bars for a small local file; restore the user's setting after."""
+    """Mute "Generating train split" bars and parse-error log lines for a small local file; restore after."""
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
+    # `datasets` logs a parse error before raising it; the error we raise says it in one line instead.
+    ds_log = logging.getLogger("datasets")
+    level = ds_log.level
+    ds_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        ds_log.setLevel(level)
         if not was_disabled:
             datasets.enable_progress_bars()
 

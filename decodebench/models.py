@@ -152,22 +152,56 @@ def _load_gguf(gguf: Path, use_cache: bool):
     return model, tok
 
 
-def tiny_model(vocab_size: int = 256, seed: int = 0):
-    """A tiny random-weight Llama and a byte-level tokenizer, built in code (no download), for fast tests."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_config(tok=None):
+    """The tiny test model's LlamaConfig (its tokenizer's special ids when given)."""
+    from transformers import LlamaConfig
 
     from decodebench.tiny_tokenizer import byte_tokenizer
 
-    tok = byte_tokenizer()
-    cfg = LlamaConfig(
+    tok = tok or byte_tokenizer()
+    return LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
+
+
+def tiny_model(vocab_size: int = 256, seed: int = 0):
+    """A tiny random-weight Llama and a byte-level tokenizer, built in code (no download), for fast tests."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from decodebench.tiny_tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(tiny_config(tok))
     return model, tok
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer alone, set up as load_model sets it up: the model-dependent checks (prompt lengths)
+    need it before the weights load. Never runs remote code unless cfg.trust_remote_code says so."""
+    from transformers import AutoTokenizer
+
+    kind, path = resolve_source(cfg)
+    if kind == "tiny":
+        from decodebench.tiny_tokenizer import byte_tokenizer
+
+        tok = byte_tokenizer()
+    elif kind in ("embedded", "gguf"):
+        cache = _gguf_cache_dir(path)
+        with _quiet():
+            tok = (AutoTokenizer.from_pretrained(cache) if cfg.cache and (cache / "tokenizer_config.json").is_file()
+                   else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    else:
+        src = str(path) if path is not None else cfg.name_or_path
+        tok = AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code),
+                                            local_files_only=kind == "local" or hub_offline())
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
 
 
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32"):

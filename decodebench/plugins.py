@@ -16,6 +16,14 @@ from typing import Iterable
 _loaded: set[str] = set()
 
 
+def _origin(e: BaseException) -> str:
+    """' (at file.py:3)': the innermost frame of the error, so the user knows which line to look at."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb is not None else ""
+
+
 def load_plugins(modules: Iterable[str] = ()) -> list[str]:
     """Import entry-point plugins and the named modules once each; returns the modules imported now."""
     names = [ep.value.split(":")[0] for ep in entry_points(group="decodebench.plugins")]
@@ -29,6 +37,10 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
         except ImportError as e:
             raise ValueError(f"plugins: cannot import {name!r} ({e}); check the module name and that it is on "
                              "PYTHONPATH or in the working directory") from None
+        except Exception as e:  # noqa: BLE001 - the plugin's own bug: one line that says whose it is
+            where = _origin(e)
+            raise ValueError(f"plugins: importing {name!r} raised {type(e).__name__}: {' '.join(str(e).split())}"
+                             f"{where}; fix the plugin or remove it from plugins") from None
         _loaded.add(name)
         done.append(name)
     return done

@@ -141,7 +141,20 @@ def compose_checked(args: list[str], config_name: str = "config", prepare=None):
         from decodebench.config import ConfigError
 
         return None, (str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e))
-    return cfg, None
+    return cfg, output_dirs_error(args, multirun)
+
+
+def output_dirs_error(args: list[str], multirun: bool) -> Optional[str]:
+    """hydra.run.dir (hydra.sweep.dir for -m) given on the command line must be a directory we can write:
+    Hydra would otherwise fail creating it with a traceback."""
+    from decodebench.results import check_writable_dir
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for a in args:
+        k, _, v = a.lstrip("+").partition("=")
+        if k == key and v and "${" not in v:
+            return check_writable_dir(key, v)
+    return None
 
 
 def check(args: list[str], config_name: str = "config", prepare=None) -> Optional[str]:

@@ -59,8 +59,9 @@ class Registry(Generic[T]):
 
 def did_you_mean(kind: str, name: str, choices: list[str]) -> str:
     """The same one-line message for names that live outside a Registry (config group options)."""
+    choices = sorted(set(choices))  # a name offered by two sources (a scorer and its metric) is listed once
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (known: {', '.join(sorted(choices))})"
+    return f"unknown {kind} {name!r}{hint} (known: {', '.join(choices) or 'none yet'})"
 
 

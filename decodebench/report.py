@@ -524,8 +524,14 @@ def write_leaderboard(paths, out_dir=None, *, sort: Optional[str] = None, pareto
     return {**{k: str(v) for k, v in files.items()}, "rows": records}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage block + message is several lines; one is the rule
+        print(f"error: report: {message}; see python -m decodebench report --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m decodebench report",
+    ap = _Parser(prog="python -m decodebench report",
                                  description="Leaderboard (markdown, CSV, HTML) over run and sweep directories.")
     ap.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories")
     ap.add_argument("--sort", metavar="METRIC[:max|:min]", help="default: diversity, else a quality metric")
@@ -533,6 +539,14 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", metavar="DIR", help="default: the single PATH given, else the current directory")
     ap.add_argument("--samples", type=int, default=3, metavar="N", help="sample generations per row (default 3)")
     args = ap.parse_args(argv)
+    if args.samples < 0:
+        ap.error(f"--samples must be >= 0, got {args.samples}")
+    if args.out is not None:
+        from decodebench.results import check_writable_dir
+
+        err = check_writable_dir("--out", args.out)
+        if err:
+            ap.error(err)
     try:
         res = write_leaderboard(args.paths, args.out, sort=args.sort, pareto=args.pareto, samples=args.samples)
     except ValueError as e:

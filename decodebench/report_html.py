@@ -61,9 +61,16 @@ def _status(r: Row) -> str:
 # ---------------------------------------------------------------- markdown
 
 
+# What can turn text into markup inside a table cell or list item (intraword `_` cannot in GFM).
+_MD_PUNCT = re.compile(r"([\\`*\[\]|~])")
+
+
 def md_cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r\n", " ").replace("\r", " ") \
-        .replace("\n", " ")
+    """Any run, model or dataset string as inert markdown text: HTML (`<script>`) becomes entities, markdown
+    punctuation (links, emphasis, code, table pipes) is backslash-escaped, newlines become spaces."""
+    s = " ".join(str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_PUNCT.sub(r"\\\1", s)
 
 
 def _fence(text: str) -> str:
@@ -76,7 +83,7 @@ def format_markdown(report: Report) -> str:
     head = (["★"] if star else []) + ["setting", "seeds"] + [md_cell(m + arrow(m)) for m in metrics]
     head += ["status"] if status else []
     lines = ["# decodebench leaderboard", "", md_cell(describe(report)), "",
-             "Sources: " + ", ".join(f"`{md_cell(s)}`" for s in report.sources) + ". Plots: leaderboard.html.",
+             "Sources: " + ", ".join(md_cell(s) for s in report.sources) + ". Plots: leaderboard.html.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report.rows:
         cells = (["★" if r.pareto else ""] if star else []) + [md_cell(r.label), str(len(r.runs)) if r.ok else ""]
@@ -85,7 +92,7 @@ def format_markdown(report: Report) -> str:
     failed = [r for r in report.rows if not r.ok]
     if failed:
         lines += ["", "## Failed grid points", ""]
-        lines += [f"- {md_cell(r.label)} (`{md_cell(r.runs[0].dir)}`): {md_cell(r.error)}" for r in failed]
+        lines += [f"- {md_cell(r.label)} ({md_cell(r.runs[0].dir)}): {md_cell(r.error)}" for r in failed]
     if any(r.samples for r in report.rows):
         lines += ["", "## Sample generations"]
     for r in report.rows:

@@ -8,12 +8,13 @@ last batch is in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Optional
 
 GENERATIONS = "generations.jsonl"
 PARTIAL = "generations.partial.jsonl"
@@ -34,20 +35,88 @@ def clean(v: Any) -> Any:
     return v
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError from a write (a full disk, a quota) carries no file name: give it `path`, so the one-line
+    error the user sees says which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
+def os_error_line(e: OSError) -> str:
+    """'out/metrics.json: No space left on device': one line naming the path."""
+    where = e.filename if e.filename is not None else "a result file"
+    return f"{where}: {e.strerror or type(e).__name__}" + (f" (and {e.filename2})" if e.filename2 else "")
+
+
+_kept = ["nothing was written yet"]
+
+
+def note_kept(what: str) -> None:
+    """What an interruption now would leave on disk; said by the one line printed on Ctrl-C."""
+    _kept[0] = what
+
+
+def kept() -> str:
+    return _kept[0]
+
+
+def check_writable_dir(key: str, path: str | os.PathLike) -> Optional[str]:
+    """None if `path` is (or can be made) a directory we can write into, else one line naming `key`.
+    Creates the directory, as the run would a moment later."""
+    p = Path(path).expanduser()
+    for parent in [p, *p.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{key}: {parent} is a file, not a directory; give a directory path"
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        return f"{key}: cannot write into {p} ({e.strerror or e}); give a writable directory"
+    return None
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with naming(path):
+        Path(path).write_text(text, encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def mkstemp_shared(directory: Path, prefix: str) -> tuple[int, str]:
+    """mkstemp, but the file gets the mode an ordinary open() would (0666 less the umask, 0644 typically),
+    not mkstemp's private 0600: results are read by others on shared cluster storage."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(clean(obj), f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming(path):
+        fd, tmp = mkstemp_shared(path.parent, f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(clean(obj), f, indent=2, sort_keys=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 class GenerationsWriter:
@@ -61,22 +130,29 @@ class GenerationsWriter:
         self.f = open(self.partial, "w", encoding="utf-8")
 
     def write(self, records: Iterable[dict]) -> None:
-        for r in records:
-            self.f.write(json.dumps(clean(r), ensure_ascii=False) + "\n")
-        self.f.flush()
+        with naming(self.partial):
+            for r in records:
+                self.f.write(json.dumps(clean(r), ensure_ascii=False) + "\n")
+            self.f.flush()
 
     def close(self, sort_key=None) -> Path:
         """Rewrite in a stable order (prompt order, then sample index) and rename into place."""
-        self.f.close()
+        with naming(self.partial):
+            self.f.close()
         recs = read_jsonl(self.partial)
         if sort_key is not None:
             recs.sort(key=sort_key)
         final = self.dir / GENERATIONS
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".gen.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, final)
+        with naming(final):
+            fd, tmp = mkstemp_shared(self.dir, ".gen.")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    for r in recs:
+                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         self.partial.unlink(missing_ok=True)
         return final
 

@@ -23,14 +23,44 @@ from decodebench.config import ConfigError, prefix_key, validate
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.recorder import check_fields
 from decodebench.decoding.strategies import METHODS
+from decodebench.dirlock import DirLock
 
 log = logging.getLogger("decodebench")
 
 _MODEL_CACHE: dict = {}  # one loaded model, reused by jobs of a multirun in the same process
 
 
+def _model_key(mcfg, device: str, dtype: str) -> tuple:
+    return (mcfg.name_or_path, mcfg.gguf_file, mcfg.revision, device, dtype)
+
+
+def get_tokenizer(mcfg: models.ModelConfig, device: str, dtype: str):
+    """The tokenizer, before any weights: the loaded model's when it is already here."""
+    key = _model_key(mcfg, device, dtype)
+    return _MODEL_CACHE[key][1] if key in _MODEL_CACHE else models.load_tokenizer(mcfg)
+
+
+def rows_per_forward(cfg: DictConfig, points: int = 1, num_beams: int = 1) -> Optional[int]:
+    """KV cache rows a running batch may hold (None for batch_size=auto: the engine sizes it to fit)."""
+    if str(cfg.batch_size) == "auto":
+        return None
+    return int(cfg.batch_size) * points * max(int(cfg.strategy.num_beams), num_beams, 1)
+
+
+def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_tokens: int):
+    """Prompts and their token ids, checked against the model's config (positions, KV memory) before its
+    weights load: (prompts, ids, tokenizer). `rows`: KV cache rows of a running batch (None: not checked)."""
+    from decodebench import limits
+
+    tok = get_tokenizer(cfg.model, prep["device"], prep["dtype"])
+    prompts = load_prompts(cfg, prep, tok)
+    ids = encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
+    ids = limits.check(cfg, cfg.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"])
+    return prompts, ids, tok
+
+
 def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
-    key = (mcfg.name_or_path, mcfg.gguf_file, mcfg.revision, device, dtype)
+    key = _model_key(mcfg, device, dtype)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = models.load_model(mcfg, device=device, dtype=dtype)
@@ -56,6 +86,7 @@ def prepare(cfg: DictConfig) -> dict:
                           "set record=[] or choose a sampling strategy")
     try:
         table = data.load_table(cfg.dataset)
+        skipped = data.empty_rows(table, cfg.dataset) if cfg.dataset.prefix_tokens is None else []
     except ValueError as e:
         raise ConfigError(prefix_key("dataset", str(e))) from None
     try:
@@ -77,6 +108,7 @@ def prepare(cfg: DictConfig) -> dict:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return dict(spec=spec, task=check_task(cfg, spec), record=record, table=table, plan=plan, device=device,
+                empty_skipped=len(skipped),
                 dtype=models.pick_dtype(str(cfg.dtype), device))
 
 
@@ -156,7 +188,7 @@ def run_info(cfg: DictConfig, prep: dict, spec, prompts: list, num_rows: int, ba
         "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
         "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(batch_size),
         "batch_size_setting": str(cfg.batch_size), "num_prompts": len(prompts), "num_rows": num_rows,
-        "engine": engine_options(cfg),
+        "empty_prompts_skipped": prep.get("empty_skipped", 0), "engine": engine_options(cfg),
     }
 
 
@@ -201,6 +233,8 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     """Close generations.jsonl, record the applied chain, score, and write metrics.json last."""
     order = {p.id: k for k, p in enumerate(prompts)}
     writer.close(sort_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
+    results.note_kept(f"the generations are complete in {run_dir / results.GENERATIONS} but not scored (score "
+                      f"them with: python -m decodebench score generations={run_dir})")
     info["strategy"]["chain"] = stats.chain  # the transforms actually applied, in order
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     records = results.read_generations(run_dir)
@@ -219,7 +253,9 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise
     metrics["wall_time_s"] = time.perf_counter() - t_start
+    (run_dir / "error.json").unlink(missing_ok=True)  # a directory never holds both: metrics.json wins
     results.write_json_atomic(run_dir / results.METRICS, metrics)
+    results.note_kept(f"the run is complete in {run_dir} (only its W&B logging may be unfinished)")
     return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records),
             "strategy": info["strategy"]["name"]}
 
@@ -230,18 +266,24 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     prep = prep or prepare(cfg)
     spec = prep["spec"]
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with DirLock(run_dir, "hydra.run.dir"):  # one writer per directory
+        prompts, ids, _ = checked_prompts(cfg, prep, rows_per_forward(cfg), spec.max_new_tokens)
+        results.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        results.note_kept(f"{run_dir} holds only config.yaml; nothing was generated yet")
+        model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
+        return _generate_and_finish(cfg, run_dir, prep, prompts, ids, model, tok, t_start)
 
-    model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
-    prompts = load_prompts(cfg, prep, tok)
-    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
+
+def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, tok, t_start: float) -> dict:
+    spec = prep["spec"]
+    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids)
     by_id = {p.id: p for p in prompts}
     bs = batch_size_for(cfg, model, reqs, spec)
     info = run_info(cfg, prep, spec, prompts, len(reqs), bs)
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
     writer = results.GenerationsWriter(run_dir)
+    results.note_kept(f"the finished batches are in {writer.partial}; metrics.json was not written")
 
     def on_batch(idx, outs):
         writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])

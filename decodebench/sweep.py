@@ -26,8 +26,9 @@ from typing import NoReturn, Optional
 
 from omegaconf import DictConfig
 
-from decodebench import preflight, runner
+from decodebench import preflight, results, runner
 from decodebench.config import ConfigError
+from decodebench.dirlock import DirLock
 from decodebench.sweep_exec import Context, run_points
 from decodebench.sweep_plan import Plan, claim_dir, default_dir, make_plan
 
@@ -70,14 +71,17 @@ def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None) -> dict:
     prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a point may use
     plan = make_plan(cfg)
     sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
-    claim_dir(sdir, plan)
-    log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
-    model, tok = runner.get_model(cfg.model, prep["device"], prep["dtype"])
-    prompts = runner.load_prompts(cfg, prep, tok)
-    ids = runner.encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
-    ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
-    run_points(ctx, cfg.sweep.fuse)
-    board = write_board(ctx) if cfg.sweep.leaderboard else None
+    with DirLock(sdir, "sweep.dir"):  # one writer per directory: a second sweep here is refused at once
+        # Checked against the model's config before its weights load; a fused batch holds every point's rows.
+        rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
+                                       max(int(p.cfg.strategy.num_beams) for p in plan.points))
+        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
+        claim_dir(sdir, plan)
+        log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
+        model, tok = runner.get_model(cfg.model, prep["device"], prep["dtype"])
+        ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
+        run_points(ctx, cfg.sweep.fuse)
+        board = write_board(ctx) if cfg.sweep.leaderboard else None
     return {"sweep_dir": str(sdir), "strategy": plan.strategy, "points": len(plan.points),
             "complete": [r["run_dir"] for r in ctx.done], "failed": ctx.failed,
             "skipped": len(plan.points) - len(ctx.done) - len(ctx.failed), "leaderboard": board,
@@ -124,6 +128,9 @@ def main(argv: list[str]) -> dict:
     if err:
         _fail(err)
     where = sweep_dir_of(cfg, make_plan(cfg))
+    err = results.check_writable_dir("sweep.dir", where)
+    if err:
+        _fail(err)
     try:
         res = run_sweep(cfg, where)
     except ConfigError as e:

@@ -93,12 +93,19 @@ class Context:
 
 
 def write_error(ctx: Context, p: Point, exc: BaseException) -> None:
+    """error.json for a failed point, when the disk allows; never beside metrics.json (a complete point's
+    metrics stand: whatever failed after them did not change them)."""
     d = ctx.sweep_dir / p.name
     msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-    results.write_json_atomic(d / ERROR, {"error": msg, "point": p.settings})
-    (d / "error.txt").write_text("".join(traceback.format_exception(exc)))
-    log.error("sweep: point %s failed: %s (the other points go on)", p.name, msg)
     ctx.failed.append({"point": p.name, "error": msg})
+    log.error("sweep: point %s failed: %s (the other points go on)", p.name, msg)
+    if (d / results.METRICS).exists():
+        return
+    try:
+        results.write_json_atomic(d / ERROR, {"error": msg, "point": p.settings})
+        (d / "error.txt").write_text("".join(traceback.format_exception(exc)))
+    except OSError as e:  # e.g. the full disk that failed the point: the log line above still says why
+        log.error("sweep: could not write %s: %s", e.filename or d / ERROR, e.strerror or e)
 
 
 def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
@@ -106,7 +113,7 @@ def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
     d.mkdir(parents=True, exist_ok=True)
     for stale in (ERROR, "error.txt", "metrics.partial.json"):
         (d / stale).unlink(missing_ok=True)
-    (d / "config.yaml").write_text(OmegaConf.to_yaml(p.cfg, resolve=True))
+    results.write_text(d / "config.yaml", OmegaConf.to_yaml(p.cfg, resolve=True))
     chat = bool(p.cfg.dataset.chat_template)
     reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids)
     todo = {(r.prompt_id, r.sample_index): r for r in reqs}

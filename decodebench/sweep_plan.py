@@ -2,7 +2,7 @@
 
     sweep:                       # conf/sweep/<strategy>.yaml, composed for the chosen strategy
       grid: {top_p: [0.8, 0.9, 0.95], temperature: [0.7, 1.0]}   # strategy parameter -> values
-      seeds: [0]                 # null: the top-level seed
+      seeds: [0, 1]              # absent or null: the top-level seed (seed=N)
 
 The points are the product of the grid's lists in the order written (the last key varies fastest), each
 once per seed (seeds fastest of all). A point's config is the composed config with `strategy.<param>` and
@@ -30,7 +30,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results
-from decodebench.config import ConfigError, StrategyConfig, validate
+from decodebench.config import ConfigError, StrategyConfig, check_seed, validate
 # Sampling-only parameters (the table's warpers): no effect on rows with do_sample=false.
 from decodebench.decoding.params import PARAMS, SAMPLING_ONLY
 
@@ -129,7 +129,7 @@ def _check_grid(cfg: DictConfig) -> tuple[dict[str, list], list[int]]:
             raise ConfigError(f"sweep.grid.{k} lists {dup!r} twice; each value once")
         grid[k] = vals
     seeds = cfg.sweep.seeds
-    seeds = [int(cfg.seed)] if seeds is None else [int(s) for s in seeds]
+    seeds = [check_seed("seed", cfg.seed)] if seeds is None else [check_seed("sweep.seeds", s) for s in seeds]
     if not seeds:
         raise ConfigError("sweep.seeds has no values; give at least one (sweep.seeds=[0]) or null for the top-level seed")
     dup = _first_duplicate(seeds)

@@ -1,7 +1,8 @@
 """W&B sink: a view of the records on disk, at the edge. A failure here never costs a run its results.
 
 Default mode is offline: the run is written under `<run_dir>/wandb/` and can be uploaded later with
-`wandb sync <run_dir>/wandb/offline-run-*`.
+`wandb sync <run_dir>/wandb/offline-run-*`. Online mode waits at most `logger.init_timeout` seconds for the
+server, then falls back to the same offline files. Warnings go to the log (stderr), never to stdout.
 """
 
 from __future__ import annotations
@@ -18,6 +19,23 @@ log = logging.getLogger("decodebench")
 TABLE_COLUMNS = ("prompt_id", "sample_index", "prompt", "text", "num_tokens", "finish_reason", "reference")
 
 
+def _init(wandb, lcfg, run_dir, **kw):
+    """wandb.init; online mode waits at most logger.init_timeout seconds for the server, then the run is
+    written offline under the run directory instead (upload it later with `wandb sync`)."""
+    common = dict(project=lcfg.project, entity=lcfg.entity, dir=str(run_dir), tags=list(lcfg.tags),
+                  reinit="finish_previous", **kw)
+    if lcfg.mode != "online":
+        return wandb.init(mode=lcfg.mode, **common)
+    timeout = float(lcfg.get("init_timeout", 30.0))
+    try:
+        return wandb.init(mode="online", settings=wandb.Settings(init_timeout=timeout), **common)
+    except Exception as e:  # noqa: BLE001 - no server, no key, a timeout: the run is still logged, offline
+        why = " ".join(str(e).split()).split(" Consider ")[0][:200]  # wandb's advice names its own API
+        log.warning("W&B online init failed within logger.init_timeout=%gs (%s: %s); logging offline under "
+                    "%s/wandb instead, upload later with `wandb sync`", timeout, type(e).__name__, why, run_dir)
+        return wandb.init(mode="offline", **common)
+
+
 def _log(cfg, run_dir, write, *, group, job_type, name, config) -> Optional[str]:
     """Open a W&B run under `run_dir`, let `write(run, wandb)` log into it, close it; never raises."""
     lcfg = cfg.logger
@@ -27,9 +45,7 @@ def _log(cfg, run_dir, write, *, group, job_type, name, config) -> Optional[str]
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        run = wandb.init(project=lcfg.project, entity=lcfg.entity, mode=lcfg.mode, dir=str(run_dir),
-                         group=group or lcfg.group, job_type=job_type, name=name, tags=list(lcfg.tags),
-                         config=config, reinit="finish_previous")
+        run = _init(wandb, lcfg, run_dir, group=group or lcfg.group, job_type=job_type, name=name, config=config)
         try:
             write(run, wandb)
             path = run.dir
