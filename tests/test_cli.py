@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from decodebench import results
-from decodebench.cli import run
+from decodebench.cli.entry import run
 from tests.conftest import ROOT, compose
 from tests.test_engine import hf_greedy
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from decodebench.preflight import compose_checked
+from decodebench.cli.preflight import compose_checked
 from tests.test_search_beam import one_thread  # noqa: F401  (autouse fixture)
 
 

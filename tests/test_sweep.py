@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from decodebench import models, results, runner, sweep_exec
-from decodebench.__main__ import main as cli_main
-from decodebench.sweep_plan import make_plan
-from decodebench.preflight import add_grid_keys
+from decodebench import models, results, runner
+from decodebench.sweep import execute as sweep_exec
+from decodebench.cli.verbs import main as cli_main
+from decodebench.sweep.plan import make_plan
+from decodebench.cli.preflight import add_grid_keys
 from tests.conftest import compose as _compose
 
 # Full-length rows (min_new_tokens) so the comparison covers every step; 4 prompts x 2 samples per point;

@@ -6,8 +6,8 @@ import json
 import sys
 
 from decodebench import results, runner
-from decodebench.__main__ import main as cli_main
-from decodebench.preflight import add_grid_keys
+from decodebench.cli.verbs import main as cli_main
+from decodebench.cli.preflight import add_grid_keys
 from tests.conftest import compose
 from tests.test_sweep import one_thread  # noqa: F401  (autouse: no OpenMP spin-waits on a busy machine)
 

@@ -13,9 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from decodebench import runner, wandb_sink
-from decodebench.config import ConfigError, register_configs
+from decodebench.config import ConfigError, conf_dir, register_configs
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 
 
@@ -33,7 +32,7 @@ def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
     return res
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> Optional[dict]:
     logging.getLogger("decodebench").setLevel(logging.INFO)
     try:

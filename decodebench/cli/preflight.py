@@ -12,12 +12,13 @@ from typing import Optional
 
 from decodebench.registry import did_you_mean
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "dataset", "strategy", "logger", "scorers", "sweep")
 
 
 def group_options(group: str) -> list[str]:
-    d = CONF_DIR / group
+    from decodebench.config import conf_dir
+
+    d = conf_dir() / group
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
@@ -89,11 +90,11 @@ def _compose(overrides: list[str], config_name: str = "config"):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from decodebench.config import register_configs
+    from decodebench.config import conf_dir, register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
 
 

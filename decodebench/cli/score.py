@@ -19,10 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import models, results, wandb_sink
-from decodebench.config import ConfigError, prefix_key, register_configs
+from decodebench.config import ConfigError, conf_dir, prefix_key, register_configs
 
 register_configs()
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _generations_path(p: str) -> Path:
@@ -83,7 +82,7 @@ def score(cfg: DictConfig, run_dir: str) -> dict:
     return res
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="score")
 def hydra_main(cfg: DictConfig) -> None:
     import json
 
@@ -101,7 +100,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main(args: list[str]) -> None:
-    from decodebench.preflight import check
+    from decodebench.cli.preflight import check
 
     if not any(a.split("=", 1)[0] == "generations" for a in args):
         print("error: generations: missing; give generations=PATH (a generations.jsonl, run directory or JSON file)",

@@ -45,24 +45,24 @@ def main(argv: list[str] | None = None) -> None:
     verb, rest = split_verb(argv)
     rest = open_keys(rest)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    from decodebench import preflight
+    from decodebench.cli import preflight
 
     if verb == "report":
         from decodebench.report import main as report_main
 
         return report_main(rest)
     if verb == "score":
-        from decodebench.score import main as score_main
+        from decodebench.cli.score import main as score_main
 
         return score_main(rest)
     err = preflight.check(rest)
     if err:
         fail(err)
     if verb == "sweep":
-        from decodebench.sweep import main as sweep_main
+        from decodebench.sweep.verb import main as sweep_main
 
         return sweep_main(rest)
-    from decodebench.cli import main as hydra_main
+    from decodebench.cli.entry import main as hydra_main
 
     sys.argv = [sys.argv[0]] + rest
     hydra_main()

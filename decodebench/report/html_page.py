@@ -1,101 +1,18 @@
-"""The human-readable views of a leaderboard `Report`: the markdown page and the self-contained HTML page.
-
-The HTML page is one file: inline CSS, plots as base64 PNG, no scripts, nothing fetched (a
-Content-Security-Policy forbids both, as a second wall behind escaping). Every piece of text that comes
-from a run, a model or a dataset goes through `html.escape`; in markdown, table cells escape `|` and
-newlines and generations sit in fenced blocks longer than any backtick run inside them.
+"""The leaderboard as one self-contained HTML page: inline CSS, plots as base64 PNG, no scripts, nothing
+fetched (a Content-Security-Policy forbids both, as a second wall behind escaping). Every piece of text that
+comes from a run, a model or a dataset goes through `html.escape`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import re
 import time
-from typing import Any, Optional
+from typing import Any
 
-from decodebench.report import Report, Row, Stat, arrow, direction
+from decodebench.report.model import Report, _better, _status, arrow, describe, direction, fmt_stat
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def fmt_stat(s: Optional[Stat], spread: str = "{}") -> str:
-    """'mean ± std' over seeds, or 'mean [lo, hi]' (one run's interval); `spread` wraps the second part."""
-    if s is None:
-        return ""
-    if s.std is not None:
-        return f"{s.mean:.4g} " + spread.format(f"± {s.std:.2g}")
-    if s.lo is not None and s.hi is not None:
-        return f"{s.mean:.4g} " + spread.format(f"[{s.lo:.4g}, {s.hi:.4g}]")
-    return f"{s.mean:.4g}"
-
-
-def _better(up: bool) -> str:
-    return "higher is better" if up else "lower is better"
-
-
-def describe(report: Report) -> str:
-    """One plain-text line: what the table holds, how it is sorted, what ★ means."""
-    n_runs = sum(len(r.runs) for r in report.rows if r.ok)
-    failed = sum(not r.ok for r in report.rows)
-    n_set = len(report.rows) - failed
-    parts = [f"{n_runs} run{'s' * (n_runs != 1)} in {n_set} setting{'s' * (n_set != 1)}"
-             + (f", {failed} failed" if failed else "")]
-    if report.sort:
-        parts.append(f"sorted by {report.sort[0]} ({'highest' if report.sort[1] else 'lowest'} first)")
-    if report.pareto:
-        q, q_up, d, d_up = report.pareto
-        parts.append(f"★ = Pareto-optimal on {q} ({_better(q_up)}) and {d} ({_better(d_up)})")
-    parts.append("values: mean ± std over seeds, or a single seed's value [its confidence interval]")
-    return "; ".join(parts) + "."
-
-
-def _any_failed(report: Report) -> bool:
-    return any(not r.ok for r in report.rows)
-
-
-def _status(r: Row) -> str:
-    return "ok" if r.ok else f"failed: {r.error}"
-
-
-# ---------------------------------------------------------------- markdown
-
-
-def md_cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r\n", " ").replace("\r", " ") \
-        .replace("\n", " ")
-
-
-def _fence(text: str) -> str:
-    ticks = "`" * max(3, 1 + max((len(t) for t in re.findall(r"`+", text)), default=0))
-    return f"{ticks}text\n{text}\n{ticks}"
-
-
-def format_markdown(report: Report) -> str:
-    metrics, star, status = report.shown_metrics, report.pareto is not None, _any_failed(report)
-    head = (["★"] if star else []) + ["setting", "seeds"] + [md_cell(m + arrow(m)) for m in metrics]
-    head += ["status"] if status else []
-    lines = ["# decodebench leaderboard", "", md_cell(describe(report)), "",
-             "Sources: " + ", ".join(f"`{md_cell(s)}`" for s in report.sources) + ". Plots: leaderboard.html.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report.rows:
-        cells = (["★" if r.pareto else ""] if star else []) + [md_cell(r.label), str(len(r.runs)) if r.ok else ""]
-        cells += [fmt_stat(r.stats.get(m)) for m in metrics] + ([md_cell(_status(r))] if status else [])
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = [r for r in report.rows if not r.ok]
-    if failed:
-        lines += ["", "## Failed grid points", ""]
-        lines += [f"- {md_cell(r.label)} (`{md_cell(r.runs[0].dir)}`): {md_cell(r.error)}" for r in failed]
-    if any(r.samples for r in report.rows):
-        lines += ["", "## Sample generations"]
-    for r in report.rows:
-        if r.samples:
-            lines += ["", f"### {md_cell(r.label)}"]
-        for s in r.samples:
-            lines += ["", f"Prompt {md_cell(s['prompt_id'])}:", "", _fence(str(s["prompt"] or "")), "",
-                      f"Generation ({md_cell(s['num_tokens'])} tokens, {md_cell(s['finish_reason'])}):", "",
-                      _fence(str(s["text"] or ""))]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- HTML
@@ -160,7 +77,7 @@ def _table(report: Report) -> str:
 
 def _plots(report: Report) -> str:
     try:
-        from decodebench.report_plots import render
+        from decodebench.report.plots import render
     except ImportError as e:  # matplotlib is a declared dependency; say so rather than fail the report
         return f"<p class=meta>No plots: {_e(e)} (pip install matplotlib).</p>"
     out = []

@@ -12,7 +12,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from decodebench.report import Report, Row
+    from decodebench.report.model import Report, Row
 
 KEY_METRICS = ("mauve", "perplexity", "diversity", "rep_2", "tokens_per_s", "gen_length")
 MAX_PANELS = 6
@@ -88,7 +88,7 @@ def _is_number(v) -> bool:
 def against_param(report: "Report", param: str) -> Optional[Plot]:
     """One small panel per key metric against a swept numeric parameter; one line per strategy (and
     per value of any other varying setting)."""
-    from decodebench.report import arrow
+    from decodebench.report.model import arrow
 
     rows = [r for r in report.rows if r.ok and _is_number(r.setting.get(param))]
     metrics = [m for m in key_metrics(report) if any(m in r.stats for r in rows)]

@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from decodebench import results, runner
 from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
-from decodebench.sweep_plan import Plan, Point
-from decodebench.sweep_prefill import SharedPrefill
+from decodebench.sweep.plan import Plan, Point
+from decodebench.sweep.prefill import SharedPrefill
 
 log = logging.getLogger("decodebench")
 

@@ -26,10 +26,11 @@ from typing import NoReturn, Optional
 
 from omegaconf import DictConfig
 
-from decodebench import preflight, runner
+from decodebench import runner
+from decodebench.cli import preflight
 from decodebench.config import ConfigError
-from decodebench.sweep_exec import Context, run_points
-from decodebench.sweep_plan import Plan, claim_dir, default_dir, make_plan
+from decodebench.sweep.execute import Context, run_points
+from decodebench.sweep.plan import Plan, claim_dir, default_dir, make_plan
 
 log = logging.getLogger("decodebench")
 

@@ -103,7 +103,7 @@ def test_an_override_needs_no_generating_model(lm_records, other_dir, other):
 
 
 def test_run_end_to_end_scores_under_the_named_model(tmp_path, other_dir, other):
-    from decodebench.cli import run
+    from decodebench.cli.entry import run
 
     common = ["model=tiny", "scorers.names=[perplexity]", "logger=none", "progress=false", "dataset.limit=2",
               "strategy.max_new_tokens=4"]
