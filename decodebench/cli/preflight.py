@@ -15,11 +15,12 @@ from decodebench.registry import did_you_mean
 GROUPS = ("model", "dataset", "strategy", "logger", "scorers", "sweep")
 
 
-def group_options(group: str) -> list[str]:
+def group_options(group: str, dirs: Optional[list[Path]] = None) -> list[str]:
+    """The options of a config group in decodebench's configs and the user's config dirs (`user_dirs`)."""
     from decodebench.config import conf_dir
 
-    d = conf_dir() / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+    found = [p.stem for d in [conf_dir(), *(dirs or [])] for p in (d / group).glob("*.yaml")]
+    return sorted(set(found))
 
 
 def _flag_free(args: list[str]) -> tuple[list[str], bool]:
@@ -41,6 +42,22 @@ def _flag_free(args: list[str]) -> tuple[list[str], bool]:
     return out, multirun
 
 
+def user_dirs(args: list[str]) -> Optional[list[Path]]:
+    """The user's config dirs (`--config-dir`, `file://` entries of `hydra.searchpath`), relative to the
+    working directory as Hydra reads them; None when the search path holds something else (`pkg://`),
+    whose options this check cannot list."""
+    out: list[Path] = []
+    for entry in search_path(args):
+        for item in entry.split("=", 1)[1].strip("[]").split(","):
+            item = item.strip().strip("'\"")
+            if not item:
+                continue
+            if not item.startswith("file://"):
+                return None
+            out.append(Path(item.removeprefix("file://")).expanduser())
+    return out
+
+
 def search_path(args: list[str]) -> list[str]:
     """What lets the check see the configs Hydra will: `--config-dir DIR` and `hydra.searchpath=[...]`."""
     dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
@@ -56,15 +73,17 @@ def add_grid_keys(overrides: list[str]) -> list[str]:
     return ["++" + a if a.startswith("sweep.grid.") and "=" in a else a for a in overrides]
 
 
-def unknown_option(args: list[str]) -> Optional[str]:
+def unknown_option(args: list[str], dirs: Optional[list[Path]] = ()) -> Optional[str]:
+    """An option of a config group that no config dir holds; `dirs` None: the user's search path cannot
+    be listed, so leave group options to Hydra."""
     for a in args:
         if "=" not in a and a.startswith("~") and len(a) > 1:
             continue  # Hydra's delete: ~key
         if "=" not in a:
             return f"unexpected argument {a!r}; overrides look like key=value (e.g. strategy=topp)"
         key, val = a.lstrip("+~").split("=", 1)
-        if key in GROUPS:
-            opts = group_options(key)
+        if key in GROUPS and dirs is not None:
+            opts = group_options(key, dirs)
             for v in val.split(","):
                 if v and v not in opts:
                     return did_you_mean(f"{key} (set {key}=<name>)", v, opts)
@@ -127,7 +146,12 @@ def compose_checked(args: list[str], config_name: str = "config", prepare=None):
     """(cfg, None) or (None, one-line error). `prepare(cfg)` runs the checks that need no model."""
     overrides, multirun = _flag_free(args)
     overrides = add_grid_keys(overrides)
-    err = unknown_option(overrides)
+    dirs = user_dirs(args)
+    missing = [d for d in dirs or [] if not d.is_dir()]
+    if missing:
+        return (f"hydra.searchpath: config directory {missing[0]} does not exist (searched from {Path.cwd()}); "
+                f"give --config-dir DIR or hydra.searchpath=[file://DIR] with a directory that holds your configs")
+    err = unknown_option(overrides, dirs)
     if err:
         return None, err
     overrides = search_path(args) + overrides
