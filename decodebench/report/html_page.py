@@ -22,11 +22,17 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
        padding: 0 16px; color: #1d232a; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 32px; }
 .meta { color: #57606a; margin: 4px 0; }
-.scroll { overflow-x: auto; border: 1px solid #d0d7de; border-radius: 6px; }
+/* a wide table scrolls inside its own box; #, ★ and setting stay in view (sticky, fixed widths) */
+.scroll { overflow-x: auto; max-width: 100%; border: 1px solid #d0d7de; border-radius: 6px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { padding: 5px 10px; border-bottom: 1px solid #eaeef2; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; position: sticky; top: 0; font-weight: 600; }
 th.sorted { background: #ddf4ff; }
+.pin { position: sticky; z-index: 1; background: #fff; box-sizing: border-box; }
+th.pin { z-index: 2; background: #f6f8fa; }
+.pin0 { left: 0; width: 40px; min-width: 40px; } .pin1 { left: 40px; }
+td.star.pin1, th.pin1:not(.setting) { width: 30px; min-width: 30px; } .pin2 { left: 70px; }
+.pin.setting { box-shadow: inset -1px 0 #d0d7de; }
 td.setting, th.setting, td.status { text-align: left; }
 td.setting { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; }
 td.star { color: #bf8700; text-align: center; font-size: 16px; }
@@ -53,8 +59,9 @@ def _table(report: Report) -> str:
     """Failed rows put their error across the metric cells (a "result" column when there are none)."""
     metrics, star = report.shown_metrics or ["result"], report.pareto is not None
     sort = report.sort[0] if report.sort else None
-    head = ["<th>#</th>"] + (["<th title='Pareto-optimal'>★</th>"] if star else []) + \
-        ["<th class=setting>setting</th>", "<th>seeds</th>"]
+    pin = f"pin {'pin2' if star else 'pin1'}"  # the setting column's left edge: after # (and ★)
+    head = ["<th class='pin pin0'>#</th>"] + (["<th class='pin pin1' title='Pareto-optimal'>★</th>"] if star else []) + \
+        [f"<th class='setting {pin}'>setting</th>", "<th>seeds</th>"]
     for m in metrics:
         d = direction(m)
         tip = _better(d) if d is not None else "no direction"
@@ -63,8 +70,9 @@ def _table(report: Report) -> str:
     for i, r in enumerate(report.rows, 1):
         cls = "failed" if not r.ok else ("pareto" if r.pareto else "ok")
         seeds = _e(", ".join(map(str, r.seeds)) or "-")
-        cells = [f"<td>{i}</td>"] + ([f"<td class=star>{'★' if r.pareto else ''}</td>"] if star else [])
-        cells += [f"<td class=setting>{_e(r.label)}</td>",
+        cells = [f"<td class='pin pin0'>{i}</td>"] + \
+            ([f"<td class='star pin pin1'>{'★' if r.pareto else ''}</td>"] if star else [])
+        cells += [f"<td class='setting {pin}'>{_e(r.label)}</td>",
                   f"<td title='seeds: {seeds}'>{len(r.runs) if r.ok else ''}</td>"]
         if r.ok:
             cells += [f"<td>{fmt_stat(r.stats.get(m), '<span class=sub>{}</span>')}</td>" for m in metrics]
