@@ -14,7 +14,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,7 +38,24 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
     return _MODEL_CACHE[key]
 
 
-def prepare(cfg: DictConfig) -> dict:
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run needs before its model loads, checked once (`prepare`): the strategy spec, telemetry
+    fields, the dataset's table, the scorer plan, device and dtype. A sweep shares one across its points
+    (each point with its own `spec`). Indexing by name (`plan["device"]`) reads the same fields."""
+
+    spec: Any
+    record: tuple
+    table: Any
+    plan: Any  # the ScorerPlan
+    device: str
+    dtype: str
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+def prepare(cfg: DictConfig) -> RunPlan:
     """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source."""
     from decodebench.plugins import load_plugins
     from decodebench.scorers import resolve_scorers
@@ -72,8 +90,8 @@ def prepare(cfg: DictConfig) -> dict:
         device = models.pick_device(str(cfg.device))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return dict(spec=spec, record=record, table=table, plan=plan, device=device,
-                dtype=models.pick_dtype(str(cfg.dtype), device))
+    return RunPlan(spec=spec, record=record, table=table, plan=plan, device=device,
+                   dtype=models.pick_dtype(str(cfg.dtype), device))
 
 
 def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
@@ -121,10 +139,10 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def load_prompts(cfg: DictConfig, prep: dict, tok) -> list:
+def load_prompts(cfg: DictConfig, prep: RunPlan, tok) -> list:
     """The dataset's prompt records (ConfigError when none are left)."""
     try:
-        prompts = data.to_prompts(prep["table"], cfg.dataset, tok)
+        prompts = data.to_prompts(prep.table, cfg.dataset, tok)
     except ValueError as e:
         raise ConfigError(prefix_key("dataset", str(e))) from None
     if not prompts:
@@ -132,11 +150,11 @@ def load_prompts(cfg: DictConfig, prep: dict, tok) -> list:
     return prompts
 
 
-def run_info(cfg: DictConfig, prep: dict, spec, prompts: list, num_rows: int) -> dict:
+def run_info(cfg: DictConfig, prep: RunPlan, spec, prompts: list, num_rows: int) -> dict:
     """The body of run.json (the applied transform chain is added when generation is done)."""
     return {
-        "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
-        "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
+        "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep.device,
+        "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
         "num_prompts": len(prompts), "num_rows": num_rows,
     }
 

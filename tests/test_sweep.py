@@ -99,6 +99,7 @@ def test_plan_points_names_and_groups():
     (["sweep.fuse=0"], "sweep.fuse must be >= 1"),
     (["-m"], "multirun"),
     (["hydra.run.dir=/tmp/x"], "sweep.dir=PATH"),
+    (["--config-dir"], "--config-dir needs a directory"),
     (["strategy=topq"], "did you mean"),
 ])
 def test_bad_input_is_one_line_before_the_model(args, expect, tmp_path, capsys, no_model):

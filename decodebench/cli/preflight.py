@@ -142,31 +142,40 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
     return out
 
 
-def compose_checked(args: list[str], config_name: str = "config", prepare=None):
-    """(cfg, None) or (None, one-line error). `prepare(cfg)` runs the checks that need no model."""
+def prepare_checked(args: list[str], config_name: str = "config", prepare=None):
+    """(cfg, prepare(cfg), None) or (None, None, one-line error). `prepare(cfg)` runs the checks that need
+    no model; what it returns (a run's or a sweep's plan) is handed on, so it is made once."""
     overrides, multirun = _flag_free(args)
     overrides = add_grid_keys(overrides)
     dirs = user_dirs(args)
     missing = [d for d in dirs or [] if not d.is_dir()]
     if missing:
-        return (f"hydra.searchpath: config directory {missing[0]} does not exist (searched from {Path.cwd()}); "
-                f"give --config-dir DIR or hydra.searchpath=[file://DIR] with a directory that holds your configs")
+        return None, None, (f"hydra.searchpath: config directory {missing[0]} does not exist (searched from "
+                            f"{Path.cwd()}); give --config-dir DIR or hydra.searchpath=[file://DIR] with a "
+                            f"directory that holds your configs")
     err = unknown_option(overrides, dirs)
     if err:
-        return None, err
+        return None, None, err
     overrides = search_path(args) + overrides
     if prepare is None:
         from decodebench.runner import prepare
-    cfg = None
+    cfg = prepared = None
     try:
         for ov in _variants(overrides, multirun):
             cfg = _compose(ov, config_name)
-            prepare(cfg)
+            prepared = prepare(cfg)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
         from decodebench.config import ConfigError
 
-        return None, (str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e))
-    return cfg, None
+        msg = str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e)
+        return None, None, msg
+    return cfg, prepared, None
+
+
+def compose_checked(args: list[str], config_name: str = "config", prepare=None):
+    """(cfg, None) or (None, one-line error): `prepare_checked` without what `prepare` returned."""
+    cfg, _, err = prepare_checked(args, config_name, prepare)
+    return cfg, err
 
 
 def check(args: list[str], config_name: str = "config", prepare=None) -> Optional[str]:

@@ -55,17 +55,19 @@ def main(argv: list[str] | None = None) -> None:
         from decodebench.cli.score import main as score_main
 
         return score_main(rest)
-    err = preflight.check(rest)
-    if err:
-        fail(err)
-    if verb == "sweep":
+    if verb == "sweep":  # its own preflight: it plans the grid too
         from decodebench.sweep.verb import main as sweep_main
 
         return sweep_main(rest)
-    from decodebench.cli.entry import main as hydra_main
+    from decodebench.cli import entry
 
+    if not os.environ.get("DECODEBENCH_NO_PREFLIGHT"):
+        cfg, prepared, err = preflight.prepare_checked(rest)
+        if err:
+            fail(err)
+        entry.hand_over(cfg, prepared)
     sys.argv = [sys.argv[0]] + rest
-    hydra_main()
+    entry.main()
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class PointRun:
 
     point: Point
     dir: Path
-    prep: dict
+    prep: runner.RunPlan
     info: dict
     todo: dict  # (prompt_id, sample_index) -> Request
     writer: ResumeWriter
@@ -83,7 +83,7 @@ class PointRun:
 class Context:
     plan: Plan
     sweep_dir: Path
-    prep: dict
+    prep: runner.RunPlan
     model: object
     tok: object
     prompts: list
@@ -115,7 +115,7 @@ def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
     info = runner.run_info(p.cfg, ctx.prep, p.spec, ctx.prompts, len(reqs))
     info["sweep"] = {"dir": str(ctx.sweep_dir), "point": p.name, "fused_with": fused_with, "resumed_rows": len(keep)}
     results.write_json_atomic(d / results.RUN_INFO, info)
-    return PointRun(p, d, {**ctx.prep, "spec": p.spec}, info, todo, ResumeWriter(d, keep), time.perf_counter())
+    return PointRun(p, d, replace(ctx.prep, spec=p.spec), info, todo, ResumeWriter(d, keep), time.perf_counter())
 
 
 def point_stats(pr: PointRun, group: BatchStats, chain: list) -> BatchStats:
