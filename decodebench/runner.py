@@ -159,18 +159,14 @@ def run_info(cfg: DictConfig, prep: RunPlan, spec, prompts: list, num_rows: int)
     }
 
 
-def make_record(req: Request, prompt, out, tok) -> dict:
+def make_record(req: Request, prompt, out, tok) -> results.GenerationRecord:
     """One line of generations.jsonl: a request, its prompt record and the engine's output."""
-    rec = {"prompt_id": req.prompt_id, "prompt": prompt.text, "prompt_token_ids": req.prompt_ids,
-           "sample_index": req.sample_index, "text": tok.decode(out.token_ids, skip_special_tokens=True),
-           "token_ids": out.token_ids, "num_tokens": len(out.token_ids), "finish_reason": out.finish_reason,
-           "reference": prompt.reference, "category": prompt.category}
-    if out.score is not None:
-        rec["score"] = out.score
-    if out.telemetry is not None:
-        rec["telemetry"] = out.telemetry
-    rec.update(out.extra)
-    return rec
+    return results.GenerationRecord(
+        prompt_id=req.prompt_id, prompt=prompt.text, prompt_token_ids=req.prompt_ids,
+        sample_index=req.sample_index, text=tok.decode(out.token_ids, skip_special_tokens=True),
+        token_ids=out.token_ids, num_tokens=len(out.token_ids), finish_reason=out.finish_reason,
+        reference=prompt.reference, category=prompt.category, score=out.score, telemetry=out.telemetry,
+        extra=dict(out.extra))
 
 
 def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, writer, prompts: list,

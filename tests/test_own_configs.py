@@ -41,7 +41,7 @@ def test_run_with_my_strategy_and_dataset(how, tmp_path, monkeypatch, capsys):
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["strategy"]["name"] == "my_topp" and info["strategy"]["params"]["top_p"] == 0.6
     assert info["num_prompts"] == 2  # dataset.limit=2 of my 3 prompts
-    assert [r["prompt"] for r in results.read_generations(tmp_path / "out")][0] == "My prompt 0"
+    assert [r.prompt for r in results.read_generations(tmp_path / "out")][0] == "My prompt 0"
 
 
 def test_own_config_names_are_checked_before_hydra(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def sweep(args, capsys=None):
 
 
 def tokens(run_dir) -> list:
-    return [(r["prompt_id"], r["sample_index"], r["token_ids"]) for r in results.read_generations(run_dir)]
+    return [(r.prompt_id, r.sample_index, r.token_ids) for r in results.read_generations(run_dir)]
 
 
 def point_dirs(d: Path) -> list[Path]:

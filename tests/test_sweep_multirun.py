@@ -77,5 +77,5 @@ def test_multirun_through_submitit_local_executor(tmp_path, monkeypatch):
              monkeypatch)
     dirs = job_dirs(out)
     assert len(dirs) == 2 and all(results.is_complete(d) for d in dirs)
-    assert [results.read_generations(d)[0]["prompt_id"] for d in dirs] == ["story-001"] * 2
+    assert [results.read_generations(d)[0].prompt_id for d in dirs] == ["story-001"] * 2
     assert (out / ".submitit").is_dir()

@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from decodebench import runner, wandb_sink
+from decodebench import results, runner, wandb_sink
 from decodebench.config import ConfigError, conf_dir, register_configs
 
 register_configs()
@@ -43,8 +43,8 @@ def _prepared_for(cfg: DictConfig) -> Optional[runner.RunPlan]:
 def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
     """Run one configuration; returns {"run_dir", "metrics", ...}. Raises ConfigError on bad input."""
     res = runner.execute(cfg, run_dir or default_run_dir(cfg), _prepared_for(cfg))
-    res["wandb_dir"] = wandb_sink.log_run(cfg, res["run_dir"], res["metrics"],
-                                          runner.results.read_generations(res["run_dir"]))
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]))
     return res
 
 

@@ -32,11 +32,11 @@ def _generations_path(p: str) -> Path:
 
 
 def _model_of_run(path: Path, cfg: DictConfig) -> models.ModelConfig:
-    run_cfg = path.parent / "config.yaml"
-    if run_cfg.is_file() and cfg.model.name_or_path == models.EMBEDDED:
-        m = OmegaConf.load(run_cfg).get("model")
+    run_cfg = results.read_run(path.parent).config
+    if run_cfg and cfg.model.name_or_path == models.EMBEDDED:
+        m = run_cfg.get("model")
         if m is not None:
-            return models.ModelConfig(**OmegaConf.to_container(m, resolve=True))
+            return models.ModelConfig(**m)
     return models.ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
 
 
@@ -54,7 +54,7 @@ def prepare(cfg: DictConfig):
                                    sample_field=cfg.sample_field)
     except ValueError as e:
         raise ConfigError(f"generations: {e}") from None
-    if plan.needs_references and not any(r.get("reference") for r in records):
+    if plan.needs_references and not any(r.reference for r in records):
         raise ConfigError(f"generations: {path} has no references, which the chosen scorers need; "
                           "set reference_field=<field> or choose scorers without references")
     return plan, records, path
@@ -78,7 +78,8 @@ def score(cfg: DictConfig, run_dir: str) -> dict:
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     results.write_json_atomic(Path(run_dir) / results.METRICS, metrics)
     res = {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records), "generations": str(path)}
-    wandb_sink.log_run(cfg, run_dir, metrics, records, job_type="score")
+    wandb_sink.log_run(OmegaConf.to_container(cfg.logger, resolve=True), results.read_run(run_dir), records,
+                       job_type="score")
     return res
 
 

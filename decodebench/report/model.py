@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from decodebench import results
 from decodebench.registry import did_you_mean
 from decodebench.report.runs import NEUTRAL_KEYS, Run, find_runs
 
@@ -274,26 +275,21 @@ def sort_rows(rows: list[Row], sort: Optional[tuple[str, bool]]) -> list[Row]:
 def read_samples(run: Run, n: int, prompt_ids: list) -> list[dict]:
     """Up to n records of a run: the first record of each wanted prompt id, topped up with the first
     records of other prompts."""
-    path = run.dir / "generations.jsonl"
-    if n <= 0 or not path.is_file():
+    if n <= 0 or not (run.dir / results.GENERATIONS).is_file():
         return []
     wanted, first = {}, []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            pid = rec.get("prompt_id")
-            if pid in prompt_ids and pid not in wanted:
-                wanted[pid] = rec
-            elif pid not in prompt_ids and len(first) < n:
-                first.append(rec)
-            if len(wanted) == len(prompt_ids) and len(first) >= n:
-                break
+    for rec in results.iter_generations(run.dir):
+        pid = rec.prompt_id
+        if pid in prompt_ids and pid not in wanted:
+            wanted[pid] = rec
+        elif pid not in prompt_ids and len(first) < n:
+            first.append(rec)
+        if len(wanted) == len(prompt_ids) and len(first) >= n:
+            break
     picked = [wanted[p] for p in prompt_ids if p in wanted][:n]
     picked += first[: n - len(picked)]
     keep = ("prompt_id", "sample_index", "prompt", "text", "num_tokens", "finish_reason")
-    return [{k: r.get(k) for k in keep} for r in picked]
+    return [{k: getattr(r, k) for k in keep} for r in picked]
 
 
 def attach_samples(rows: list[Row], n: int) -> None:

@@ -5,11 +5,12 @@ this module only turns them into the report's flat dotted settings.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from decodebench import results
 
 MAX_DEPTH = 3
 NEUTRAL_KEYS = ("seed",)  # runs that differ only here are one row
@@ -30,11 +31,6 @@ class Run:
 
 
 
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -45,14 +41,11 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _settings_of(d: Path) -> tuple[str, dict[str, Any], Optional[int]]:
+def _settings_of(run: results.RunDir) -> tuple[str, dict[str, Any], Optional[int]]:
     """(strategy name, flat settings, seed) from config.yaml, else run.json."""
-    import yaml
-
-    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else None
-    info = _read_json(d / "run.json") if (d / "run.json").is_file() else {}
+    cfg, info = run.config, run.info
     settings: dict[str, Any] = {}
-    if isinstance(cfg, dict):
+    if cfg is not None:
         for group in SETTING_GROUPS:
             if isinstance(cfg.get(group), dict):
                 settings.update(_flatten(cfg[group], f"{group}."))
@@ -66,9 +59,8 @@ def _settings_of(d: Path) -> tuple[str, dict[str, Any], Optional[int]]:
         settings.update({k: info[k] for k in ("device", "dtype", "batch_size") if k in info})
         if "model" in info:
             settings["model.name_or_path"] = info["model"]
-    seed = (cfg or {}).get("seed", info.get("seed"))
     name = settings.pop("strategy.name", None) or "?"
-    return str(name), settings, seed
+    return str(name), settings, run.seed
 
 
 def _point_settings(point: dict) -> dict[str, Any]:
@@ -88,13 +80,14 @@ def _one_line(text: Any) -> str:
 
 def read_run(d: Path) -> Run:
     """One directory: a complete run, a failed point (error.json), or an unfinished run."""
-    name, settings, seed = _settings_of(d)
-    if (d / "metrics.json").is_file():
-        metrics = {k: float(v) for k, v in _read_json(d / "metrics.json").items()
+    run = results.read_run(d)
+    name, settings, seed = _settings_of(run)
+    if run.metrics is not None:
+        metrics = {k: float(v) for k, v in run.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return Run(d, name, settings, seed, metrics)
-    if (d / "error.json").is_file():
-        err = _read_json(d / "error.json")
+    if run.error is not None:
+        err = run.error
         point = _point_settings(err.get("point") or {})
         seed = point.pop("seed", seed)
         name = str(point.pop("strategy.name", None) or name)
@@ -103,17 +96,13 @@ def read_run(d: Path) -> Run:
     return Run(d, name, settings, seed, {}, "unfinished: no metrics.json (still running, or killed)")
 
 
-def _is_result_dir(d: Path) -> bool:
-    return any((d / f).is_file() for f in ("metrics.json", "error.json", "run.json"))
-
-
 def _natural(p: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
 def find_runs(path: Path, depth: int = MAX_DEPTH) -> list[Run]:
     """Every run and failed point at or below `path`, in natural directory order."""
-    if _is_result_dir(path):
+    if results.is_run_dir(path):
         return [read_run(path)]
     if depth == 0:
         return []

@@ -31,7 +31,7 @@ from decodebench.sweep.prefill import SharedPrefill
 
 log = logging.getLogger("decodebench")
 
-ERROR = "error.json"
+ERROR = results.ERROR
 
 
 class ResumeWriter(results.GenerationsWriter):
@@ -195,11 +195,11 @@ def run_group(ctx: Context, group: list[Point]) -> None:
 def log_point(ctx: Context, p: Point, res: dict) -> None:
     from decodebench import wandb_sink
 
-    cfg = p.cfg
-    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+    logger = OmegaConf.to_container(p.cfg.logger, resolve=True)
+    if not wandb_sink.enabled(logger):
         return
-    res["wandb_dir"] = wandb_sink.log_run(cfg, res["run_dir"], res["metrics"], results.read_generations(res["run_dir"]),
-                                          group=cfg.logger.group or ctx.group_name, job_type=ctx.plan.strategy,
+    res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]),
+                                          group=logger.get("group") or ctx.group_name, job_type=ctx.plan.strategy,
                                           name=f"{ctx.plan.strategy}:{p.name}")
 
 

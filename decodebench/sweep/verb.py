@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import NoReturn, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from decodebench import runner
 from decodebench.cli import preflight
@@ -130,9 +130,9 @@ def write_board(ctx: Context) -> Optional[dict]:
         return None
     rows = res["rows"]
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    cfg = ctx.plan.cfg
-    wandb_sink.log_table(cfg, ctx.sweep_dir, "leaderboard", cols, [[r.get(c) for c in cols] for r in rows],
-                         group=cfg.logger.group or ctx.group_name, job_type=f"{ctx.plan.strategy}-leaderboard",
+    logger = OmegaConf.to_container(ctx.plan.cfg.logger, resolve=True)
+    wandb_sink.log_table(logger, ctx.sweep_dir, "leaderboard", cols, [[r.get(c) for c in cols] for r in rows],
+                         group=logger.get("group") or ctx.group_name, job_type=f"{ctx.plan.strategy}-leaderboard",
                          name=f"{ctx.plan.strategy}:leaderboard", config={"sweep": ctx.plan.grid})
     return {k: res[k] for k in OUTPUTS}
 

@@ -20,6 +20,7 @@ def plan(names, **options):
 
 
 def pooled_perplexity(model, tokenizer, records, field="text") -> float:
+    records = [r.to_json() if isinstance(r, results.GenerationRecord) else r for r in records]
     logps = [independent_logprobs(model, tokenizer, r["prompt"], r[field]) for r in records]
     return math.exp(-sum(lp.sum() for lp in logps) / sum(lp.size for lp in logps))
 
