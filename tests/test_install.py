@@ -74,6 +74,11 @@ def test_wheel_ships_the_configs_and_runs_from_anywhere(venv, tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["strategy"]["name"] == "topp" and info["strategy"]["params"]["top_p"] == 0.95
 
+    board = subprocess.run([str(venv / "bin" / "decodebench"), "report", str(run_dir), "--samples", "0"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert board.returncode == 0, board.stderr[-2000:]  # the console script, and the report from the wheel
+    assert json.loads(board.stdout.strip().splitlines()[-1])["rows"] == 1 and (run_dir / "leaderboard.html").is_file()
+
     bad = _run(venv, ["strategy=topq", *TINY], tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "did you mean 'topp'" in bad.stderr, bad.stderr
 
