@@ -99,7 +99,10 @@ class Config:
     scorers: Dict[str, Any] = field(default_factory=dict)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
-    batch_size: int = 8
+    batch_size: Any = "auto"  # rows in the running batch, or "auto" (what fits; README, "The engine")
+    sync_every: int = 4  # steps between the engine's host checks (finished rows, stop strings, time)
+    continuous: bool = True  # continuous batching for one-token-per-step strategies
+    compile: bool = False  # run the decode step under torch.compile (CUDA graphs on CUDA)
     device: str = "auto"
     dtype: str = "auto"
     record: List[str] = field(default_factory=list)  # per-step telemetry fields, or ["all"]
@@ -149,8 +152,12 @@ def _check_top(cfg: DictConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    bs = cfg.batch_size
+    if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+        raise ConfigError(f"batch_size must be an integer >= 1 or auto, got {bs!r}")
+    se = cfg.get("sync_every", 4)
+    if isinstance(se, bool) or not isinstance(se, int) or se < 1:
+        raise ConfigError(f"sync_every must be a positive integer (steps between host checks), got {se!r}")
     if cfg.logger.name not in ("wandb", "none"):
         raise ConfigError(f"logger must be wandb or none, got {cfg.logger.name!r}")
     if cfg.logger.mode not in ("offline", "online", "disabled"):

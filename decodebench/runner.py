@@ -23,7 +23,7 @@ from decodebench import data, models, results
 from decodebench.config import ConfigError, prefix_key, validate
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.recorder import check_fields
-from decodebench.decoding.strategies import STRATEGIES
+from decodebench.decoding.strategies import METHODS
 
 log = logging.getLogger("decodebench")
 
@@ -69,7 +69,7 @@ def prepare(cfg: DictConfig) -> RunPlan:
         record = check_fields(cfg.record)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if record and not getattr(STRATEGIES.get(spec.method), "supports_record", True):
+    if record and not METHODS.get(spec.method).supports_record:
         raise ConfigError(f"record: strategy method {spec.method!r} has no per-step telemetry; "
                           "set record=[] or choose a sampling strategy")
     try:
@@ -88,6 +88,10 @@ def prepare(cfg: DictConfig) -> RunPlan:
             except ValueError as e:
                 raise ValueError("scorers.<scorer>.model: " + str(e).split(": ", 1)[-1]) from None
         device = models.pick_device(str(cfg.device))
+        if cfg.get("compile", False):
+            from decodebench.decoding.compiled import check_compile
+
+            check_compile(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return RunPlan(spec=spec, record=record, table=table, plan=plan, device=device,
@@ -126,6 +130,8 @@ def run_metrics(stats, wall: float, device: str) -> dict:
         "per_token_latency_ms": statistics.median(stats.step_ms) if stats.step_ms else 0.0,
         "peak_memory_mb": peak,
         "forward_passes_per_token": stats.forward_passes / max(stats.generated_tokens, 1),
+        "row_step_efficiency": stats.generated_tokens / stats.row_steps if stats.row_steps else 1.0,
+        "compile_time_s": stats.compile_s,
         "tokens_processed_per_token": stats.tokens_processed / max(stats.generated_tokens, 1),
         "generated_tokens": float(stats.generated_tokens),
         "generation_time_s": stats.decode_s,
@@ -150,13 +156,36 @@ def load_prompts(cfg: DictConfig, prep: RunPlan, tok) -> list:
     return prompts
 
 
-def run_info(cfg: DictConfig, prep: RunPlan, spec, prompts: list, num_rows: int) -> dict:
+def run_info(cfg: DictConfig, prep: RunPlan, spec, prompts: list, num_rows: int, batch_size: int) -> dict:
     """The body of run.json (the applied transform chain is added when generation is done)."""
     return {
         "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep.device,
-        "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(cfg.batch_size),
-        "num_prompts": len(prompts), "num_rows": num_rows,
+        "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(batch_size),
+        "batch_size_setting": str(cfg.batch_size), "num_prompts": len(prompts), "num_rows": num_rows,
+        "engine": engine_options(cfg),
     }
+
+
+def engine_options(cfg: DictConfig) -> dict:
+    """The engine's settings from the top-level config (none of them changes a generated token)."""
+    return {"continuous": bool(cfg.get("continuous", True)), "sync_every": int(cfg.get("sync_every", 4)),
+            "compile": bool(cfg.get("compile", False))}
+
+
+def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> int:
+    """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine.py), times
+    `scale` (fused sweep points); a batch whose KV state cannot fit is a ConfigError naming the bytes."""
+    from decodebench.decoding import engine
+
+    cont = bool(cfg.get("continuous", True))
+    if str(cfg.batch_size) == "auto":
+        return engine.auto_batch_size(model, reqs, spec, cont)
+    bs = int(cfg.batch_size) * scale
+    try:
+        engine.check_kv_fits(model, bs, reqs, spec, cont)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return bs
 
 
 def make_record(req: Request, prompt, out, tok) -> results.GenerationRecord:
@@ -206,7 +235,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     prompts = load_prompts(cfg, prep, tok)
     reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
     by_id = {p.id: p for p in prompts}
-    info = run_info(cfg, prep, spec, prompts, len(reqs))
+    bs = batch_size_for(cfg, model, reqs, spec)
+    info = run_info(cfg, prep, spec, prompts, len(reqs), bs)
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
     writer = results.GenerationsWriter(run_dir)
@@ -215,8 +245,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
         writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])
 
     with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
-        _, stats = generate(model, tok, reqs, spec, batch_size=int(cfg.batch_size), record=prep["record"],
-                            progress=bar, on_batch=on_batch)
+        _, stats = generate(model, tok, reqs, spec, batch_size=bs, record=prep["record"],
+                            progress=bar, on_batch=on_batch, **engine_options(cfg))
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 

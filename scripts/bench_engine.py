@@ -1,10 +1,18 @@
-"""Time decodebench's engine and transformers' generate on the same workload, in one run.
+"""Time decodebench's engine against transformers (and vLLM when installed) on the same prompt ids, in one run.
 
-    .venv/bin/python scripts/bench_engine.py [--prompts 32] [--batch-size 8] [--max-new-tokens 64]
-        [--device auto] [--dtype auto] [--strategies greedy,topp] [--repeats 1]
+    .venv/bin/python scripts/bench_engine.py [--workload natural|fixed] [--prompts 128] [--batch-sizes 64]
+        [--max-new-tokens 256] [--strategies greedy,topp] [--engines ours,ours_static,generate,generate_static]
+        [--device auto] [--dtype auto]
 
-Prints generated tokens/s for both and the ratio (ours / generate), per strategy; the last line is JSON.
-Both count generated tokens without padding, up to and including EOS.
+Engines: `ours` (continuous batching), `ours_static` (static batches), `generate` (transformers, dynamic
+cache), `generate_static` (`cache_implementation="static"`, compiled on CUDA), `generate_batch`
+(transformers' continuous batching, greedy only: its sampler differs), `vllm` (skips with a line when
+`import vllm` fails; install it in its own environment, see the README). Workloads: `natural` (the
+embedded chat prompts, EOS on, rows end when the model says so) and `fixed` (EOS off: every row runs
+`max_new_tokens`). Every engine counts generated tokens without padding, up to and including EOS.
+
+Prints tokens/s, the ratio to `generate`, row-step efficiency (ours), peak memory, and the machine; then
+the decode forward against the sampling step; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 
 import torch
@@ -23,7 +32,6 @@ from decodebench.decoding.strategies import build_strategy
 STRATS = {
     "greedy": {"name": "greedy", "do_sample": False},
     "topp": {"name": "topp", "do_sample": True, "top_p": 0.95},
-    "topk_topp_temp": {"name": "topk_topp", "do_sample": True, "top_k": 50, "top_p": 0.95, "temperature": 0.8},
 }
 
 
@@ -32,57 +40,99 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def hf_tokens(model, tok, texts, spec, batch_size, device) -> int:
-    eos = set(eos_ids(model, tok))
-    n = 0
+def peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def count(rows, eos: set, fixed: bool) -> int:
+    return sum(len(r) if fixed else next((i + 1 for i, t in enumerate(r) if t in eos), len(r)) for r in rows)
+
+
+def hf_kwargs(spec, tok, fixed: bool) -> dict:
     p = spec.params
-    kw = dict(do_sample=p.do_sample, max_new_tokens=spec.max_new_tokens, pad_token_id=tok.pad_token_id,
-              top_k=p.top_k if p.top_k is not None else 0, top_p=p.top_p, temperature=p.temperature)
-    kw = {k: v for k, v in kw.items() if v is not None and (p.do_sample or k not in ("top_k", "top_p", "temperature"))}
-    for s in range(0, len(texts), batch_size):
-        batch = tok(texts[s: s + batch_size], return_tensors="pt", padding=True).to(device)
+    kw = dict(do_sample=p.do_sample, max_new_tokens=spec.max_new_tokens, pad_token_id=tok.pad_token_id)
+    if p.do_sample:
+        kw.update(top_p=p.top_p if p.top_p is not None else 1.0, top_k=0, temperature=1.0)
+    if fixed:
+        kw["min_new_tokens"] = spec.max_new_tokens  # EOS held back: every row runs max_new_tokens
+    return kw
+
+
+def run_generate(model, tok, prompts, spec, bs, device, fixed, static=False):
+    eos = set(eos_ids(model, tok))
+    kw = hf_kwargs(spec, tok, fixed)
+    if static:
+        kw["cache_implementation"] = "static"  # generate compiles its static-cache step on CUDA by itself
+    n = 0
+    for s in range(0, len(prompts), bs):
+        batch = tok.pad({"input_ids": prompts[s: s + bs]}, return_tensors="pt", padding_side="left").to(device)
         out = model.generate(**batch, **kw)
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
-            n += next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-    return n
+        n += count(out[:, batch["input_ids"].shape[1]:].tolist(), eos, fixed)
+    return n, {}
 
 
-def ours_tokens(model, tok, texts, spec, batch_size) -> int:
-    reqs = [Request(prompt_id=str(i), prompt_ids=tok(t)["input_ids"], params=spec.params) for i, t in enumerate(texts)]
-    outs, _ = generate(model, tok, reqs, spec, batch_size=batch_size)
-    return sum(len(o.token_ids) for o in outs)
+def run_generate_batch(model, tok, prompts, spec, bs, device, fixed):
+    from transformers import GenerationConfig
+
+    if spec.params.do_sample:
+        return None, {"skip": "generate_batch: its sampler is not transformers' top-p processor chain"}
+    gc = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                          eos_token_id=None if fixed else model.generation_config.eos_token_id,
+                          max_batch_tokens=bs * 8)
+    out = model.generate_batch(inputs=[list(p) for p in prompts], generation_config=gc, progress_bar=False)
+    eos = set(eos_ids(model, tok))
+    return count([o.generated_tokens for o in out.values()], eos, fixed), {}
 
 
-def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    n = fn()
-    sync(device)
-    return n, time.perf_counter() - t
+def run_ours(model, tok, prompts, spec, bs, device, fixed, continuous=True):
+    if fixed:
+        spec = build_strategy({**STRATS[spec.name], "max_new_tokens": spec.max_new_tokens,
+                               "min_new_tokens": spec.max_new_tokens})
+    reqs = [Request(prompt_id=str(i), prompt_ids=list(p), params=spec.params) for i, p in enumerate(prompts)]
+    outs, st = generate(model, tok, reqs, spec, batch_size=bs, continuous=continuous)
+    return sum(len(o.token_ids) for o in outs), {"row_step_efficiency": st.generated_tokens / max(st.row_steps, 1)}
 
 
-def forward_vs_sampling(model, tok, texts, batch: int, device: str, repeats: int = 10) -> dict:
-    """One decode step of the model (batch rows, KV cache of the prompts) against the whole sampling step
-    (temperature 0.7 + top-k 50 + top-p 0.9 chain and the exponential race) on the same batch size."""
+def run_vllm(model_dir, prompts, spec, bs, fixed):
+    try:
+        from vllm import LLM, SamplingParams, TokensPrompt
+    except Exception as e:  # noqa: BLE001 - any import failure means "not installed here"
+        return None, {"skip": f"vllm not importable ({type(e).__name__}); see the README to install it"}
+    llm = LLM(model=model_dir, max_num_seqs=bs, dtype="float32", enforce_eager=True)
+    sp = SamplingParams(temperature=1.0 if spec.params.do_sample else 0.0, top_p=spec.params.top_p or 1.0,
+                        max_tokens=spec.max_new_tokens, ignore_eos=fixed, seed=0)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sp, use_tqdm=False)
+    return sum(len(o.outputs[0].token_ids) for o in outs), {}
+
+
+def forward_vs_sampling(model, tok, prompts, batch: int, device: str, repeats: int = 10) -> dict:
+    """One decode forward at `batch` rows (static state of the prompts) against the whole sampling step
+    (temperature 0.7 + top-k 50 + top-p 0.9 and the exponential race) on the same batch."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_sampling import time_sampling_step
 
-    from decodebench.decoding.engine import ModelRunner, pack_left
+    from decodebench.decoding.kvcache import Runtime
 
-    prompts = [tok(texts[i % len(texts)])["input_ids"] for i in range(batch)]
-    ids, mask = pack_left(prompts, tok.pad_token_id, device)
-    runner = ModelRunner(model)
+    rows = [prompts[i % len(prompts)] for i in range(batch)]
+    width = max(len(p) for p in rows)
+    rt = Runtime(model)
+    kv = rt.allocate(batch, width + 2)
+    valid = torch.zeros(batch, width + 2, dtype=torch.bool, device=device)
+    toks = torch.zeros_like(valid, dtype=torch.long)
+    kv.col = width
+    logits, _, lens = rt.prefill(torch.arange(batch, device=device), rows, tok.pad_token_id, valid, toks)
+    nxt = logits.argmax(-1)[:, None]
+    valid[:, width] = True
     times = []
     for _ in range(repeats):
-        logits, cache, _ = runner.prefill(ids, mask)
-        tokens = logits.argmax(-1)
-        m = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         sync(device)
         t = time.perf_counter()
-        runner.step(tokens, m, cache)
+        rt.decode(nxt, lens[:, None], valid)
         sync(device)
         times.append(time.perf_counter() - t)
     fwd = sorted(times)[len(times) // 2]
@@ -93,46 +143,68 @@ def forward_vs_sampling(model, tok, texts, batch: int, device: str, repeats: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--workload", choices=["natural", "fixed"], default="natural")
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--batch-sizes", default="64")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--strategies", default="topp")
+    ap.add_argument("--engines", default="ours,ours_static,generate,generate_static")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--strategies", default="greedy,topp")
-    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--step-batch", type=int, default=64, help="batch for the forward-vs-sampling step timing")
     a = ap.parse_args()
     device = models.pick_device(a.device)
     dtype = models.pick_dtype(a.dtype, device)
     model, tok = models.load_model(models.ModelConfig(), device=device, dtype=dtype)
-    texts = [p.text for p in data.load_prompts(data.DatasetConfig(limit=a.prompts))]
+    fixed = a.workload == "fixed"
+    cfg = data.DatasetConfig(limit=a.prompts)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=True)["input_ids"] for p in data.load_prompts(cfg)]
     machine = (torch.cuda.get_device_name() if device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"decodebench engine vs transformers generate: {len(texts)} prompts, batch {a.batch_size}, "
+    print(f"decodebench engine benchmark: {a.workload} workload, {len(prompts)} chat prompts, up to "
           f"{a.max_new_tokens} new tokens, {device} {dtype} ({machine}), torch {torch.__version__}")
-    # warm-up (allocator, kernels) on a small slice
     warm = build_strategy({**STRATS["greedy"], "max_new_tokens": 4})
-    ours_tokens(model, tok, texts[:2], warm, 2)
-    hf_tokens(model, tok, texts[:2], warm, 2, device)
+    run_ours(model, tok, prompts[:2], warm, 2, device, False)
+    run_generate(model, tok, prompts[:2], warm, 2, device, False)
+    engines = {
+        "ours": lambda p, s, b: run_ours(model, tok, p, s, b, device, fixed),
+        "ours_static": lambda p, s, b: run_ours(model, tok, p, s, b, device, fixed, continuous=False),
+        "generate": lambda p, s, b: run_generate(model, tok, p, s, b, device, fixed),
+        "generate_static": lambda p, s, b: run_generate(model, tok, p, s, b, device, fixed, static=True),
+        "generate_batch": lambda p, s, b: run_generate_batch(model, tok, p, s, b, device, fixed),
+        "vllm": lambda p, s, b: run_vllm(models.resolve_source(models.ModelConfig())[1], p, s, b, fixed),
+    }
     rows = []
     for name in a.strategies.split(","):
         spec = build_strategy({**STRATS[name], "max_new_tokens": a.max_new_tokens})
-        best = {}
-        for _ in range(a.repeats):
-            for who, fn in (("decodebench", lambda: ours_tokens(model, tok, texts, spec, a.batch_size)),
-                            ("generate", lambda: hf_tokens(model, tok, texts, spec, a.batch_size, device))):
-                n, s = timed(fn, device)
-                if who not in best or n / s > best[who]:
-                    best[who] = n / s
-        ratio = best["decodebench"] / best["generate"]
-        rows.append({"strategy": name, "decodebench_tok_s": best["decodebench"], "generate_tok_s": best["generate"],
-                     "ratio": ratio})
-        print(f"  {name:16s} decodebench {best['decodebench']:8.1f} tok/s   generate {best['generate']:8.1f} tok/s"
-              f"   ratio {ratio:.2f}x")
-    step = forward_vs_sampling(model, tok, texts, a.step_batch, device)
-    print(f"  step at batch {step['batch']}: model forward {step['forward_ms']:.1f} ms, sampling step "
+        for bs in [int(b) for b in a.batch_sizes.split(",")]:
+            res = {}
+            for who in a.engines.split(","):
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                sync(device)
+                t = time.perf_counter()
+                n, extra = engines[who](prompts, spec, bs)
+                sync(device)
+                s = time.perf_counter() - t
+                if n is None:
+                    print(f"  {name:6s} batch {bs:4d} {who:16s} skipped: {extra['skip']}")
+                    continue
+                res[who] = {"tokens": n, "seconds": s, "tok_s": n / s, "peak_mb": peak_mb(device), **extra}
+            base = res.get("generate", {}).get("tok_s")
+            for who, r in res.items():
+                r["vs_generate"] = r["tok_s"] / base if base else None
+                eff = f"  row-step eff. {r['row_step_efficiency']:.2f}" if "row_step_efficiency" in r else ""
+                ratio = f"{r['vs_generate']:.2f}x generate" if base else ""
+                print(f"  {name:6s} batch {bs:4d} {who:16s} {r['tok_s']:8.1f} tok/s  {ratio:>16s}  "
+                      f"{r['tokens']:6d} tokens in {r['seconds']:7.1f} s  peak {r['peak_mb']:7.0f} MB{eff}")
+            rows.append({"strategy": name, "batch_size": bs, "engines": res})
+    step = forward_vs_sampling(model, tok, prompts, a.step_batch, device)
+    print(f"  step at batch {step['batch']}: decode forward {step['forward_ms']:.1f} ms, sampling step "
           f"(temperature+top-k+top-p+sample) {step['sampling_ms']:.1f} ms = {step['sampling_over_forward']:.2f}x forward")
-    print(json.dumps({"device": device, "dtype": dtype, "machine": machine, "rows": rows, "step": step}))
+    print(json.dumps({"workload": a.workload, "device": device, "dtype": dtype, "machine": machine,
+                      "rows": rows, "step": step}))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ from typing import Optional
 import torch
 
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import AsyncFlag, BatchContext, Output, Request, pack_left
+from decodebench.decoding.runtime import AsyncFlag, BatchContext, Output, Request, pack_left
 from decodebench.decoding.stopping import BASE_REASONS, EOS, LENGTH, TIME
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import METHODS, SearchMethod, StrategySpec
 from decodebench.decoding.streaming import BeamStream, as_streamer
 
 NEG = -1.0e9  # transformers' "excluded" score: finite, so excluded sums still order like HF's
@@ -105,22 +105,31 @@ def row_deliver(groups: Prompts, ctx: BatchContext):
 
 
 class BeamRows:
-    """P prompts x nb beams as rows `[P * nb]`: prompt block, chain, growing mask, cache, forwards."""
+    """P prompts x nb beams as rows `[P * nb]` of the static state: prompt block, chain, forwards.
+
+    Columns: the padded prompt block `[0, W)`, then one column per step, written in place; a step
+    reorders the rows to their parents (one in-place gather of the cache and of the token columns), so
+    no tensor grows. The attention window is `[0, W + t]`, the same keys transformers' cache holds.
+    """
 
     def __init__(self, ctx: BatchContext, prompts: list[Request], nb: int):
         self.ctx, self.runner, self.nb = ctx, ctx.runner, nb
         dev = self.runner.device
         self.ids, self.mask = pack_left([r.prompt_ids for r in prompts], ctx.pad_id, dev)  # [P, T0]
         self.P, self.width = self.ids.shape
-        self.flat_ids = self.ids.repeat_interleave(nb, 0)
-        self.flat_mask = self.mask.repeat_interleave(nb, 0)
+        self.prompts = [r.prompt_ids for r in prompts]
+        n, cap = self.P * nb, self.width + max(1, ctx.max_new_tokens) + 1
+        self.kv = self.runner.allocate(n, cap)
+        self.kv.col, self.kv.lo = self.width, 0
+        self.tokens = torch.full((n, cap), ctx.pad_id, dtype=torch.long, device=dev)
+        self.valid = torch.zeros((n, cap), dtype=torch.bool, device=dev)
+        self.pos = torch.zeros(n, dtype=torch.long, device=dev)
         self.chain = LogitsChain.from_rows([r.params for r in prompts for _ in range(nb)],
                                            vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev)
-        self.cache = None
         self.eos = torch.tensor(ctx.eos, dtype=torch.long, device=dev)  # built once, read every step
 
     def prefill(self) -> torch.Tensor:
-        """`[P*nb, V]` first logits; one prefill per prompt, its cache repeated to the beams.
+        """`[P*nb, V]` first logits; each prompt's forward once, its cache copied to its beams' rows.
 
         The output layer runs on the repeated last hidden state, not once per prompt: CPU GEMM results
         depend on the row count, and transformers prefills all P*nb rows, so this keeps its bits.
@@ -131,34 +140,38 @@ class BeamRows:
         want_hidden = runner.hidden_states
         runner.hidden_states = True
         try:
-            logits, cache, hidden = runner.prefill(self.ids, self.mask)
+            slots = torch.arange(self.P * nb, device=runner.device)
+            prompts = [p for p in self.prompts for _ in range(nb)]
+            logits, hidden, lens = runner.prefill(slots, prompts, self.ctx.pad_id, self.valid, self.tokens)
         finally:
             runner.hidden_states = want_hidden
-        cache.batch_repeat_interleave(nb)
-        self.cache = cache
+        self.pos.copy_(lens)
         head = runner.model.get_output_embeddings()
         with torch.inference_mode():
-            rep = head(hidden[:, -1:, :].repeat_interleave(nb, 0))[:, -1, :].to(torch.float32) if head else None
+            rep = head(hidden[:, -1:, :])[:, -1, :].to(torch.float32) if head else None
         tol = 1e-3 if hidden.dtype == torch.float32 else 5e-2  # catches soft-capping/scaling, not rounding
-        if rep is not None and torch.allclose(rep[::nb], logits, rtol=tol, atol=tol):  # one sync per batch
+        if rep is not None and torch.allclose(rep, logits, rtol=tol, atol=tol):  # one sync per batch
             return rep
-        return logits.repeat_interleave(nb, 0)
+        return logits
 
     def state(self, gen: torch.Tensor, t: int) -> DecodeState:
-        """The chain's view: prompt block + the `[P*nb, t]` generated tokens."""
-        ones = torch.ones((gen.shape[0], t), dtype=self.flat_mask.dtype, device=gen.device)
-        return DecodeState(torch.cat([self.flat_ids, gen[:, :t]], 1), torch.cat([self.flat_mask, ones], 1),
-                           self.width, t)
+        """The chain's view: prompt block + the `t` generated tokens (`gen` holds the same ids)."""
+        return DecodeState(self.tokens[:, : self.width + t], self.valid[:, : self.width + t], self.width, t)
 
     def logprobs(self, logits: torch.Tensor, gen: torch.Tensor, t: int) -> torch.Tensor:
         return self.chain(torch.log_softmax(logits, dim=-1), self.state(gen, t))
 
     def advance(self, tokens: torch.Tensor, parents: torch.Tensor, t: int) -> torch.Tensor:
-        """Reorder the cache to `parents` `[P*nb]` (flat rows), feed `tokens` `[P*nb]`; next logits."""
-        self.cache.reorder_cache(parents)
-        ones = torch.ones((tokens.shape[0], t + 1), dtype=self.flat_mask.dtype, device=tokens.device)
-        logits, self.cache, _ = self.runner.step(tokens, torch.cat([self.flat_mask, ones], 1), self.cache)
-        return logits
+        """Rows follow `parents` `[P*nb]` (flat rows), then feed `tokens` `[P*nb]`; next logits."""
+        n, col = tokens.shape[0], self.kv.col
+        self.kv.select_slots(parents, n)
+        self.tokens[:, self.width:col] = self.tokens[parents, self.width:col]  # the prompt block is shared
+        self.tokens[:, col] = tokens
+        self.valid[:, col] = True
+        logits, _ = self.runner.decode(tokens[:, None], self.pos[:, None], self.valid)
+        self.pos += 1
+        self.kv.col += 1
+        return logits[:, -1]
 
 
 def gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -318,20 +331,17 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("num_beam_groups must be 1 for beam search; use strategy=diverse_beam for groups")
 
 
-def register_search(name: str, label: str, search, validate):
+def register_beam_type(name: str, label: str, search, validate):
     """Register a beam-type method: `search(ctx, groups, spec) -> Hyps` over whole prompts, n best per
     prompt handed to its rows by sample_index. No per-step telemetry (a hypothesis is stitched from rows)."""
 
     @torch.inference_mode()
-    def method(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
+    def run(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
         no_telemetry(ctx, label)
         groups = group_prompts(reqs)
         return outputs_for_rows(groups, search(ctx, groups, spec), ctx)
 
-    method.validate = validate  # type: ignore[attr-defined]
-    method.supports_record = False  # type: ignore[attr-defined]
-    method.__name__ = f"{name}_batch"
-    return STRATEGIES.register(name, method)
+    return METHODS.register(name, SearchMethod(name=name, run=run, validate=validate, supports_record=False))
 
 
-beam_batch = register_search("beam", "beam search", beam_search, _validate)
+beam_batch = register_beam_type("beam", "beam search", beam_search, _validate)

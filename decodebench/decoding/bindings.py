@@ -167,7 +167,7 @@ def _min_new(ctx: PackContext, on: list[bool]) -> Step:
     if not ctx.eos_ids:
         raise ValueError("min_new_tokens needs eos_token_id (the token it holds back)")
     n, eos = ctx.longs(_pick(ctx, on, "min_new_tokens", 0)), ctx.longs(list(ctx.eos_ids))
-    return lambda x, tables: P.min_new_tokens(x, n, tables.state.step, eos)
+    return lambda x, tables: P.min_new_tokens(x, n, tables.state.generated(), eos)
 
 
 def _pad_rows(ctx: PackContext, rows: list[list], fill) -> list[list]:

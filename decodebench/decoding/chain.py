@@ -49,8 +49,13 @@ class NaNLogitsError(ValueError):
 class DecodeState:
     input_ids: Tensor  # [B, T] prompt + generated so far, LEFT-padded
     attention_mask: Tensor  # [B, T] 1 for real tokens, 0 for padding
-    prompt_width: int  # T of the padded prompt block; generated tokens are input_ids[:, prompt_width:]
-    step: int  # number of tokens generated so far (same for all rows)
+    prompt_width: int | Tensor  # generated tokens are input_ids[:, prompt_width:]; or `[B, 1]` per row
+    step: int  # steps run so far by this batch (keys the incremental tables)
+    row_step: Tensor | None = None  # `[B]` tokens generated per row, when rows started at different steps
+
+    def generated(self) -> Tensor:
+        """`[B]` (or scalar) tokens generated so far per row."""
+        return self.step if self.row_step is None else self.row_step
 
 
 class Tables:
@@ -64,7 +69,12 @@ class Tables:
         c = self.chain
         if c._counts is None or c._counts_step != self.state.step:
             s = self.state
-            c._counts = counts_with_spare(s.input_ids, c.vocab_size, s.attention_mask, s.prompt_width)
+            ids, mask = s.input_ids, s.attention_mask
+            if isinstance(s.prompt_width, Tensor):  # per-row prompt ends: count generated columns only
+                ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < s.prompt_width, c.vocab_size)
+                c._counts = counts_with_spare(ids, c.vocab_size, mask, 0)
+            else:
+                c._counts = counts_with_spare(ids, c.vocab_size, mask, s.prompt_width)
             c._counts_step = s.step
         return c._counts[:, : c.vocab_size]
 

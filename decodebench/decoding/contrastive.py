@@ -6,9 +6,11 @@ At each step every row takes the k most probable next tokens v (after the chain'
     argmax_v  (1 - alpha) * p(v)  -  alpha * max_j cos(h_v, h_j)
 
 where h_v is the last-layer hidden state of v appended to the context and h_j ranges over the context's
-hidden states (prompt included, padding excluded). Batched: the cache is repeated k times and all
-k candidates of all rows go through ONE forward `[B*k, 1]`; the chosen candidate's cache row, logits
-and hidden state are kept (`batch_select_indices`), so each step costs one forward of B*k tokens.
+hidden states (prompt included, padding excluded). Batched on the static state: the k candidates of a
+row are k queries of ONE forward `[B, k]`, written to columns `[col, col + k)`, all at the row's next
+position, each attending to the context and to itself only; the chosen candidate's keys and values are
+copied to column `col` (one column per layer), its logits and hidden state kept. So a step costs one
+forward of B*k tokens and no copy of the cache.
 Rows with a smaller `top_k` than the batch's largest mask their extra candidates out.
 
 Finished rows keep running with the pad token, as in the sampling loop; stop strings, user criteria,
@@ -22,9 +24,10 @@ import time
 import torch
 
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import BatchContext, Output, Request, RowTracker, pack_left
+from decodebench.decoding.row_tracker import RowTracker
+from decodebench.decoding.runtime import BatchContext, Output, Request
 from decodebench.decoding.recorder import make_recorder
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec
+from decodebench.decoding.strategies import METHODS, SearchMethod, StrategySpec
 from decodebench.decoding.streaming import as_streamer
 
 
@@ -43,36 +46,47 @@ def contrastive_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
     runner, dev = ctx.runner, ctx.runner.device
     t0 = time.perf_counter()
     alpha = float(spec.search["penalty_alpha"])
-    ids, attn = pack_left([r.prompt_ids for r in reqs], ctx.pad_id, dev)
-    B, width = ids.shape
+    B, L = len(reqs), spec.max_new_tokens
     k_row = torch.tensor([r.params.top_k for r in reqs], device=dev)
     K = int(max(r.params.top_k for r in reqs))
+    width = max(len(r.prompt_ids) for r in reqs)
+    cap = width + L + K
+    kv = runner.allocate(B, cap)
+    kv.col, kv.lo = width, 0
+    tokens = torch.full((B, cap), ctx.pad_id, dtype=torch.long, device=dev)
+    valid = torch.zeros((B, cap), dtype=torch.bool, device=dev)
     chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size, eos_token_id=ctx.eos, device=dev)
-    recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
+    recorder = make_recorder(ctx.record, B, L, dev)
     streamer = as_streamer(ctx.streamer)
     tracker = RowTracker(B, spec, ctx, t0, streamer)
     rows = torch.arange(B, device=dev)
     cand_ok = torch.arange(K, device=dev)[None, :] < k_row[:, None]  # [B, K]
 
-    logits, cache, ctx_h = runner.prefill(ids, attn)  # ctx_h [B, T0, H]: the prompt's hidden states
-    seq = ids
-    for step in range(spec.max_new_tokens):
-        processed = chain(logits, DecodeState(seq, attn, width, step))
+    logits, hidden, pos = runner.prefill(rows, [r.prompt_ids for r in reqs], ctx.pad_id, valid, tokens)
+    ctx_h = torch.zeros((B, width + L, hidden.shape[-1]), dtype=hidden.dtype, device=dev)  # context states
+    ctx_h[:, :width] = hidden
+    for step in range(L):
+        col = kv.col
+        processed = chain(logits, DecodeState(tokens[:, :col], valid[:, :col], width, step))
         top_p, top_ids = torch.topk(processed.softmax(dim=-1), K, dim=-1)  # [B, K]
-        cache.batch_repeat_interleave(K)
-        cand_attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
-        logits_k, cache, cand_h = runner.step(top_ids.reshape(-1), cand_attn.repeat_interleave(K, 0), cache)
-        score = degeneration_scores(top_p, cand_h.view(B, K, -1), ctx_h, attn, alpha)
+        # the K candidates are K queries at the same position, each seeing the context and itself
+        valid[:, col:col + K] = True
+        logits_k, cand_h = runner.decode(top_ids, pos[:, None].expand(B, K), valid, candidates=True)
+        valid[:, col:col + K] = False
+        score = degeneration_scores(top_p, cand_h, ctx_h[:, :col], valid[:, :col], alpha)
         sel = score.masked_fill(~cand_ok, float("-inf")).argmax(dim=-1)  # [B]
-        pick = rows * K + sel
-        cache.batch_select_indices(pick)
         tok = top_ids[rows, sel]
+        kv.copy_column(col + sel, col)  # the chosen candidate's keys and values stay in column col
+        tokens[:, col] = tok
+        valid[:, col] = True
+        ctx_h[:, col] = cand_h[rows, sel]
         recorder.on_step(step, logits, processed, tok, ~tracker.finished)
-        logits, ctx_h = logits_k[pick], torch.cat([ctx_h, cand_h[pick]], 1)
+        logits = logits_k[rows, sel]
+        pos += 1
+        kv.col += 1
         tok, done = tracker.push(step, tok)
         if done:
             break
-        seq, attn = torch.cat([seq, tok[:, None]], 1), cand_attn
     chain.raise_if_nan()
     outs = tracker.outputs(recorder.finalize())
     if streamer is not None:
@@ -94,6 +108,5 @@ def _validate(spec: StrategySpec) -> None:
                          f"got {spec.num_return_sequences}")
 
 
-contrastive_batch.validate = _validate  # type: ignore[attr-defined]
-contrastive_batch.needs_hidden_states = True  # type: ignore[attr-defined]
-STRATEGIES.register("contrastive", contrastive_batch)
+METHODS.register("contrastive", SearchMethod(name="contrastive", run=contrastive_batch, validate=_validate,
+                                             needs_hidden_states=True))

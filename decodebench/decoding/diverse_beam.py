@@ -25,9 +25,9 @@ import time
 import torch
 
 from decodebench.decoding.beam import (BeamRows, Hyps, Prompts, check_common, end_codes, gather_beams,
-                                       make_stream, reason_names, register_search, step_is_last)
+                                       make_stream, reason_names, register_beam_type, step_is_last)
 from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.engine import AsyncFlag, BatchContext
+from decodebench.decoding.runtime import AsyncFlag, BatchContext
 from decodebench.decoding.stopping import LENGTH
 from decodebench.decoding.strategies import StrategySpec
 
@@ -56,7 +56,6 @@ def diverse_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) -> Hy
                                     eos_token_id=ctx.eos, device=dev) for _ in range(G)]
     stream = make_stream(spec, ctx, groups, P)
     rank = torch.arange(Kg, device=dev)
-    g_ids, g_mask = rows.ids.repeat_interleave(S, 0), rows.mask.repeat_interleave(S, 0)  # a group's prompt block
     base = torch.arange(P, device=dev)[:, None] * nb
 
     run_seq = torch.full((P, nb, L), ctx.pad_id, dtype=torch.long, device=dev)
@@ -88,9 +87,9 @@ def diverse_search(ctx: BatchContext, groups: Prompts, spec: StrategySpec) -> Hy
                 freq = torch.zeros((P, V), dtype=torch.long, device=dev)
                 freq.scatter_add_(1, current[:, : g * S], torch.ones_like(current[:, : g * S]))
                 lp = lp - pen * freq[:, None, :]
-            gen = run_seq[:, sl].reshape(P * S, L)
-            mask = torch.cat([g_mask, torch.ones((P * S, t), dtype=g_mask.dtype, device=dev)], 1)
-            state = DecodeState(torch.cat([g_ids, gen[:, :t]], 1), mask, rows.width, t)
+            n = rows.width + t  # the group's rows of the static token columns: prompt block + t tokens
+            state = DecodeState(rows.tokens.view(P, nb, -1)[:, sl, :n].reshape(P * S, n),
+                                rows.valid.view(P, nb, -1)[:, sl, :n].reshape(P * S, n), rows.width, t)
             lp = chains[g](lp.reshape(P * S, V), state).view(P, S, V)
             acc = (lp + scores[:, sl, None]).view(P, S * V)
             top_s, top_i = torch.topk(acc, Kg, dim=1, largest=True, sorted=True)
@@ -185,4 +184,4 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("stream must be safe for diverse beam search (lookahead follows one leading beam)")
 
 
-diverse_beam_batch = register_search("diverse_beam", "diverse beam search", diverse_search, _validate)
+diverse_beam_batch = register_beam_type("diverse_beam", "diverse beam search", diverse_search, _validate)

@@ -1,270 +1,31 @@
-"""The generation loop: prefill, step, KV cache, finished rows; and the batch driver around it.
+"""The engine: every request through its strategy's search method; continuous batching for the
+one-token-per-step methods, whole-prompt batches for the searches.
 
-Shapes: B rows (prompt x sample), T0 padded prompt width, V vocabulary. Prompts are LEFT-padded so every
-row's next token sits in the last column; position ids count real tokens only, so a row's positions do
-not depend on its batch-mates' lengths.
+    outs, stats = generate(model, tok, reqs, spec, batch_size=64)      # continuous batching
+    outs, stats = generate(..., continuous=False)                        # static batches
+    outs, stats = generate(..., sync_every=8)                            # host work every 8 steps
 
-    prefill  input_ids [B, T0], attention_mask [B, T0] -> logits [B, V] (float32), cache
-    step     tokens [B] -> logits [B, V], cache grows by one column
-
-The step does no `.item()` or `.tolist()`: finished rows keep running (their tokens are replaced by the
-pad id) and "all rows finished" is read from a pinned host copy made one step earlier without blocking,
-so the loop never waits on the device. Search methods (beam, contrastive, ...) reuse `ModelRunner`.
+Sampling (greedy included) runs in `running.RunningBatch`: static KV state, one step with no host read,
+and host work every `sync_every` steps, where finished rows give their slot to the next waiting
+request. Results never depend on `batch_size`, `continuous` or `sync_every`: a row's noise is a function
+of (seed, prompt, sample, step) only. Search methods (`strategies.SearchMethod`) get whole prompts per
+batch (a search runs once per prompt over its rows).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from decodebench.decoding.chain import DecodeState, LogitsChain
-from decodebench.decoding.params import SamplingParams
-from decodebench.decoding.recorder import make_recorder
-from decodebench.decoding.sampling import row_keys, sample
+from decodebench.decoding.kvcache import Runtime, check_model
+from decodebench.decoding.runtime import (  # noqa: F401  (re-exported: the engine's public types)
+    AsyncFlag, BatchContext, BatchStats, Output, Request, eos_ids, pack_left, positions,
+)
+from decodebench.decoding.running import run_sampling
 from decodebench.decoding.stopping import StopChecker
-from decodebench.decoding.strategies import STRATEGIES, StrategySpec, load_builtin_methods
-
-
-@dataclass
-class Request:
-    """One row to generate: a prompt's token ids, which sample of it, its settings and seed."""
-
-    prompt_id: str
-    prompt_ids: list[int]
-    sample_index: int = 0
-    params: SamplingParams = field(default_factory=SamplingParams)
-    seed: int = 0
-
-
-@dataclass
-class Output:
-    token_ids: list[int]
-    finish_reason: str  # eos | length | stop | time
-    score: Optional[float] = None  # sequence score (search methods)
-    telemetry: Optional[dict] = None
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class BatchStats:
-    rows: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    forward_passes: int = 0
-    tokens_processed: int = 0  # tokens fed through the model (prompt + every candidate/beam token)
-    decode_s: float = 0.0  # whole batches, prefill included
-    steps: int = 0
-    chain: list = field(default_factory=list)  # transforms applied, in order (resolved)
-    ttft_s: list = field(default_factory=list)  # per batch: start to first sampled token
-    step_ms: list = field(default_factory=list)  # per batch: mean time of one decode step
-
-
-def request_keys(reqs: Sequence[Request], device) -> torch.Tensor:
-    """[B] noise keys from each row's (seed, prompt id, sample index): nothing else enters the noise."""
-    return torch.cat([row_keys(r.seed, [r.prompt_id], [r.sample_index]) for r in reqs]).to(device)
-
-
-def pack_left(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists into input_ids [B, T0] and attention_mask [B, T0]."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids counting real tokens only (as transformers' generate does for left padding)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)
-
-
-class ModelRunner:
-    """The model's forward with a KV cache: the primitives every search method builds on."""
-
-    def __init__(self, model, *, hidden_states: bool = False):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.hidden_states = hidden_states
-        self.forward_passes = 0
-        self.tokens_processed = 0
-
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
-        from transformers import DynamicCache
-
-        cache = cache if cache is not None else DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
-            output_hidden_states=self.hidden_states,
-        )
-        self.forward_passes += 1
-        self.tokens_processed += int(input_ids.numel())
-        # float32 logits, as transformers' generate uses for its processors
-        logits = out.logits[:, -1, :].to(dtype=torch.float32)
-        hidden = out.hidden_states[-1] if self.hidden_states else None
-        return logits, out.past_key_values, hidden
-
-    @torch.inference_mode()
-    def prefill(self, input_ids, attention_mask):
-        return self._forward(input_ids, attention_mask, positions(attention_mask), None)
-
-    @torch.inference_mode()
-    def step(self, tokens, attention_mask, cache):
-        """tokens [B] (or [B, 1]); attention_mask [B, T] already includes the new column."""
-        pos = (attention_mask.long().sum(-1, keepdim=True) - 1).clamp(min=0)
-        return self._forward(tokens.view(-1, 1), attention_mask, pos, cache)
-
-
-class AsyncFlag:
-    """Reads a device bool one step late without blocking (pinned host copy + event)."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        self.host = torch.zeros((), dtype=torch.bool, pin_memory=self.cuda)
-        self.event = torch.cuda.Event() if self.cuda else None
-
-    def push(self, value: torch.Tensor) -> None:
-        self.host.copy_(value, non_blocking=self.cuda)
-        if self.cuda:
-            self.event.record()
-
-    def ready_and_true(self) -> bool:
-        if self.cuda and not self.event.query():
-            return False
-        return bool(self.host)
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])
-
-
-@dataclass
-class BatchContext:
-    """What a search method needs besides the rows: the runner, special ids, stop rules, optional hooks."""
-
-    runner: ModelRunner
-    eos: list[int]
-    pad_id: int
-    vocab_size: int
-    stop: Optional[StopChecker] = None
-    record: tuple[str, ...] = ()
-    streamer: Optional[Callable] = None  # streaming.Streamer: called as streamer(step, tokens [B], finished [B])
-    stats: BatchStats = field(default_factory=BatchStats)
-    sync: Callable = lambda: None  # device sync, used only for once-per-batch timings
-
-    def first_token(self, t0: float) -> float:
-        """Record time to first token (one sync per batch); returns the time it was taken."""
-        self.sync()
-        now = time.perf_counter()
-        self.stats.ttft_s.append(now - t0)
-        return now
-
-    def decode_done(self, t_first: float, steps: int) -> None:
-        self.sync()
-        self.stats.steps += steps
-        if steps > 1:
-            self.stats.step_ms.append(1000 * (time.perf_counter() - t_first) / (steps - 1))
-
-
-class RowTracker:
-    """Per-row bookkeeping of a one-token-per-step loop: the output buffer, lengths, EOS, stop rules,
-    streaming, the all-finished flag read one step late (no sync) and the time limit."""
-
-    def __init__(self, batch: int, spec: StrategySpec, ctx: "BatchContext", t0: float, streamer=None):
-        dev = ctx.runner.device
-        self.spec, self.ctx, self.t0, self.streamer = spec, ctx, t0, streamer
-        self.out = torch.full((batch, spec.max_new_tokens), ctx.pad_id, dtype=torch.long, device=dev)
-        self.finished = torch.zeros(batch, dtype=torch.bool, device=dev)
-        self.hit_eos = torch.zeros(batch, dtype=torch.bool, device=dev)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=dev)
-        self.eos = torch.tensor(ctx.eos or [-1], device=dev)
-        self.flag = AsyncFlag(dev)
-        self.deadline = t0 + spec.max_time if spec.max_time else None
-        self.timed_out, self.steps, self.t_first = False, 0, t0
-
-    def push(self, step: int, tok: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Record this step's tokens (finished rows get the pad id); returns (tokens, stop the loop?)."""
-        ctx, fin = self.ctx, self.finished
-        tok = torch.where(fin, torch.full_like(tok, ctx.pad_id), tok)
-        self.out[:, step] = tok
-        self.lengths += (~fin).long()
-        is_eos = torch.isin(tok, self.eos) & ~fin
-        self.hit_eos |= is_eos
-        fin |= is_eos
-        self.steps = step + 1
-        if step == 0:
-            self.t_first = ctx.first_token(self.t0)
-        if ctx.stop is not None:
-            fin |= ctx.stop.update(self.out, self.lengths, step, fin)
-        if self.streamer is not None:
-            self.streamer(step, tok, fin)
-        self.flag.push(fin.all())
-        if step + 1 == self.spec.max_new_tokens or self.flag.ready_and_true():
-            return tok, True
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            self.timed_out = True
-            return tok, True
-        return tok, False
-
-    def outputs(self, telemetry: Optional[dict]) -> list[Output]:
-        """Per row: tokens up to EOS, a stop string's last token or the limit, and why it finished."""
-        ctx, spec = self.ctx, self.spec
-        ctx.decode_done(self.t_first, self.steps)
-        stop_at = ctx.stop.final_lengths(self.out, self.lengths) if ctx.stop is not None else None
-        outs = []
-        rows = zip(self.out.tolist(), self.lengths.tolist(), self.hit_eos.tolist())
-        for i, (row, n, eos) in enumerate(rows):
-            reason = "eos" if eos else "length"
-            if stop_at is not None and stop_at[i] is not None and stop_at[i] <= n:
-                n, reason = stop_at[i], ctx.stop.reason(i)  # "stop" or a user criterion's name
-            elif self.timed_out and not eos and n < spec.max_new_tokens:
-                reason = "time"
-            outs.append(Output(token_ids=row[:n], finish_reason=reason,
-                               telemetry=None if telemetry is None else {k: v[i][:n] for k, v in telemetry.items()}))
-        return outs
-
-
-@torch.inference_mode()
-def sampling_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> list[Output]:
-    """Greedy and sampled decoding for one batch (each row its own settings and seed)."""
-    runner, dev = ctx.runner, ctx.runner.device
-    t0 = time.perf_counter()
-    ids, attn = pack_left([r.prompt_ids for r in reqs], ctx.pad_id, dev)
-    B, width = ids.shape
-    chain = LogitsChain.from_rows([r.params for r in reqs], vocab_size=ctx.vocab_size,
-                                  eos_token_id=ctx.eos, device=dev)
-    keys = request_keys(reqs, dev)
-    recorder = make_recorder(ctx.record, B, spec.max_new_tokens, dev)
-    rows = RowTracker(B, spec, ctx, t0, ctx.streamer)
-
-    logits, cache, _ = runner.prefill(ids, attn)
-    for step in range(spec.max_new_tokens):
-        processed = chain(logits, DecodeState(input_ids=ids, attention_mask=attn, prompt_width=width, step=step))
-        tok = sample(processed, keys, step, chain.sample_mode, support=chain.support)
-        recorder.on_step(step, logits, processed, tok, ~rows.finished)
-        tok, done = rows.push(step, tok)
-        chain.update(tok)
-        if done:
-            break
-        ids = torch.cat([ids, tok[:, None]], dim=1)
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        logits, cache, _ = runner.step(tok, attn, cache)
-    chain.raise_if_nan()
-    ctx.stats.chain = list(chain.names)
-    return rows.outputs(recorder.finalize())
-
-
-STRATEGIES.register("sampling", sampling_batch)
+from decodebench.decoding.strategies import METHODS, StrategySpec, load_builtin_methods
 
 
 def iter_batches(reqs: list[Request], batch_size: int, whole_prompts: bool = False):
@@ -273,7 +34,7 @@ def iter_batches(reqs: list[Request], batch_size: int, whole_prompts: bool = Fal
     With `whole_prompts` (search methods, which run once per prompt over its rows) a prompt's rows are
     never split across batches; a batch then holds at most `batch_size` rows unless one prompt has more.
     """
-    order = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prompt_ids), i))
+    order = length_order(reqs)
     if not whole_prompts:
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
@@ -292,42 +53,150 @@ def iter_batches(reqs: list[Request], batch_size: int, whole_prompts: bool = Fal
         yield batch, [reqs[j] for j in batch]
 
 
-def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch_size: int = 8,
-             record: Sequence[str] = (), progress=None, on_batch: Optional[Callable] = None,
-             streamer_factory: Optional[Callable] = None) -> tuple[list[Output], BatchStats]:
-    """Run every request through the strategy's search method, `batch_size` rows at a time.
+def length_order(reqs: Sequence[Request]) -> list[int]:
+    """Request indices by prompt length (stable): neighbours pad little and share prefills."""
+    return sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prompt_ids), i))
 
-    `on_batch(indices, outputs)` is called after each batch (the runner appends results to disk there,
-    so a failure later in a run never loses what was computed). `progress` is a tqdm-like bar or None.
-    """
-    load_builtin_methods()
-    method = STRATEGIES.get(spec.method)
-    runner = ModelRunner(model, hidden_states=getattr(method, "needs_hidden_states", False))
+
+def kv_capacity(reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -> int:
+    """Columns of the static state: the longest prompt and max_new_tokens, plus room for refills to
+    run a while before the columns are moved back (continuous batching)."""
+    width = max(len(r.prompt_ids) for r in reqs)
+    slack = max(spec.max_new_tokens, 64) if continuous else 1
+    return width + spec.max_new_tokens + slack
+
+
+# The CPU's "auto" batch: on a 2-core machine throughput stops growing past this (README, "The engine").
+CPU_AUTO_BATCH = 64
+CUDA_AUTO_CAP = 512
+
+
+def kv_bytes_per_row(model, capacity: int) -> int:
+    """Bytes of static KV state one row needs for `capacity` columns."""
+    c = model.config
+    heads = getattr(c, "num_attention_heads", 1)
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    elem = next(model.parameters()).element_size()
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * capacity * elem
+
+
+def free_memory(device) -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 8 << 30
+
+
+def auto_batch_size(model, reqs: Sequence[Request], spec: StrategySpec, continuous: bool = True) -> int:
+    """The largest running batch whose static KV state (and logits) fits in 80% of the free memory, at
+    most CPU_AUTO_BATCH on a CPU (measured) and at most the number of requests."""
+    if not reqs:
+        return 1
+    device = next(model.parameters()).device
+    per_row = kv_bytes_per_row(model, kv_capacity(reqs, spec, continuous))
+    per_row += 4 * model.get_output_embeddings().weight.shape[0] * 4  # float32 logits and their transforms
+    fit = max(1, int(0.8 * free_memory(device)) // max(per_row, 1))
+    cap = CUDA_AUTO_CAP if device.type == "cuda" else CPU_AUTO_BATCH
+    return max(1, min(fit, cap, len(reqs)))
+
+
+def check_kv_fits(model, batch_size: int, reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -> None:
+    """A running batch whose KV state cannot fit is refused with the bytes it needs, before it starts."""
+    device = next(model.parameters()).device
+    need = kv_bytes_per_row(model, kv_capacity(reqs, spec, continuous)) * min(batch_size, len(reqs))
+    free = free_memory(device)
+    if need > free:
+        raise ValueError(f"batch_size: a running batch of {min(batch_size, len(reqs))} rows needs "
+                         f"{need / 2**30:.1f} GiB of KV state, {free / 2**30:.1f} GiB is free; "
+                         "lower batch_size or strategy.max_new_tokens, or use batch_size=auto")
+
+
+def make_context(model, tokenizer, runner, spec, stats, *, record=(), streamer=None, sync_every=4,
+                 batch_size=8, continuous=True) -> BatchContext:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(model, tokenizer)[0]
     vocab = model.get_output_embeddings().weight.shape[0]
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    return BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
+                        stop=StopChecker.for_spec(tokenizer, spec), record=tuple(record), stats=stats, sync=sync,
+                        streamer=streamer, sync_every=sync_every, batch_size=batch_size, continuous=continuous,
+                        max_new_tokens=spec.max_new_tokens)
+
+
+def check_sync_every(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"sync_every must be a positive integer (steps between host checks), got {k!r}")
+    return k
+
+
+def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch_size: int = 8,
+             record: Sequence[str] = (), progress=None, on_batch: Optional[Callable] = None,
+             streamer_factory: Optional[Callable] = None, continuous: bool = True, sync_every: int = 4,
+             compile: bool | str = False) -> tuple[list[Output], BatchStats]:
+    """Run every request through the strategy's search method.
+
+    `on_batch(indices, outputs)` is called as rows finish (the runner appends results to disk there, so a
+    failure later in a run never loses what was computed). `progress` is a tqdm-like bar or None.
+    Continuous batching serves sampling strategies; with a streamer or `max_time` (a per-batch limit)
+    batches are static. `compile` runs the decode step under torch.compile (see compiled.py).
+    """
+    check_sync_every(sync_every)
+    load_builtin_methods()
+    method = METHODS.get(spec.method)
     stats = BatchStats()
     results: list[Optional[Output]] = [None] * len(reqs)
-    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-    for idx, rows in iter_batches(reqs, batch_size, whole_prompts=spec.method != "sampling"):
-        stop = StopChecker.for_spec(tokenizer, spec)  # stop strings and user criteria, or None
-        ctx = BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
-                           stop=stop, record=tuple(record), stats=stats, sync=sync,
-                           streamer=streamer_factory(rows) if streamer_factory else None)
-        t0 = time.perf_counter()
-        outs = method(rows, spec, ctx)
-        if hasattr(ctx.streamer, "close"):
-            ctx.streamer.close(outs)  # flush and end every row (idempotent; streaming.Streamer)
-        sync()
-        stats.decode_s += time.perf_counter() - t0
-        stats.rows += len(rows)
-        stats.prompt_tokens += sum(len(r.prompt_ids) for r in rows)
-        stats.generated_tokens += sum(len(o.token_ids) for o in outs)
+    if not reqs:
+        return [], stats
+
+    def deliver(idx, outs):
         for i, o in zip(idx, outs):
             results[i] = o
+        stats.rows += len(idx)
+        stats.prompt_tokens += sum(len(reqs[i].prompt_ids) for i in idx)
+        stats.generated_tokens += sum(len(o.token_ids) for o in outs)
         if on_batch is not None:
-            on_batch(idx, outs)
+            on_batch(list(idx), list(outs))
         if progress is not None:
-            progress.update(len(rows))
+            progress.update(len(idx))
+
+    if method.unit == "row":
+        check_model(model)
+        runner = Runtime(model, hidden_states=method.needs_hidden_states, static_shapes=compile)
+        if compile:
+            from decodebench.decoding.compiled import compile_decode
+
+            compile_decode(runner, backend=compile if isinstance(compile, str) else None)
+        cont = continuous and streamer_factory is None and not spec.max_time and not compile
+        ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
+                           batch_size=batch_size, continuous=cont)
+        t0 = time.perf_counter()
+        run_sampling(reqs, spec, ctx, length_order(reqs),
+                     lambda pairs: deliver([i for i, _ in pairs], [o for _, o in pairs]),
+                     kv_capacity(reqs, spec, cont), streamer_factory)
+        ctx.sync()
+        stats.decode_s += time.perf_counter() - t0
+    else:
+        check_model(model)
+        runner = Runtime(model, hidden_states=method.needs_hidden_states)
+        for idx, rows in iter_batches(reqs, batch_size, whole_prompts=True):
+            ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
+                               streamer=streamer_factory(rows) if streamer_factory else None)
+            t0 = time.perf_counter()
+            outs = method.run(rows, spec, ctx)
+            if hasattr(ctx.streamer, "close"):
+                ctx.streamer.close(outs)  # flush and end every row (idempotent; streaming.Streamer)
+            ctx.sync()
+            stats.decode_s += time.perf_counter() - t0
+            stats.batch_size = max(stats.batch_size, len(rows))
+            deliver(idx, outs)
+    stats.compile_s = getattr(runner, "compile_s", 0.0)
+    stats.decode_s -= stats.compile_s  # compile time is reported apart from generation time
     stats.forward_passes = runner.forward_passes
     stats.tokens_processed = runner.tokens_processed
+    stats.row_steps = runner.row_steps
     return results, stats  # type: ignore[return-value]

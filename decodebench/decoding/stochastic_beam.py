@@ -29,8 +29,8 @@ import time
 import torch
 
 from decodebench.decoding.beam import (BeamRows, Hyps, Prompts, check_common, end_codes, gather_beams,
-                                       make_stream, reason_names, register_search, step_is_last)
-from decodebench.decoding.engine import AsyncFlag, BatchContext, Request
+                                       make_stream, reason_names, register_beam_type, step_is_last)
+from decodebench.decoding.runtime import AsyncFlag, BatchContext, Request
 from decodebench.decoding.sampling import exponential_noise, row_keys
 from decodebench.decoding.stopping import LENGTH
 from decodebench.decoding.strategies import StrategySpec
@@ -141,4 +141,4 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("stream must be safe for stochastic beam search (samples, not a search with a leader)")
 
 
-stochastic_beam_batch = register_search("stochastic_beam", "stochastic beam search", stochastic_search, _validate)
+stochastic_beam_batch = register_beam_type("stochastic_beam", "stochastic beam search", stochastic_search, _validate)

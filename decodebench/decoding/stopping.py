@@ -113,34 +113,75 @@ class StopChecker:
     def update(self, out_tokens: torch.Tensor, lengths: torch.Tensor, step: int,
                finished: torch.Tensor) -> torch.Tensor:
         """Rows that hit a rule by this step. Criteria every step (no sync); stop strings every `every`."""
+        hit = self.update_criteria(out_tokens[:, : step + 1], lengths, finished)
+        if self.stops and (step + 1) % self.every == 0:
+            s = self.strings_hit(out_tokens, lengths, finished)
+            if s is not None:
+                hit |= s
+        return hit
+
+    def update_criteria(self, out_tokens: torch.Tensor, lengths: torch.Tensor,
+                        finished: torch.Tensor) -> torch.Tensor:
+        """Rows whose criteria fire now (device only, no sync); remembers the first length that fired."""
         hit = torch.zeros_like(finished)
-        if self.criteria:
-            if self._crit_len is None or self._crit_len.shape != lengths.shape:
-                self._crit_len = torch.full_like(lengths, _NEVER)
-                self._crit_code = torch.full_like(lengths, -1)
-            for j, fn in enumerate(self.criteria):
-                h = fn(out_tokens[:, : step + 1], lengths).to(torch.bool) & ~finished
-                first = h & (self._crit_len == _NEVER)
-                self._crit_len = torch.where(first, lengths, self._crit_len)
-                self._crit_code = torch.where(first, len(BASE_REASONS) + j, self._crit_code)
-                hit |= h
-        if not self.stops or (step + 1) % self.every:
+        if not self.criteria:
             return hit
-        lens = lengths.tolist()
-        fin = finished.tolist()
-        for i, (n, f) in enumerate(zip(lens, fin)):
+        if self._crit_len is None or self._crit_len.shape[0] < lengths.shape[0]:
+            self._crit_len = torch.full_like(lengths, _NEVER)
+            self._crit_code = torch.full_like(lengths, -1)
+        b = lengths.shape[0]
+        crit_len, crit_code = self._crit_len[:b], self._crit_code[:b]
+        for j, fn in enumerate(self.criteria):
+            h = fn(out_tokens, lengths).to(torch.bool) & ~finished
+            first = h & (crit_len == _NEVER)
+            crit_len.copy_(torch.where(first, lengths, crit_len))
+            crit_code.copy_(torch.where(first, len(BASE_REASONS) + j, crit_code))
+            hit |= h
+        return hit
+
+    def strings_hit(self, out_tokens: torch.Tensor, lengths: torch.Tensor,
+                    finished: torch.Tensor) -> Optional[torch.Tensor]:
+        """Unfinished rows whose recent text holds a stop string (a host read), or None without strings."""
+        if not self.stops:
+            return None
+        hit = torch.zeros_like(finished)
+        for i, (n, f) in enumerate(zip(lengths.tolist(), finished.tolist())):
             if not f and n and self._hit(out_tokens[i, max(0, n - self.window): n].tolist()):
                 hit[i] = True
         return hit
 
-    def final_lengths(self, out_tokens: torch.Tensor, lengths: torch.Tensor) -> list[Optional[int]]:
+    def reset(self, rows: torch.Tensor, batch: int) -> None:
+        """Rows `rows` start a new request (continuous batching): no criterion has fired for them."""
+        if self._crit_len is None:
+            return
+        if self._crit_len.shape[0] < batch:
+            grow = batch - self._crit_len.shape[0]
+            self._crit_len = torch.cat([self._crit_len, self._crit_len.new_full((grow,), _NEVER)])
+            self._crit_code = torch.cat([self._crit_code, self._crit_code.new_full((grow,), -1)])
+        self._crit_len[rows] = _NEVER
+        self._crit_code[rows] = -1
+
+    def select(self, index: torch.Tensor, n: int) -> None:
+        """Rows `index` become rows `0..n-1` (the running batch was compacted)."""
+        if self._crit_len is not None:
+            self._crit_len[:n] = self._crit_len[index]
+            self._crit_code[:n] = self._crit_code[index]
+
+    def final_lengths(self, out_tokens: torch.Tensor, lengths: torch.Tensor,
+                      rows: Optional[torch.Tensor] = None) -> list[Optional[int]]:
         """Per row, the tokens up to and including the one that triggers a rule (None: no rule fired).
 
+        `rows`: which rows of the criteria state `out_tokens` holds (default: the first ones, in order).
         Also sets `row_reasons[i]` ("stop" or the criterion's name) for rows with a length.
         """
         res: list[Optional[int]] = []
-        crit_len = self._crit_len.tolist() if self._crit_len is not None else [_NEVER] * len(lengths)
-        crit_code = self._crit_code.tolist() if self._crit_code is not None else [-1] * len(lengths)
+        n = len(lengths)
+        if self._crit_len is not None:
+            cl = self._crit_len[rows] if rows is not None else self._crit_len[:n]
+            cc = self._crit_code[rows] if rows is not None else self._crit_code[:n]
+            crit_len, crit_code = cl.tolist(), cc.tolist()
+        else:
+            crit_len, crit_code = [_NEVER] * n, [-1] * n
         self.row_reasons = []
         for row, n, cl, cc in zip(out_tokens.tolist(), lengths.tolist(), crit_len, crit_code):
             cut = self._string_cut(row[:n]) if self.stops else None

@@ -1,9 +1,10 @@
 """Strategy specs and the registry of search methods, chosen by name.
 
 A strategy config (GenerationConfig names) becomes a frozen `StrategySpec`: the per-row `SamplingParams`
-plus the loop-level settings (max_new_tokens, stop strings, beam options). Each search method is its own
-module registered in `STRATEGIES` (`sampling` here; `beam`, `contrastive`, ... in theirs); the engine calls
-`STRATEGIES.get(spec.method)`.
+plus the loop-level settings (max_new_tokens, stop strings, beam options). Each search method is one
+registered `SearchMethod` (what it runs, how it validates a spec, what it needs and supports); `sampling`
+is registered here (the engine's running batch serves it), `beam`, `contrastive`, ... in their modules,
+and a plugin's own method with `@register_search`. The engine calls `METHODS.get(spec.method)`.
 
     >>> spec = build_strategy({"name": "topp", "do_sample": True, "top_p": 0.9, "max_new_tokens": 8})
     >>> spec.params.top_p, spec.method
@@ -14,12 +15,53 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from decodebench.decoding.params import SamplingParams
 from decodebench.registry import Registry
 
-STRATEGIES: Registry = Registry("strategy method")
+METHODS: Registry = Registry("strategy method")
+STRATEGIES = METHODS  # the former name
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """A search method, as the engine, the preflight checks and the sweep see it.
+
+    run:                 `(requests, spec, ctx) -> [Output]` over one batch; None for `unit="row"`
+                         methods, which the engine's running batch drives
+    validate:            `spec -> None`, a ValueError naming the field on bad settings
+    needs_hidden_states: the forward also returns the last hidden states (contrastive search)
+    supports_record:     per-step telemetry (`record=[...]`) is available
+    unit:                "row" (one token per row per step: continuous batching, any batch split) or
+                         "prompt" (a search over a prompt's rows: whole prompts per batch)
+    fusable:             sweep points may be generated in the same batches (per-row settings only)
+    """
+
+    name: str
+    run: Optional[Callable] = None
+    validate: Callable[["StrategySpec"], None] = lambda spec: None
+    needs_hidden_states: bool = False
+    supports_record: bool = True
+    unit: str = "prompt"
+    fusable: bool = False
+
+    def __call__(self, reqs, spec, ctx):  # the former calling convention: method(rows, spec, ctx)
+        return self.run(reqs, spec, ctx)
+
+
+def register_search(name: str, **kw) -> Callable:
+    """Decorator: register `fn(requests, spec, ctx) -> [Output]` as search method `name` (options: the
+    `SearchMethod` fields). Duplicate names are an error; `strategy.method=<name>` chooses it."""
+
+    def deco(fn: Callable) -> Callable:
+        METHODS.register(name, SearchMethod(name=name, run=fn, **kw))
+        return fn
+
+    return deco
+
+
+METHODS.register("sampling", SearchMethod(name="sampling", unit="row", fusable=True))
 
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -92,7 +134,7 @@ def build_strategy(d: dict) -> StrategySpec:
         raise ValueError(f"{sorted(unknown)[0]} is not a strategy parameter")
     method = d.get("method", "sampling")
     load_builtin_methods()
-    check = STRATEGIES.get(method)  # unknown method -> did-you-mean error
+    check = METHODS.get(method)  # unknown method -> did-you-mean error
     search = {k: d.get(k, v) for k, v in SEARCH_DEFAULTS.items()}
     spec = StrategySpec(
         name=str(d.get("name") or method), method=method, params=_params(d),
@@ -101,7 +143,7 @@ def build_strategy(d: dict) -> StrategySpec:
         stop=tuple(d.get("stop") or ()), max_time=d.get("max_time"), search=search,
         stopping=tuple(d.get("stopping") or ()),
     )
-    getattr(check, "validate", lambda s: None)(spec)
+    check.validate(spec)
     return spec
 
 

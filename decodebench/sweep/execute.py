@@ -27,7 +27,6 @@ from omegaconf import OmegaConf
 from decodebench import results, runner
 from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
 from decodebench.sweep.plan import Plan, Point
-from decodebench.sweep.prefill import SharedPrefill
 
 log = logging.getLogger("decodebench")
 
@@ -112,7 +111,8 @@ def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
     reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids)
     todo = {(r.prompt_id, r.sample_index): r for r in reqs}
     keep = [r for r in read_partial(d) if todo.pop((r.get("prompt_id"), r.get("sample_index")), None) is not None]
-    info = runner.run_info(p.cfg, ctx.prep, p.spec, ctx.prompts, len(reqs))
+    bs = p.cfg.batch_size
+    info = runner.run_info(p.cfg, ctx.prep, p.spec, ctx.prompts, len(reqs), 0 if str(bs) == "auto" else int(bs))
     info["sweep"] = {"dir": str(ctx.sweep_dir), "point": p.name, "fused_with": fused_with, "resumed_rows": len(keep)}
     results.write_json_atomic(d / results.RUN_INFO, info)
     return PointRun(p, d, replace(ctx.prep, spec=p.spec), info, todo, ResumeWriter(d, keep), time.perf_counter())
@@ -166,21 +166,21 @@ def run_group(ctx: Context, group: list[Point]) -> None:
             if id(pr) in per:
                 pr.writer.write(per[id(pr)])
 
-    stats, model = BatchStats(), ctx.model
+    stats = BatchStats()
     if fused:
         label = f"{ctx.plan.strategy}: {len(group)} point{'s' * (len(group) > 1)}"
-        bs = int(ctx.plan.cfg.batch_size) * len(group)
-        model = SharedPrefill(ctx.model) if len(group) > 1 else ctx.model  # a prompt's prefill once, not per point
-        try:
+        bs = runner.batch_size_for(ctx.plan.cfg, ctx.model, fused, group[0].spec, scale=len(group))
+        try:  # the engine prefills a prompt once for all points' rows that share it
             with runner._progress(len(fused), bool(ctx.plan.cfg.progress), label) as bar:
-                _, stats = generate(model, ctx.tok, fused, group[0].spec, batch_size=bs,
-                                    record=ctx.prep["record"], progress=bar, on_batch=on_batch)
+                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, batch_size=bs,
+                                    record=ctx.prep["record"], progress=bar, on_batch=on_batch,
+                                    **runner.engine_options(ctx.plan.cfg))
         except BaseException:
             for pr in runs:  # every finished batch is already flushed to disk
                 pr.writer.f.close()
             raise
     for pr in runs:
-        pr.info["sweep"]["prefill_rows_shared"] = getattr(model, "saved_rows", 0) if fused else 0
+        pr.info["batch_size"] = bs if fused else pr.info["batch_size"]
         try:
             chain = stats.chain if len(group) == 1 and fused else point_chain(ctx, pr.point)
             res = runner.finish_run(pr.point.cfg, pr.dir, pr.prep, pr.info, point_stats(pr, stats, chain),

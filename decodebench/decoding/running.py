@@ -1,0 +1,303 @@
+"""The running batch of one-token-per-step decoding: static buffers, one step, host work every k steps.
+
+S slots hold rows (request x sample); `a` of them (the first `a`) run. Per slot, on the device:
+
+    tokens, valid [S, C]   ids and "is a real token" per KV column (see kvcache.py for the layout)
+    out [S, L + 1]         generated ids (column L is a spare that finished rows write their pad to)
+    lengths, pos [S]       tokens generated so far (= the row's step), next position id
+    finished, hit_eos [S]  empty slots count as finished
+    logits [S, V]          the next-token logits
+
+`step()` is forward-free work then one forward, with no host read: transforms -> sample -> record ->
+EOS / length / criteria -> write the token's column -> forward. `host_work()` runs every k steps and is
+the only place that reads the device: it harvests finished rows, refills their slots from the queue
+(continuous batching), compacts the batch when there is nobody left to admit, checks stop strings and
+the time limit. A row's tokens depend only on its own (seed, prompt, sample, step), so neither k, nor
+the slot it runs in, nor its batch-mates change them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import torch
+
+from decodebench.decoding.chain import DecodeState, LogitsChain
+from decodebench.decoding.kvcache import Runtime
+from decodebench.decoding.params import SamplingParams
+from decodebench.decoding.recorder import make_recorder
+from decodebench.decoding.runtime import AsyncFlag, BatchContext, Output, Request, request_keys
+from decodebench.decoding.sampling import sample
+
+_IDLE = SamplingParams()  # the settings an empty slot carries (its tokens are never read)
+
+
+class RunningBatch:
+    def __init__(self, ctx: BatchContext, spec, slots: int, capacity: int, deadline: Optional[float] = None):
+        rt: Runtime = ctx.runner
+        self.ctx, self.spec, self.rt, dev = ctx, spec, rt, rt.device
+        self.S, self.C, self.L = slots, capacity, spec.max_new_tokens
+        self.kv = rt.allocate(slots, capacity)
+        self.kv.col = 0
+        S, C, L = slots, capacity, self.L
+        self.tokens = torch.full((S, C), ctx.pad_id, dtype=torch.long, device=dev)
+        self.valid = torch.zeros((S, C), dtype=torch.bool, device=dev)
+        self.gen_start = torch.zeros(S, dtype=torch.long, device=dev)  # column of the first generated token
+        self.out = torch.full((S, L + 1), ctx.pad_id, dtype=torch.long, device=dev)
+        self.lengths = torch.zeros(S, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(S, dtype=torch.long, device=dev)
+        self.finished = torch.ones(S, dtype=torch.bool, device=dev)
+        self.hit_eos = torch.zeros(S, dtype=torch.bool, device=dev)
+        self.keys = torch.zeros(S, dtype=torch.long, device=dev)
+        self.logits = torch.zeros((S, ctx.vocab_size), dtype=torch.float32, device=dev)
+        self.eos = torch.tensor(ctx.eos or [-1], device=dev)
+        self.recorder = make_recorder(ctx.record, S, L, dev)
+        self.owner: list[Optional[int]] = [None] * S  # request index per slot (host)
+        self.start: list[int] = [0] * S  # first real column per slot (host)
+        self.reqs: list[Optional[Request]] = [None] * S
+        self.a = 0
+        self.chain: Optional[LogitsChain] = None
+        self.chain_names: set[str] = set()
+        self.steps = 0  # decode steps run (the chain's incremental tables key on it)
+        self.flag = AsyncFlag(dev, (S,))
+        self.deadline, self.timed_out = deadline, False
+        self.streamer = None  # streaming.Streamer over this static batch's rows (slot i = row i)
+        self.trusted_from = [0] * slots  # host flags about a slot count from this step on
+
+    # ------------------------------------------------------------------------------------ the step
+    def step(self) -> None:
+        """One decode step over the running slots. No host read (see the module docstring)."""
+        a, kv, ctx = self.a, self.kv, self.ctx
+        fin, n = self.finished[:a], self.lengths[:a]
+        state = DecodeState(input_ids=self.tokens[:a, kv.lo:kv.col], attention_mask=self.valid[:a, kv.lo:kv.col],
+                            prompt_width=(self.gen_start[:a] - kv.lo)[:, None], step=self.steps, row_step=n)
+        raw = self.logits[:a]
+        processed = self.chain(raw, state)
+        tok = sample(processed, self.keys[:a], n, self.chain.sample_mode, support=self.chain.support)
+        self.recorder.on_step(n, raw, processed, tok, ~fin)
+        tok = torch.where(fin, ctx.pad_id, tok)
+        self.out[:a].scatter_(1, torch.where(fin, self.L, n)[:, None], tok[:, None])
+        n += (~fin).long()
+        is_eos = torch.isin(tok, self.eos) & ~fin
+        self.hit_eos[:a] |= is_eos
+        fin |= is_eos | (n >= self.L)
+        if ctx.stop is not None:
+            fin |= ctx.stop.update_criteria(self.out[:a], n, fin)
+        self.chain.update(tok)
+        if self.streamer is not None:  # streaming needs the host: one read per step, by its nature
+            self.streamer(self.steps, tok, fin)
+        self.steps += 1
+        self.flag.push(self.finished)
+        # feed the token: column `col` for every running slot
+        self.tokens[:a, kv.col] = tok
+        self.valid[:a, kv.col] = True
+        logits, _ = self.rt.decode(tok[:, None], self.pos[:a, None], self.valid[:a])
+        self.logits[:a] = logits[:, -1]
+        self.pos[:a] += 1
+        kv.col += 1
+
+    # ------------------------------------------------------------------------------- host work
+    def finished_host(self) -> list[bool]:
+        """Which running slots have finished, as of the last step whose flags have reached the host
+        (on CUDA the step before the last, so the host never waits). A flag copied before a slot got its
+        row, or before the batch was compacted, says nothing about that slot."""
+        v = self.flag.read()
+        if v is None:
+            return [False] * self.a
+        as_of = self.steps - (1 if self.flag.cuda else 0)
+        return [f and as_of >= t for f, t in zip(v[: self.a].tolist(), self.trusted_from)]
+
+    def check_strings(self) -> None:
+        """Stop strings on decoded text (a host read; runs with the host work)."""
+        stop = self.ctx.stop
+        if stop is None or not stop.stops or not self.a:
+            return
+        a = self.a
+        hit = stop.strings_hit(self.out[:a], self.lengths[:a], self.finished[:a])
+        if hit is not None:
+            self.finished[:a] |= hit
+
+    def time_up(self) -> bool:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.timed_out = True
+            return True
+        return False
+
+    def harvest(self, slots: list[int]) -> list[tuple[int, Output]]:
+        """(request index, output) for finished `slots`, which become free. One host read for all."""
+        if not slots:
+            return []
+        ctx, idx = self.ctx, torch.tensor(slots, device=self.rt.device)
+        outs_t, lens, eos = self.out[idx, : self.L].tolist(), self.lengths[idx].tolist(), self.hit_eos[idx].tolist()
+        stop_at = ctx.stop.final_lengths(self.out[idx, : self.L], self.lengths[idx], rows=idx) \
+            if ctx.stop is not None else None
+        tele = self.recorder.rows(idx)
+        res = []
+        for j, s in enumerate(slots):
+            n, reason = lens[j], "eos" if eos[j] else "length"
+            if stop_at is not None and stop_at[j] is not None and stop_at[j] <= n:
+                n, reason = stop_at[j], ctx.stop.reason(j)
+            elif self.timed_out and not eos[j] and n < self.L:
+                reason = "time"
+            t = None if tele is None else {k: v[j][:n] for k, v in tele.items()}
+            res.append((self.owner[s], Output(token_ids=outs_t[j][:n], finish_reason=reason, telemetry=t)))
+            self.owner[s], self.reqs[s] = None, None
+        return res
+
+    def admit(self, items: list[tuple[int, Request]]) -> None:
+        """Requests into free slots (the lowest first); prefilled together, each distinct prompt once."""
+        free = [s for s in range(self.S) if self.owner[s] is None][: len(items)]
+        width = max(len(r.prompt_ids) for _, r in items)
+        self.make_room(width)
+        kv, dev = self.kv, self.rt.device
+        slots = torch.tensor(free, dtype=torch.long, device=dev)
+        self.valid[slots] = False
+        logits, _, lens = self.rt.prefill(slots, [r.prompt_ids for _, r in items], self.ctx.pad_id,
+                                          self.valid, self.tokens)
+        self.logits[slots] = logits
+        self.pos[slots] = lens
+        self.gen_start[slots] = kv.col
+        self.lengths[slots] = 0
+        self.finished[slots] = False
+        self.hit_eos[slots] = False
+        self.keys[slots] = request_keys([r for _, r in items], dev)
+        self.recorder.reset(slots)
+        if self.ctx.stop is not None:
+            self.ctx.stop.reset(slots, self.S)
+        for s, (i, r) in zip(free, items):
+            self.owner[s], self.reqs[s], self.start[s] = i, r, kv.col - len(r.prompt_ids)
+            self.trusted_from[s] = self.steps + 1
+        self.a = max(self.a, max(free) + 1)
+        self.rebuild_chain()
+
+    def compact(self) -> None:
+        """Running slots with a request move to the front; the batch shrinks to them."""
+        live = [s for s in range(self.a) if self.owner[s] is not None]
+        if len(live) == self.a or (self.rt.static_shapes and live):
+            return  # compiled steps keep one shape: finished rows idle until the batch is done
+        idx = torch.tensor(live, dtype=torch.long, device=self.rt.device)
+        n = len(live)
+        self.kv.select_slots(idx, n)
+        for t in (self.tokens, self.valid, self.gen_start, self.out, self.lengths, self.pos, self.finished,
+                  self.hit_eos, self.keys, self.logits):
+            t[:n] = t[idx]
+        self.recorder.select(idx, n)
+        if self.ctx.stop is not None:
+            self.ctx.stop.select(idx, n)
+        self.owner = [self.owner[s] for s in live] + [None] * (self.S - n)
+        self.reqs = [self.reqs[s] for s in live] + [None] * (self.S - n)
+        self.start = [self.start[s] for s in live] + [0] * (self.S - n)
+        self.finished[n:] = True
+        self.trusted_from = [self.steps + 1] * self.S
+        self.a = n
+        self.rebuild_chain()
+
+    def rebuild_chain(self) -> None:
+        ctx = self.ctx
+        rows = [r.params if r is not None else _IDLE for r in self.reqs[: self.a]]
+        if self.a:
+            self.chain = LogitsChain.from_rows(rows, vocab_size=ctx.vocab_size, eos_token_id=ctx.eos,
+                                               device=self.rt.device)
+            self.chain_names.update(self.chain.names)
+        self.set_window()
+
+    def set_window(self) -> None:
+        live = [self.start[s] for s in range(self.a) if self.owner[s] is not None]
+        self.kv.lo = min(live) if live else self.kv.col
+
+    def make_room(self, width: int) -> None:
+        """Ensure `width` columns before `col` and one free column after it: move every column by one
+        shift when not (the rows' layout relative to `col` is unchanged)."""
+        kv = self.kv
+        spans = [kv.col - self.start[s] for s in range(self.a) if self.owner[s] is not None]
+        if kv.col >= width and kv.col + 1 <= self.C and (kv.col + 1 < self.C or not spans):
+            return
+        new_col = max([width] + spans)
+        d = kv.col - new_col
+        if d == 0:
+            return
+        kv.shift(d)
+        from decodebench.decoding.kvcache import _shift
+
+        _shift(self.tokens, d, 1)
+        _shift(self.valid, d, 1)
+        if d > 0:
+            self.valid[:, self.C - d:] = False
+        else:
+            self.valid[:, : -d] = False
+        self.gen_start -= d
+        self.start = [s - d for s in self.start]
+        kv.col = new_col
+        self.set_window()
+
+    def room_for_step(self) -> None:
+        if self.kv.col + 1 > self.C:
+            self.make_room(0)
+
+
+@torch.inference_mode()
+def run_sampling(reqs: list[Request], spec, ctx: BatchContext, order: list[int],
+                 deliver: Callable[[list[tuple[int, Output]]], None], capacity: int,
+                 streamer_factory: Optional[Callable] = None) -> None:
+    """Every request in `order` through one running batch of `ctx.batch_size` slots.
+
+    Continuous (`ctx.continuous`): a finished row's slot goes to the next waiting request at the next
+    host work. Static: the next `batch_size` requests start when the whole batch is done (with a
+    streamer, `streamer_factory(batch_requests)` streams each batch). `deliver` gets (request index,
+    output) pairs as rows finish.
+    """
+    from decodebench.decoding.streaming import as_streamer
+
+    S = min(ctx.batch_size, len(order))
+    stats = ctx.stats
+    queue = list(order)
+    k = max(1, int(ctx.sync_every))
+    rb: Optional[RunningBatch] = None
+    batch_out: dict[int, Output] = {}
+    while queue or (rb is not None and rb.a):
+        if rb is None or (not ctx.continuous and not rb.a):
+            t0 = time.perf_counter()
+            deadline = t0 + spec.max_time if spec.max_time else None
+            if rb is None:
+                rb = RunningBatch(ctx, spec, S, capacity, deadline)
+            else:
+                rb.deadline, rb.timed_out = deadline, False
+            take, queue = queue[:S], queue[S:]
+            if streamer_factory is not None:
+                rb.streamer, batch_out = as_streamer(streamer_factory([reqs[i] for i in take])), {}
+            rb.admit([(i, reqs[i]) for i in take])
+            t_first = ctx.first_token(t0)
+            steps0 = rb.steps
+        for _ in range(k):
+            rb.room_for_step()
+            rb.step()
+        if rb.time_up():
+            rb.finished[: rb.a] = True
+            ctx.sync()
+        rb.check_strings()
+        done = [s for s, f in enumerate(rb.finished_host()) if f and rb.owner[s] is not None]
+        if done:
+            pairs = rb.harvest(done)
+            if rb.streamer is not None:
+                batch_out.update({s: o for s, (_, o) in zip(done, pairs)})
+            deliver(pairs)
+        if ctx.continuous and queue:
+            free = sum(o is None for o in rb.owner)
+            if free:
+                take, queue = queue[:free], queue[free:]
+                rb.admit([(i, reqs[i]) for i in take])
+        if rb.streamer is None and not (ctx.continuous and queue):
+            rb.compact()  # nobody to admit: the batch shrinks to the rows still running
+        elif rb.streamer is not None and all(o is None for o in rb.owner[: rb.a]):
+            rb.streamer.close([batch_out[s] for s in range(rb.a)])
+            rb.a = 0
+        if not rb.a:
+            ctx.decode_done(t_first, rb.steps - steps0)
+    if rb is not None and rb.chain is not None:
+        rb.chain.raise_if_nan()
+        from decodebench.decoding.transforms import resolve_order
+
+        stats.chain = [n for n in resolve_order(reqs[order[0]].params.order) if n in rb.chain_names]
+        stats.kv_bytes = max(stats.kv_bytes, rb.kv.nbytes())
+        stats.batch_size = max(stats.batch_size, S)
