@@ -54,6 +54,10 @@ def test_own_config_names_are_checked_before_hydra(tmp_path, monkeypatch):
     assert err.startswith("hydra.searchpath: config directory no_such_dir does not exist")
     cfg, err = compose_checked([*mine, "strategy=my_topp", *TINY])
     assert err is None and cfg.sweep.grid.top_p == [0.6, 0.7]  # my grid is composed for my strategy
+    (tmp_path / "more" / "model").mkdir(parents=True)
+    (tmp_path / "more" / "model" / "small.yaml").write_text("name_or_path: tiny-random\n")
+    cfg, err = compose_checked([*mine, "--config-dir", "more", "strategy=my_topp", "model=small", *TINY[1:]])
+    assert err is None and cfg.model.name_or_path == "tiny-random"  # both ways at once: both dirs are seen
 
 
 def test_sweep_with_my_grid_in_hydra_sweep_dir(tmp_path, monkeypatch, capsys):

@@ -42,30 +42,34 @@ def _flag_free(args: list[str]) -> tuple[list[str], bool]:
     return out, multirun
 
 
+def _search_entries(args: list[str]) -> list[str]:
+    """The search path the command line gives Hydra: `hydra.searchpath=[...]` entries, then `--config-dir`s."""
+    entries = []
+    for a in args:
+        if a.startswith("hydra.searchpath="):
+            items = (i.strip().strip("'\"") for i in a.split("=", 1)[1].strip().strip("[]").split(","))
+            entries += [i for i in items if i]
+    dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
+    dirs += [a.split("=", 1)[1] for a in args if a.startswith(("--config-dir=", "-cd="))]
+    return entries + [f"file://{Path(d).resolve()}" for d in dirs]
+
+
 def user_dirs(args: list[str]) -> Optional[list[Path]]:
     """The user's config dirs (`--config-dir`, `file://` entries of `hydra.searchpath`), relative to the
     working directory as Hydra reads them; None when the search path holds something else (`pkg://`),
     whose options this check cannot list."""
     out: list[Path] = []
-    for entry in search_path(args):
-        for item in entry.split("=", 1)[1].strip("[]").split(","):
-            item = item.strip().strip("'\"")
-            if not item:
-                continue
-            if not item.startswith("file://"):
-                return None
-            out.append(Path(item.removeprefix("file://")).expanduser())
+    for item in _search_entries(args):
+        if not item.startswith("file://"):
+            return None
+        out.append(Path(item.removeprefix("file://")).expanduser())
     return out
 
 
 def search_path(args: list[str]) -> list[str]:
     """What lets the check see the configs Hydra will: `--config-dir DIR` and `hydra.searchpath=[...]`."""
-    dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
-    dirs += [a.split("=", 1)[1] for a in args if a.startswith(("--config-dir=", "-cd="))]
-    given = [a for a in args if a.startswith("hydra.searchpath=")]
-    if dirs and not given:
-        given = ["hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in dirs) + "]"]
-    return given
+    entries = _search_entries(args)
+    return ["hydra.searchpath=[" + ",".join(entries) + "]"] if entries else []
 
 
 def add_grid_keys(overrides: list[str]) -> list[str]:
