@@ -37,7 +37,11 @@ def test_run_with_my_strategy_and_dataset(how, tmp_path, monkeypatch, capsys):
     my_conf(tmp_path / "my_conf")
     add = ["hydra.searchpath=[file://my_conf]"] if how == "searchpath" else ["--config-dir", "my_conf"]
     monkeypatch.setattr(sys, "argv", ["decodebench"])  # the verb hands Hydra its own sys.argv; restored after
+    calls = []
+    real = runner.prepare
+    monkeypatch.setattr(runner, "prepare", lambda cfg: calls.append(1) or real(cfg))
     main([*add, "strategy=my_topp", "dataset=mine", *TINY, "hydra.run.dir=out"])
+    assert len(calls) == 1  # the preflight's RunPlan is the run's: the dataset is loaded and checked once
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["strategy"]["name"] == "my_topp" and info["strategy"]["params"]["top_p"] == 0.6
     assert info["num_prompts"] == 2  # dataset.limit=2 of my 3 prompts

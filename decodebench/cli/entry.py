@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results, runner, wandb_sink
+from decodebench.cli import preflight
 from decodebench.config import ConfigError, conf_dir, register_configs
 
 register_configs()
@@ -24,25 +25,9 @@ def default_run_dir(cfg: DictConfig) -> str:
     return str(Path("outputs/runs") / time.strftime("%Y-%m-%d/%H-%M-%S"))
 
 
-# The preflight's RunPlan, for the job whose config it checked (a multirun's other jobs prepare their own).
-_PREPARED: dict = {}
-
-
-def hand_over(cfg: DictConfig, prepared: runner.RunPlan) -> None:
-    """Keep what the preflight prepared for `cfg`, so the run does not load the dataset and check it again."""
-    _PREPARED.clear()
-    _PREPARED["key"], _PREPARED["plan"] = OmegaConf.to_container(cfg, resolve=False), prepared
-
-
-def _prepared_for(cfg: DictConfig) -> Optional[runner.RunPlan]:
-    if _PREPARED and _PREPARED["key"] == OmegaConf.to_container(cfg, resolve=False):
-        return _PREPARED.pop("plan")
-    return None
-
-
 def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
     """Run one configuration; returns {"run_dir", "metrics", ...}. Raises ConfigError on bad input."""
-    res = runner.execute(cfg, run_dir or default_run_dir(cfg), _prepared_for(cfg))
+    res = runner.execute(cfg, run_dir or default_run_dir(cfg), preflight.prepared_for(cfg))
     logger = OmegaConf.to_container(cfg.logger, resolve=True)
     res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]))
     return res

@@ -182,6 +182,28 @@ def compose_checked(args: list[str], config_name: str = "config", prepare=None):
     return cfg, err
 
 
+# What prepare_checked made for the run verb's config, until the run takes it (a multirun's other jobs,
+# whose configs differ, prepare their own).
+_PREPARED: dict = {}
+
+
+def hand_over(cfg, prepared) -> None:
+    """Keep the RunPlan made for `cfg`, so the run does not load the dataset and check everything again."""
+    from omegaconf import OmegaConf
+
+    _PREPARED.clear()
+    _PREPARED["key"], _PREPARED["plan"] = OmegaConf.to_container(cfg, resolve=False), prepared
+
+
+def prepared_for(cfg):
+    """The RunPlan handed over for exactly this config, once; else None."""
+    from omegaconf import OmegaConf
+
+    if _PREPARED and _PREPARED["key"] == OmegaConf.to_container(cfg, resolve=False):
+        return _PREPARED.pop("plan")
+    return None
+
+
 def check(args: list[str], config_name: str = "config", prepare=None) -> Optional[str]:
     if os.environ.get("DECODEBENCH_NO_PREFLIGHT"):
         return None

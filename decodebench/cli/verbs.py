@@ -59,15 +59,15 @@ def main(argv: list[str] | None = None) -> None:
         from decodebench.sweep.verb import main as sweep_main
 
         return sweep_main(rest)
-    from decodebench.cli import entry
-
     if not os.environ.get("DECODEBENCH_NO_PREFLIGHT"):
         cfg, prepared, err = preflight.prepare_checked(rest)
         if err:
             fail(err)
-        entry.hand_over(cfg, prepared)
+        preflight.hand_over(cfg, prepared)
+    from decodebench.cli.entry import main as hydra_main
+
     sys.argv = [sys.argv[0]] + rest
-    entry.main()
+    hydra_main()
 
 
 if __name__ == "__main__":
