@@ -30,8 +30,11 @@ th { background: #f6f8fa; position: sticky; top: 0; font-weight: 600; }
 th.sorted { background: #ddf4ff; }
 .pin { position: sticky; z-index: 1; background: #fff; box-sizing: border-box; }
 th.pin { z-index: 2; background: #f6f8fa; }
-.pin0 { left: 0; width: 40px; min-width: 40px; } .pin1 { left: 40px; }
-td.star.pin1, th.pin1:not(.setting) { width: 30px; min-width: 30px; } .pin2 { left: 70px; }
+/* the pinned columns' left offsets are their fixed widths: the content must fit them, padding included */
+.pin0 { left: 0; width: 40px; min-width: 40px; max-width: 40px; padding: 5px 4px; text-align: center; }
+.pin1 { left: 40px; }
+td.star.pin1, th.pin1:not(.setting) { width: 30px; min-width: 30px; max-width: 30px; padding: 5px 2px; }
+.pin2 { left: 70px; }
 .pin.setting { box-shadow: inset -1px 0 #d0d7de; }
 td.setting, th.setting, td.status { text-align: left; }
 td.setting { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; }
