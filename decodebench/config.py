@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -78,7 +79,7 @@ class LoggerConfig:
 class SweepConfig:
     """Schema of the `sweep` group: the grid the `sweep` verb runs (conf/sweep/<strategy>.yaml, README, "Sweeps").
 
-    Inert for a plain run; checked by decodebench.sweep_plan before any model loads."""
+    Inert for a plain run; checked by decodebench.sweep.plan before any model loads."""
 
     grid: Dict[str, Any] = field(default_factory=dict)  # strategy parameter -> list of values; points = product
     seeds: Optional[List[int]] = None  # one point per seed as well; null: the top-level seed (seed=N)
@@ -125,6 +126,17 @@ class ScoreConfig:
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True
+
+
+def conf_dir() -> Path:
+    """The Hydra config tree: the copy inside an installed wheel (`decodebench/conf`, packaged from the
+    checkout's top-level conf/ by setup.py), else the checkout's conf/. Every entry point asks here."""
+    from importlib.resources import files
+
+    installed = Path(str(files("decodebench"))) / "conf"
+    if (installed / "config.yaml").is_file():
+        return installed
+    return Path(__file__).resolve().parent.parent / "conf"
 
 
 def register_configs() -> None:

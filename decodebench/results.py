@@ -1,5 +1,9 @@
 """Result records on disk: generations.jsonl, metrics.json, run.json; atomic writes; reading them back.
 
+One record type, `GenerationRecord` (a line of generations.jsonl), and one reader of a run directory,
+`read_run` -> `RunDir` (config.yaml, run.json, metrics.json, error.json; generations on demand): the
+runner writes them, the scorers, the leaderboard and the W&B sink read them.
+
 A run's directory is complete exactly when `metrics.json` exists: it is written last, atomically
 (temporary file + rename). Generations are appended batch by batch to `generations.partial.jsonl`, so a
 failure late in a run keeps every finished batch; the file is renamed to `generations.jsonl` when the
@@ -13,15 +17,56 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 GENERATIONS = "generations.jsonl"
 PARTIAL = "generations.partial.jsonl"
 METRICS = "metrics.json"
 RUN_INFO = "run.json"
-RECORD_FIELDS = ("prompt_id", "prompt", "prompt_token_ids", "sample_index", "text", "token_ids",
-                 "num_tokens", "finish_reason", "reference")
+CONFIG = "config.yaml"
+ERROR = "error.json"  # a sweep point that failed: {"error": one line, "point": its settings}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRecord:
+    """One generation: a line of generations.jsonl. `token_ids` are the generated tokens only (EOS included
+    when generated, no padding); `prompt_token_ids` exactly what the model was fed. Fields a source lacks
+    (a released file has no token ids) are None."""
+
+    prompt_id: Any
+    prompt: Optional[str] = None
+    prompt_token_ids: Optional[list[int]] = None
+    sample_index: int = 0
+    text: str
+    token_ids: Optional[list[int]] = None
+    num_tokens: Optional[int] = None
+    finish_reason: Optional[str] = None  # eos, length, stop, time or a stopping criterion's name
+    reference: Optional[str] = None
+    category: Optional[str] = None
+    score: Optional[float] = None  # search methods: the hypothesis' score
+    telemetry: Optional[dict] = None  # record=[...]: per-step lists
+    extra: dict = field(default_factory=dict)  # a method's own fields (stream_*, gumbel, ...), flat on disk
+
+    def to_json(self) -> dict:
+        """The line on disk: the fields in order, `score`/`telemetry` only when set, then `extra` flat."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPTIONAL_KEYS + ("extra",)}
+        d.update({k: getattr(self, k) for k in _OPTIONAL_KEYS if getattr(self, k) is not None})
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "GenerationRecord":
+        """A line read back: the known fields by name, everything else into `extra`."""
+        missing = [k for k in ("prompt_id", "text") if k not in d]
+        if missing:
+            raise ValueError(f"a generation record needs {missing[0]!r} (fields: {', '.join(map(str, d)) or 'none'})")
+        return cls(**{k: d[k] for k in _FIELDS if k in d}, extra={k: v for k, v in d.items() if k not in _FIELDS})
+
+
+_OPTIONAL_KEYS = ("score", "telemetry")
+_FIELDS = tuple(f.name for f in fields(GenerationRecord) if f.name != "extra")
 
 
 def clean(v: Any) -> Any:
@@ -129,10 +174,11 @@ class GenerationsWriter:
         self.partial.unlink(missing_ok=True)
         self.f = open(self.partial, "w", encoding="utf-8")
 
-    def write(self, records: Iterable[dict]) -> None:
+    def write(self, records: Iterable[Union[GenerationRecord, Mapping]]) -> None:
         with naming(self.partial):
             for r in records:
-                self.f.write(json.dumps(clean(r), ensure_ascii=False) + "\n")
+                line = r.to_json() if isinstance(r, GenerationRecord) else r
+                self.f.write(json.dumps(clean(line), ensure_ascii=False) + "\n")
             self.f.flush()
 
     def close(self, sort_key=None) -> Path:
@@ -162,8 +208,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def read_generations(run_dir: str | os.PathLike) -> list[dict]:
-    return read_jsonl(Path(run_dir) / GENERATIONS)
+def iter_generations(run_dir: str | os.PathLike) -> Iterator[GenerationRecord]:
+    """A run's records one by one (a report reads a few samples of a large file)."""
+    path = Path(run_dir) / GENERATIONS
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield GenerationRecord.from_json(json.loads(line))
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: {e}") from None
+
+
+def read_generations(run_dir: str | os.PathLike) -> list[GenerationRecord]:
+    return list(iter_generations(run_dir))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:
@@ -173,3 +231,54 @@ def read_metrics(run_dir: str | os.PathLike) -> dict:
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / METRICS).is_file() and (Path(run_dir) / GENERATIONS).is_file()
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One result directory as written by a run, a sweep point or the score verb. `metrics` is None until
+    the run is complete; `error` is set for a sweep point that failed; `config` is None when the
+    directory has no config.yaml (then run.json says what ran)."""
+
+    dir: Path
+    config: Optional[dict]
+    info: dict
+    metrics: Optional[dict]
+    error: Optional[dict]
+
+    @property
+    def complete(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def strategy(self) -> Optional[str]:
+        name = ((self.config or {}).get("strategy") or {}).get("name") or (self.info.get("strategy") or {}).get("name")
+        return None if name is None else str(name)
+
+    @property
+    def seed(self) -> Optional[int]:
+        return (self.config or {}).get("seed", self.info.get("seed"))
+
+    def generations(self) -> list[GenerationRecord]:
+        return read_generations(self.dir)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """A directory that holds a run's results, finished or not (metrics.json, error.json or run.json)."""
+    return any((Path(path) / f).is_file() for f in (METRICS, ERROR, RUN_INFO))
+
+
+def read_run(path: str | os.PathLike) -> RunDir:
+    """Everything small in a result directory; the generations are read on demand."""
+    import yaml
+
+    d = Path(path)
+
+    def load(name: str) -> Any:
+        f = d / name
+        if not f.is_file():
+            return None
+        with open(f, encoding="utf-8") as fh:
+            return yaml.safe_load(fh) if name == CONFIG else json.load(fh)
+
+    config = load(CONFIG)
+    return RunDir(d, config if isinstance(config, dict) else None, load(RUN_INFO) or {}, load(METRICS), load(ERROR))

@@ -14,7 +14,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,7 +68,29 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
     return _MODEL_CACHE[key]
 
 
-def prepare(cfg: DictConfig) -> dict:
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run needs before its model loads, checked once (`prepare`): the strategy spec, telemetry
+    fields, the dataset's table, the scorer plan, device and dtype. A sweep shares one across its points
+    (each point with its own `spec`). Indexing by name (`plan["device"]`) reads the same fields."""
+
+    spec: Any
+    record: tuple
+    table: Any
+    plan: Any  # the ScorerPlan
+    device: str
+    dtype: str
+    task: Any = None  # the checked lm-eval task settings (decodebench/tasks/), or None
+    empty_skipped: int = 0  # empty prompts left out (dataset.empty_prompts=skip)
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+
+def prepare(cfg: DictConfig) -> RunPlan:
     """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source."""
     from decodebench.plugins import load_plugins
     from decodebench.scorers import resolve_scorers
@@ -107,9 +130,9 @@ def prepare(cfg: DictConfig) -> dict:
             check_compile(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return dict(spec=spec, task=check_task(cfg, spec), record=record, table=table, plan=plan, device=device,
-                empty_skipped=len(skipped),
-                dtype=models.pick_dtype(str(cfg.dtype), device))
+    return RunPlan(spec=spec, record=record, table=table, plan=plan, device=device,
+                   dtype=models.pick_dtype(str(cfg.dtype), device), task=check_task(cfg, spec),
+                   empty_skipped=len(skipped))
 
 
 def check_task(cfg: DictConfig, spec):
@@ -171,10 +194,10 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def load_prompts(cfg: DictConfig, prep: dict, tok) -> list:
+def load_prompts(cfg: DictConfig, prep: RunPlan, tok) -> list:
     """The dataset's prompt records (ConfigError when none are left)."""
     try:
-        prompts = data.to_prompts(prep["table"], cfg.dataset, tok)
+        prompts = data.to_prompts(prep.table, cfg.dataset, tok)
     except ValueError as e:
         raise ConfigError(prefix_key("dataset", str(e))) from None
     if not prompts:
@@ -182,11 +205,11 @@ def load_prompts(cfg: DictConfig, prep: dict, tok) -> list:
     return prompts
 
 
-def run_info(cfg: DictConfig, prep: dict, spec, prompts: list, num_rows: int, batch_size: int) -> dict:
+def run_info(cfg: DictConfig, prep: RunPlan, spec, prompts: list, num_rows: int, batch_size: int) -> dict:
     """The body of run.json (the applied transform chain is added when generation is done)."""
     return {
-        "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep["device"],
-        "dtype": prep["dtype"], "seed": int(cfg.seed), "batch_size": int(batch_size),
+        "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep.device,
+        "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(batch_size),
         "batch_size_setting": str(cfg.batch_size), "num_prompts": len(prompts), "num_rows": num_rows,
         "empty_prompts_skipped": prep.get("empty_skipped", 0), "engine": engine_options(cfg),
     }
@@ -214,18 +237,14 @@ def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> 
     return bs
 
 
-def make_record(req: Request, prompt, out, tok) -> dict:
+def make_record(req: Request, prompt, out, tok) -> results.GenerationRecord:
     """One line of generations.jsonl: a request, its prompt record and the engine's output."""
-    rec = {"prompt_id": req.prompt_id, "prompt": prompt.text, "prompt_token_ids": req.prompt_ids,
-           "sample_index": req.sample_index, "text": tok.decode(out.token_ids, skip_special_tokens=True),
-           "token_ids": out.token_ids, "num_tokens": len(out.token_ids), "finish_reason": out.finish_reason,
-           "reference": prompt.reference, "category": prompt.category}
-    if out.score is not None:
-        rec["score"] = out.score
-    if out.telemetry is not None:
-        rec["telemetry"] = out.telemetry
-    rec.update(out.extra)
-    return rec
+    return results.GenerationRecord(
+        prompt_id=req.prompt_id, prompt=prompt.text, prompt_token_ids=req.prompt_ids,
+        sample_index=req.sample_index, text=tok.decode(out.token_ids, skip_special_tokens=True),
+        token_ids=out.token_ids, num_tokens=len(out.token_ids), finish_reason=out.finish_reason,
+        reference=prompt.reference, category=prompt.category, score=out.score, telemetry=out.telemetry,
+        extra=dict(out.extra))
 
 
 def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, writer, prompts: list,

@@ -1,5 +1,8 @@
 """W&B sink: a view of the records on disk, at the edge. A failure here never costs a run its results.
 
+It takes plain records: the logger settings as a dict (`logger` of the config) and a run directory as
+`decodebench.results.read_run` reads it; it never sees Hydra's config objects.
+
 Default mode is offline: the run is written under `<run_dir>/wandb/` and can be uploaded later with
 `wandb sync <run_dir>/wandb/offline-run-*`. Online mode waits at most `logger.init_timeout` seconds for the
 server, then falls back to the same offline files. Warnings go to the log (stderr), never to stdout.
@@ -9,24 +12,31 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import fields
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
-from omegaconf import OmegaConf
+from decodebench.results import GenerationRecord, RunDir
 
 log = logging.getLogger("decodebench")
 
-TABLE_COLUMNS = ("prompt_id", "sample_index", "prompt", "text", "num_tokens", "finish_reason", "reference")
+# The generations table: the record's fields, less the long per-token lists.
+TABLE_COLUMNS = tuple(f.name for f in fields(GenerationRecord)
+                      if f.name not in ("prompt_token_ids", "token_ids", "telemetry", "extra", "category", "score"))
 
 
-def _init(wandb, lcfg, run_dir, **kw):
+def enabled(logger: Mapping) -> bool:
+    return logger.get("name") != "none" and logger.get("mode") != "disabled"
+
+
+def _init(wandb, logger: Mapping, run_dir, **kw):
     """wandb.init; online mode waits at most logger.init_timeout seconds for the server, then the run is
     written offline under the run directory instead (upload it later with `wandb sync`)."""
-    common = dict(project=lcfg.project, entity=lcfg.entity, dir=str(run_dir), tags=list(lcfg.tags),
-                  reinit="finish_previous", **kw)
-    if lcfg.mode != "online":
-        return wandb.init(mode=lcfg.mode, **common)
-    timeout = float(lcfg.get("init_timeout", 30.0))
+    common = dict(project=logger.get("project"), entity=logger.get("entity"), dir=str(run_dir),
+                  tags=list(logger.get("tags") or ()), reinit="finish_previous", **kw)
+    if logger.get("mode") != "online":
+        return wandb.init(mode=logger.get("mode"), **common)
+    timeout = float(logger.get("init_timeout", 30.0))
     try:
         return wandb.init(mode="online", settings=wandb.Settings(init_timeout=timeout), **common)
     except Exception as e:  # noqa: BLE001 - no server, no key, a timeout: the run is still logged, offline
@@ -36,16 +46,16 @@ def _init(wandb, lcfg, run_dir, **kw):
         return wandb.init(mode="offline", **common)
 
 
-def _log(cfg, run_dir, write, *, group, job_type, name, config) -> Optional[str]:
+def _log(logger: Mapping, run_dir, write, *, group, job_type, name, config) -> Optional[str]:
     """Open a W&B run under `run_dir`, let `write(run, wandb)` log into it, close it; never raises."""
-    lcfg = cfg.logger
-    if lcfg.name == "none" or lcfg.mode == "disabled":
+    if not enabled(logger):
         return None
     try:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        run = _init(wandb, lcfg, run_dir, group=group or lcfg.group, job_type=job_type, name=name, config=config)
+        run = _init(wandb, logger, run_dir, group=group or logger.get("group"), job_type=job_type, name=name,
+                    config=config)
         try:
             write(run, wandb)
             path = run.dir
@@ -57,26 +67,28 @@ def _log(cfg, run_dir, write, *, group, job_type, name, config) -> Optional[str]
         return None
 
 
-def log_run(cfg, run_dir: str | os.PathLike, metrics: dict, records: list[dict], *,
+def log_run(logger: Mapping, run: RunDir, records: Optional[list[GenerationRecord]] = None, *,
             group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
             extra_tables: Optional[dict] = None) -> Optional[str]:
-    """Log config, metrics and a table of sample generations; returns the W&B run dir or None."""
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    """Log a run directory's config, metrics and a table of sample generations (`records`, else the
+    directory's own); returns the W&B run dir or None."""
+    numbers = {k: v for k, v in (run.metrics or {}).items() if isinstance(v, (int, float))}
 
-    def write(run, wandb):
-        run.log(numbers)
+    def write(run_, wandb):
+        run_.log(numbers)
         for k, v in numbers.items():
-            run.summary[k] = v
-        rows = [[r.get(c) for c in TABLE_COLUMNS] for r in records[: int(cfg.logger.num_samples)]]
-        run.log({"generations": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
+            run_.summary[k] = v
+        recs = records if records is not None else run.generations()
+        rows = [[getattr(r, c) for c in TABLE_COLUMNS] for r in recs[: int(logger.get("num_samples") or 0)]]
+        run_.log({"generations": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
         for key, (columns, data) in (extra_tables or {}).items():
-            run.log({key: wandb.Table(columns=list(columns), data=data)})
+            run_.log({key: wandb.Table(columns=list(columns), data=data)})
 
-    return _log(cfg, run_dir, write, group=group, job_type=job_type or cfg.strategy.name, name=name,
-                config=OmegaConf.to_container(cfg, resolve=True))
+    return _log(logger, run.dir, write, group=group, job_type=job_type or run.strategy, name=name,
+                config=run.config)
 
 
-def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: list, *,
+def log_table(logger: Mapping, run_dir: str | os.PathLike, key: str, columns: list, rows: list, *,
               group: Optional[str] = None, job_type: Optional[str] = None, name: Optional[str] = None,
               config: Optional[dict] = None) -> Optional[str]:
     """Log one table as a W&B run of its own (a sweep's leaderboard); returns the W&B run dir or None."""
@@ -84,4 +96,4 @@ def log_table(cfg, run_dir: str | os.PathLike, key: str, columns: list, rows: li
     def write(run, wandb):
         run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
-    return _log(cfg, run_dir, write, group=group, job_type=job_type, name=name, config=config)
+    return _log(logger, run_dir, write, group=group, job_type=job_type, name=name, config=config)

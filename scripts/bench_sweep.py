@@ -32,6 +32,9 @@ from pathlib import Path
 
 import yaml
 
+from decodebench import results
+from decodebench.config import conf_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,17 +52,16 @@ def point_dirs(root: Path) -> list[Path]:
 
 
 def key_of(d: Path, grid: dict) -> tuple:
-    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg = results.read_run(d).config
     return tuple(float(cfg["strategy"][k]) for k in grid) + (int(cfg["seed"]),)
 
 
 def tokens(d: Path) -> list:
-    with open(d / "generations.jsonl") as f:
-        return [json.loads(line)["token_ids"] for line in f]
+    return [r.token_ids for r in results.read_generations(d)]
 
 
 def gen_seconds(dirs: list[Path]) -> float:
-    return sum(json.loads((d / "metrics.json").read_text())["generation_time_s"] for d in dirs)
+    return sum(results.read_metrics(d)["generation_time_s"] for d in dirs)
 
 
 def main() -> None:
@@ -72,7 +74,7 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="overrides for both sides (after --)")
     args = ap.parse_args()
 
-    grid = yaml.safe_load((ROOT / "conf" / "sweep" / f"{args.strategy}.yaml").read_text())
+    grid = yaml.safe_load((conf_dir() / "sweep" / f"{args.strategy}.yaml").read_text())
     seeds = grid.get("seeds") or [0]
     grid = grid["grid"]
     common = [f"strategy={args.strategy}", f"dataset.limit={args.limit}",

@@ -34,11 +34,11 @@ def compose(overrides=()):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from decodebench.config import register_configs
+    from decodebench.config import conf_dir, register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hcompose(config_name="config", overrides=list(overrides))
 
 

@@ -266,7 +266,7 @@ def _fill(s: str, files: dict) -> str:
 
 
 def test_messages_list_known_names_once_and_keep_the_key_apart_from_the_sentence(files, monkeypatch):
-    from decodebench.preflight import compose_checked
+    from decodebench.cli.preflight import compose_checked
 
     err = compose_checked(["scorers.names=[nope]"])[1]
     known = err.split("(known: ")[1].rstrip(")").split(", ")

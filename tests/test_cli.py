@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from decodebench import results
-from decodebench.cli import run
+from decodebench.cli.entry import run
 from tests.conftest import ROOT, compose
 from tests.test_engine import hf_greedy
 
@@ -22,19 +22,19 @@ def test_greedy_run_matches_generate_token_for_token(tmp_path, embedded):
     res = run(cfg, str(tmp_path / "run"))
     run_dir = Path(res["run_dir"])
     recs = results.read_generations(run_dir)
-    assert len(recs) == 6 and all(RECORD_KEYS <= set(r) for r in recs)
+    assert len(recs) == 6 and all(RECORD_KEYS <= set(r.to_json()) for r in recs)
     model, tok = embedded
-    ref = hf_greedy(model, tok, [r["prompt"] for r in recs], 24)
-    assert [r["token_ids"] for r in recs] == ref
+    ref = hf_greedy(model, tok, [r.prompt for r in recs], 24)
+    assert [r.token_ids for r in recs] == ref
     for r in recs:
-        assert r["prompt_token_ids"] == tok(r["prompt"])["input_ids"]
-        assert r["num_tokens"] == len(r["token_ids"]) and r["finish_reason"] in ("eos", "length")
-        assert r["text"] == tok.decode(r["token_ids"], skip_special_tokens=True)
+        assert r.prompt_token_ids == tok(r.prompt)["input_ids"]
+        assert r.num_tokens == len(r.token_ids) and r.finish_reason in ("eos", "length")
+        assert r.text == tok.decode(r.token_ids, skip_special_tokens=True)
     m = results.read_metrics(run_dir)
     for k in ("tokens_per_s", "wall_time_s", "distinct_2", "distinct_3", "distinct_4", "rep_2", "rep_3",
               "rep_4", "perplexity", "time_to_first_token_s", "forward_passes_per_token", "peak_memory_mb"):
         assert isinstance(m[k], float), k
-    assert m["generated_tokens"] == sum(r["num_tokens"] for r in recs)
+    assert m["generated_tokens"] == sum(r.num_tokens for r in recs)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "run.json").is_file()
     assert not (run_dir / results.PARTIAL).exists()
 
@@ -86,15 +86,15 @@ def test_samples_do_not_depend_on_batch_size(tmp_path, embedded):
               "logger=none", "device=cpu", "dtype=float32", "progress=false", "scorers=text"]
     a = results.read_generations(run(compose(common + ["batch_size=8"]), str(tmp_path / "b8"))["run_dir"])
     b = results.read_generations(run(compose(common + ["batch_size=3"]), str(tmp_path / "b3"))["run_dir"])
-    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b]
-    assert len({tuple(r["token_ids"]) for r in a}) == len(a)  # real samples, not one repeated output
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert len({tuple(r.token_ids) for r in a}) == len(a)  # real samples, not one repeated output
 
 
 def test_num_return_sequences_gives_indexed_distinct_samples(tmp_path):
     cfg = compose(["model=tiny", "strategy=sample", "strategy.num_return_sequences=3", "dataset.limit=2",
                    "strategy.max_new_tokens=6", "logger=none", "progress=false", "scorers=text"])
     recs = results.read_generations(run(cfg, str(tmp_path / "r"))["run_dir"])
-    assert [(r["prompt_id"], r["sample_index"]) for r in recs] == [
-        (recs[0]["prompt_id"], 0), (recs[0]["prompt_id"], 1), (recs[0]["prompt_id"], 2),
-        (recs[3]["prompt_id"], 0), (recs[3]["prompt_id"], 1), (recs[3]["prompt_id"], 2)]
-    assert len({tuple(r["token_ids"]) for r in recs[:3]}) == 3
+    assert [(r.prompt_id, r.sample_index) for r in recs] == [
+        (recs[0].prompt_id, 0), (recs[0].prompt_id, 1), (recs[0].prompt_id, 2),
+        (recs[3].prompt_id, 0), (recs[3].prompt_id, 1), (recs[3].prompt_id, 2)]
+    assert len({tuple(r.token_ids) for r in recs[:3]}) == 3

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from decodebench.preflight import compose_checked, group_options
+from decodebench.cli.preflight import compose_checked, group_options
 from tests.conftest import ROOT, compose
 
 

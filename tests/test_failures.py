@@ -89,7 +89,7 @@ def test_a_write_that_fails_mid_run_is_one_line_naming_the_file(tmp_path):
 
 
 def test_disk_full_fails_the_sweep_point_with_its_error_json(tmp_path, monkeypatch, capsys):
-    from decodebench import sweep_exec
+    from decodebench.sweep import execute as sweep_exec
     from tests.test_sweep import BASE, sweep
 
     real = sweep_exec.ResumeWriter.write

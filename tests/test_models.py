@@ -37,7 +37,8 @@ def test_local_directory_loads_offline_without_remote_code(tmp_path, monkeypatch
     model, tk = models.load_model(models.ModelConfig(name_or_path=str(tmp_path / "m")), dtype="float32")
     assert seen["trust_remote_code"] is False and seen["local_files_only"] is True
     assert tk.padding_side == "left"
-    assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), m.state_dict().values()))
+    got, saved = model.state_dict(), m.state_dict()
+    assert got.keys() == saved.keys() and all(torch.equal(got[k], saved[k]) for k in saved)
 
 
 def test_hub_id_goes_offline_when_hub_is_unreachable(monkeypatch):

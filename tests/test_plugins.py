@@ -33,7 +33,7 @@ def test_user_transform_from_the_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     recs = results.read_generations(out)
-    assert recs and all(r["token_ids"] == [77] * 5 for r in recs)
+    assert recs and all(r.token_ids == [77] * 5 for r in recs)
     info = json.loads((out / "run.json").read_text())
     assert info["strategy"]["chain"] == ["force_token"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -170,6 +171,50 @@ def test_failed_and_unfinished_points_still_report(tmp_path):
     assert report.write_leaderboard(tmp_path / "only")["rows"][0]["status"] == "failed"
 
 
+def make_topp6(root: Path) -> Path:
+    """The shipped top-p grid (top_p 0.8/0.9/0.95 x temperature 0.7/1.0) as a researcher sees it: close
+    quality and diversity (two settings identical), and every text metric, so the table is wide."""
+    wide = {k: 0.5 for k in ("distinct_1", "distinct_2", "distinct_3", "distinct_4", "seq_rep_4", "rep_w", "rep_r",
+                             "repetition_loop_rate", "self_bleu_4", "compression_ratio", "zipf", "mauve",
+                             "coherence", "coherence_embedding", "reference_perplexity", "prefill_tokens_per_s")}
+    close = [(0.901, 10.2), (0.905, 10.3), (0.912, 10.9), (0.912, 10.9), (0.925, 11.6), (0.931, 12.0)]
+    grid = [(p, temp) for p in (0.8, 0.9, 0.95) for temp in (0.7, 1.0)]
+    for (p, temp), (div, ppl) in zip(grid, close):
+        write_run(root / f"top_p={p},temperature={temp},seed=0", params={"top_p": p, "temperature": temp},
+                  metrics=m(div, ppl, **wide))
+    return root
+
+
+def test_frontier_numbers_never_overlap(tmp_path):
+    """Six settings within a few hundredths of each other: every point gets its table number, no two
+    numbers overlap, identical settings share one label."""
+    from decodebench.report import plots
+
+    rep = report.build_report([make_topp6(tmp_path / "sweep")])
+    drawn = {}
+    real = plots._png
+
+    def keep(fig, tight=True):
+        drawn["fig"] = fig
+        return real(fig, tight)
+
+    plots._png = keep
+    try:
+        assert plots.frontier(rep) is not None
+    finally:
+        plots._png = real
+    fig = drawn["fig"]
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts]
+    assert sorted(t.get_text() for t in labels) == ["1", "2", "3,4", "5", "6"]  # rows 3 and 4 tie on both
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    key = fig.texts[0].get_text().splitlines()
+    assert key[0].split() == ["#", "setting"] and len(key) == 7
+    assert key[1].split(None, 1) == ["1", rep.rows[0].label]  # the key names each number as the table does
+
+
 def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("chromium")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -178,16 +223,64 @@ def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def _need_chromium() -> None:
+    """CI sets DECODEBENCH_REQUIRE_BROWSER=1 (.ci/run), so there a missing browser fails instead of skipping."""
+    if shutil.which("chromium") is None:
+        if os.environ.get("DECODEBENCH_REQUIRE_BROWSER"):
+            pytest.fail("DECODEBENCH_REQUIRE_BROWSER is set but chromium is missing (scripts/setup.sh --browser)")
+        pytest.skip("needs Debian's chromium (bash scripts/setup.sh --browser, or apt-get install chromium)")
+
+
 def test_html_in_headless_browser(sweep, tmp_path):
+    _need_chromium()
     report.write_leaderboard([sweep], tmp_path / "out")
     page = (tmp_path / "out" / "leaderboard.html").as_uri()
-    shot = tmp_path / "page.png"
     dom = _chromium(["--virtual-time-budget=2000", "--dump-dom", page], tmp_path).stdout
     assert "<title>decodebench leaderboard</title>" in dom  # the payload did not rename the page
     body = re.search(r"<tbody>(.*?)</tbody>", dom, re.S).group(1)
     assert body.count("<tr") == 5 and "failed: RuntimeError: CUDA out of memory" in body
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in dom
     assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", dom)) == 3
-    _chromium([f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page], tmp_path)
-    assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_leaderboard_screenshot_of_a_six_point_sweep(tmp_path):
+    """What users see first, in a 1400-pixel-wide window. DECODEBENCH_SCREENSHOTS=DIR keeps the PNG there
+    for a person to look at."""
+    _need_chromium()
+    out = report.write_leaderboard([make_topp6(tmp_path / "sweep")], tmp_path / "out")
+    shot = tmp_path / "leaderboard.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1400,2200", "--hide-scrollbars",
+               Path(out["html"]).as_uri()], tmp_path)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1400
+    assert len(png) > 50_000  # a blank page is a few kB
+    keep = os.environ.get("DECODEBENCH_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "leaderboard-topp6.png")
+
+
+def test_wide_table_scrolls_with_the_setting_column_kept_in_view(tmp_path):
+    """The page scrolled sideways (a copy with a one-line script, which the real page's CSP forbids): the
+    table's right part moves, the #, ★ and setting columns on its left do not."""
+    _need_chromium()
+    import matplotlib.image as mpimg
+
+    out = report.write_leaderboard([make_topp6(tmp_path / "sweep")], tmp_path / "out", samples=0)
+    page = re.sub(r"<meta http-equiv='Content-Security-Policy'[^>]*>", "", Path(out["html"]).read_text())
+    shots = []
+    for left in (0, 700):
+        copy = tmp_path / f"scrolled-{left}.html"
+        copy.write_text(page.replace("</body>", f"<script>document.querySelector('.scroll').scrollLeft = {left};"
+                                                "</script></body>"))
+        shot = tmp_path / f"scrolled-{left}.png"
+        _chromium(["--virtual-time-budget=2000", f"--screenshot={shot}", "--window-size=1400,420",
+                   "--hide-scrollbars", copy.as_uri()], tmp_path)
+        shots.append(mpimg.imread(shot))
+    still, moved = shots
+    assert still.shape == moved.shape
+    # up to the end of the pinned setting column: the same pixels (a composited layer may shade text a
+    # few levels differently); past it, the metric columns did scroll
+    assert abs(still[:, :420] - moved[:, :420]).max() < 0.1
+    assert (abs(still[:, 500:] - moved[:, 500:]) > 0.25).mean() > 0.01
+

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from decodebench.config import conf_dir
 from decodebench import results
 from tests.conftest import ROOT, SHARED
 
@@ -23,14 +24,14 @@ def compose_score(overrides):
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name="score", overrides=list(overrides))
 
 
 @pytest.mark.skipif(not FILES, reason="../shared (released generations) is not beside the repository")
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_score_verb_on_every_shared_file(path, tmp_path):
-    from decodebench.score import score
+    from decodebench.cli.score import score
 
     cfg = compose_score([f"generations={path}", "scorers=text", "scorers.bootstrap.samples=0", "logger=none",
                          "progress=false"])

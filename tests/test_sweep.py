@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from decodebench import models, results, runner, sweep_exec
-from decodebench.__main__ import main as cli_main
-from decodebench.sweep_plan import make_plan
-from decodebench.preflight import add_grid_keys
+from decodebench import models, results, runner
+from decodebench.sweep import execute as sweep_exec
+from decodebench.cli.verbs import main as cli_main
+from decodebench.sweep.plan import make_plan
+from decodebench.cli.preflight import add_grid_keys
 from tests.conftest import compose as _compose
 
 # Full-length rows (min_new_tokens) so the comparison covers every step; 4 prompts x 2 samples per point;
@@ -40,7 +41,7 @@ def sweep(args, capsys=None):
 
 
 def tokens(run_dir) -> list:
-    return [(r["prompt_id"], r["sample_index"], r["token_ids"]) for r in results.read_generations(run_dir)]
+    return [(r.prompt_id, r.sample_index, r.token_ids) for r in results.read_generations(run_dir)]
 
 
 def point_dirs(d: Path) -> list[Path]:
@@ -107,6 +108,7 @@ def test_every_new_strategy_grid_plans():
     (["sweep.fuse=0"], "sweep.fuse must be >= 1"),
     (["-m"], "multirun"),
     (["hydra.run.dir=/tmp/x"], "sweep.dir=PATH"),
+    (["--config-dir"], "--config-dir needs a directory"),
     (["strategy=topq"], "did you mean"),
 ])
 def test_bad_input_is_one_line_before_the_model(args, expect, tmp_path, capsys, no_model):

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from decodebench.config import conf_dir
 from decodebench import models, results, runner
-from decodebench.__main__ import main as cli_main
+from decodebench.cli.verbs import main as cli_main
 from tests.test_sweep import one_thread  # noqa: F401  (autouse: one OpenMP thread for tiny matrices)
 
 TINY = ["model=tiny", "strategy.max_new_tokens=4", "dataset.limit=2", "logger=none", "progress=false",
@@ -59,11 +60,10 @@ def test_launcher_presets_compose(launcher, target):
     from hydra.core.global_hydra import GlobalHydra
 
     from decodebench.config import register_configs
-    from tests.conftest import ROOT
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
 
@@ -77,5 +77,5 @@ def test_multirun_through_submitit_local_executor(tmp_path, monkeypatch):
              monkeypatch)
     dirs = job_dirs(out)
     assert len(dirs) == 2 and all(results.is_complete(d) for d in dirs)
-    assert [results.read_generations(d)[0]["prompt_id"] for d in dirs] == ["story-001"] * 2
+    assert [results.read_generations(d)[0].prompt_id for d in dirs] == ["story-001"] * 2
     assert (out / ".submitit").is_dir()

@@ -40,7 +40,7 @@ def score_cfg(generations: Path, *extra: str):
 def test_crafted_run_dir_never_runs_its_code(tmp_path, capsys):
     """The run's config.yaml says trust_remote_code: true and names a model whose auto_map writes a marker on
     import. Scoring it refuses in one line; scoring it with text metrics works; the marker never appears."""
-    from decodebench import score
+    from decodebench.cli import score
     from decodebench.__main__ import main
 
     marker = tmp_path / "marker"
@@ -64,7 +64,7 @@ def test_crafted_run_dir_never_runs_its_code(tmp_path, capsys):
 
 
 def test_only_the_command_line_trusts_remote_code_and_says_which_dir_asked(tmp_path):
-    from decodebench import score
+    from decodebench.cli import score
 
     run = crafted_run_dir(tmp_path / "run", tmp_path / "marker")
     mcfg, asked = score._model_of_run(run / "generations.jsonl", score_cfg(run, "model.trust_remote_code=true"))
@@ -134,8 +134,8 @@ def test_two_sweeps_on_one_dir_one_refused_one_clean(tmp_path, capsys):
 
 
 def test_a_point_never_holds_metrics_and_error(tmp_path):
-    from decodebench import sweep_exec
-    from decodebench.sweep_plan import make_plan
+    from decodebench.sweep import execute as sweep_exec
+    from decodebench.sweep.plan import make_plan
 
     plan = make_plan(compose(TINY + ["strategy=topp", "sweep.grid.top_p=[0.5]", "~sweep.grid.temperature"]))
     ctx = sweep_exec.Context(plan, tmp_path, {}, None, None, [], {}, "g")
@@ -165,10 +165,10 @@ def test_seed_on_the_command_line_is_the_sweep_seed_and_points_equal_runs_alone(
 
 
 def test_shipped_grids_use_the_top_level_seed():
-    from decodebench.preflight import CONF_DIR
-    from decodebench.sweep_plan import make_plan
+    from decodebench.config import conf_dir
+    from decodebench.sweep.plan import make_plan
 
-    for f in sorted((CONF_DIR / "sweep").glob("*.yaml")):
+    for f in sorted((conf_dir() / "sweep").glob("*.yaml")):
         plan = make_plan(compose(["model=tiny", f"strategy={f.stem}", "seed=7"]))
         assert plan.seeds == [7] and all(p.seed == 7 for p in plan.points), f.name
 

@@ -173,7 +173,7 @@ class ScorerPlan:
         """The resolved options of every scorer, and the bootstrap settings, for the run's records."""
         return {**{s.name: dict(o) for s, o in self.entries}, "bootstrap": dict(self.bootstrap)}
 
-    def score(self, records: list[dict], *, model=None, tokenizer=None, device=None, seed: int = 0,
+    def score(self, records: list, *, model=None, tokenizer=None, device=None, seed: int = 0,
               progress: bool = True, models: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, float]:
         """`model`/`tokenizer`: the model that generated; `models`: the other scoring models, by the
         name in the scorers' `model` option (see `scoring_models()`)."""

@@ -1,18 +1,15 @@
 """Generation records from disk: a run's `generations.jsonl`, a plain JSON list, or the released
 prefix/reference/generated_result files (one generation per run under "0", "1", ...).
 
-A record is a dict with `prompt_id`, `prompt`, `prompt_token_ids`, `sample_index`, `text`, `token_ids`,
-`num_tokens`, `finish_reason`, `reference` (None where the source has no such field).
+A record is a `decodebench.results.GenerationRecord` (None where the source has no such field).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from decodebench.results import GenerationRecord
 
-RECORD_FIELDS = ("prompt_id", "prompt", "prompt_token_ids", "sample_index", "text", "token_ids",
-                 "num_tokens", "finish_reason", "reference")
 # Field names of the released files (Su & Collier), used when the default names are absent.
 RELEASED = {"text": "generated_result", "prompt": "prefix_text", "reference": "reference_text"}
 
@@ -60,7 +57,7 @@ def _field(items: list[dict], name: str, default: str) -> str:
 
 def load_generations(path: str | Path, *, text_field: str = "text", prompt_field: str = "prompt",
                      reference_field: str = "reference", id_field: str = "prompt_id",
-                     sample_field: str = "sample_index") -> list[dict]:
+                     sample_field: str = "sample_index") -> list[GenerationRecord]:
     """Records from a JSONL/JSON file. A text field holding an object of runs ({"0": str, "1": str})
     gives one record per run with `sample_index` = int(key). A missing id field numbers the prompts by
     position; a missing sample field means sample 0; missing prompt/reference fields give None."""
@@ -87,8 +84,9 @@ def load_generations(path: str | Path, *, text_field: str = "text", prompt_field
                 sample = int(sample)
             except (TypeError, ValueError):
                 raise ValueError(f"record {i} in {path}: sample index {sample!r} is not an integer") from None
-            record: dict[str, Any] = {k: item.get(k) for k in RECORD_FIELDS}
-            record.update(prompt_id=item[id_field] if has_ids[i] else i, prompt=item.get(prompt_key),
-                          reference=item.get(ref_key), sample_index=sample, text=text)
-            records.append(record)
+            records.append(GenerationRecord(
+                prompt_id=item[id_field] if has_ids[i] else i, prompt=item.get(prompt_key),
+                prompt_token_ids=item.get("prompt_token_ids"), sample_index=sample, text=text,
+                token_ids=item.get("token_ids"), num_tokens=item.get("num_tokens"),
+                finish_reason=item.get("finish_reason"), reference=item.get(ref_key)))
     return records

@@ -20,11 +20,16 @@ class Group:
     pos: np.ndarray
 
 
-def normalize_records(records: list[dict]) -> list[dict]:
+def normalize_records(records: list) -> list[dict]:
+    """GenerationRecords (or plain dicts with the same keys) -> dicts the scoring code reads."""
+    from decodebench.results import GenerationRecord
+
     if not isinstance(records, list) or not records:
         raise ValueError("no generation records to score")
     out, seen = [], set()
     for i, record in enumerate(records):
+        if isinstance(record, GenerationRecord):
+            record = record.to_json()
         if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
             raise ValueError(f"record {i} has no string 'text' field")
         r = dict(record)

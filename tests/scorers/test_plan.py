@@ -52,7 +52,7 @@ def test_shipped_configs_resolve(name):
     plan = resolve_scorers(cfg)
     assert plan.needs_model == (name != "text")
     assert plan.needs_references == (name == "all")
-    assert "perplexity" in plan.names or name == "text"
+    assert ("perplexity" in plan.names) == (name != "text")
 
 
 def test_higher_is_better():
@@ -137,19 +137,20 @@ def test_load_generations_formats(tmp_path):
     jsonl = tmp_path / "generations.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     records = load_generations(jsonl)
-    assert records[0] == rows[0] and records[1]["token_ids"] is None and records[1]["sample_index"] == 0
+    assert records[0].to_json() == {**rows[0], "category": None} and records[1].token_ids is None
+    assert records[1].sample_index == 0
 
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps([{"output": "x y", "context": "c", "gold": "g", "seed": 2}]))
     records = load_generations(plain, text_field="output", prompt_field="context", reference_field="gold",
                                sample_field="seed")
-    assert records[0]["text"] == "x y" and records[0]["prompt"] == "c" and records[0]["reference"] == "g"
-    assert records[0]["sample_index"] == 2 and records[0]["prompt_id"] == 0
+    assert records[0].text == "x y" and records[0].prompt == "c" and records[0].reference == "g"
+    assert records[0].sample_index == 2 and records[0].prompt_id == 0
 
     released = tmp_path / "released.json"
     released.write_text(json.dumps([{"prefix_text": "p", "reference_text": "r", "generated_result": {"0": "a", "1": "b"}}]))
     records = load_generations(released)
-    assert [(r["prompt"], r["reference"], r["sample_index"], r["text"]) for r in records] == [
+    assert [(r.prompt, r.reference, r.sample_index, r.text) for r in records] == [
         ("p", "r", 0, "a"), ("p", "r", 1, "b")]
 
 

@@ -30,9 +30,9 @@ def percent(x: float) -> float:
 def test_diversity_and_length_of_every_run(webtext, method):
     per_run, mean_diversity, mean_length = PUBLISHED[method]
     records = load_generations(webtext / f"{method}.json")
-    runs = sorted({r["sample_index"] for r in records})
+    runs = sorted({r.sample_index for r in records})
     assert len(runs) == len(per_run)
-    got = [percent(PLAN.score([r for r in records if r["sample_index"] == s], progress=False)["diversity"])
+    got = [percent(PLAN.score([r for r in records if r.sample_index == s], progress=False)["diversity"])
            for s in runs]
     assert got == per_run
     overall = PLAN.score(records, progress=False)
@@ -44,7 +44,7 @@ def test_diversity_and_length_of_every_run(webtext, method):
 
 @pytest.mark.parametrize("method", sorted(FIRST_RUN_REP))
 def test_rep_n_of_first_run(webtext, method):
-    records = [r for r in load_generations(webtext / f"{method}.json") if r["sample_index"] == 0]
+    records = [r for r in load_generations(webtext / f"{method}.json") if r.sample_index == 0]
     m = PLAN.score(records, progress=False)
     assert (percent(m["rep_2"]), percent(m["rep_3"]), percent(m["rep_4"])) == FIRST_RUN_REP[method]
 
@@ -59,7 +59,7 @@ def test_human_reference_diversity(webtext):
 def test_plain_protocol_counts_every_ngram(webtext):
     """The `plain` option counts each text's last n-gram too and does not round: close to, not equal to,
     the published figures."""
-    records = [r for r in load_generations(webtext / "greedy.json") if r["sample_index"] == 0]
+    records = [r for r in load_generations(webtext / "greedy.json") if r.sample_index == 0]
     plain = resolve_scorers({"names": ["rep"], "rep": {"protocol": "plain"}, "bootstrap": {"samples": 0}})
     m = plain.score(records, progress=False)
     assert percent(m["rep_2"]) != 65.04 and abs(m["rep_2"] - 0.6504) < 0.002

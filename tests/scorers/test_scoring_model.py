@@ -20,6 +20,7 @@ def plan(names, **options):
 
 
 def pooled_perplexity(model, tokenizer, records, field="text") -> float:
+    records = [r.to_json() if isinstance(r, results.GenerationRecord) else r for r in records]
     logps = [independent_logprobs(model, tokenizer, r["prompt"], r[field]) for r in records]
     return math.exp(-sum(lp.sum() for lp in logps) / sum(lp.size for lp in logps))
 
@@ -103,7 +104,7 @@ def test_an_override_needs_no_generating_model(lm_records, other_dir, other):
 
 
 def test_run_end_to_end_scores_under_the_named_model(tmp_path, other_dir, other):
-    from decodebench.cli import run
+    from decodebench.cli.entry import run
 
     common = ["model=tiny", "scorers.names=[perplexity]", "logger=none", "progress=false", "dataset.limit=2",
               "strategy.max_new_tokens=4"]

@@ -62,7 +62,7 @@ def test_self_bleu_equals_nltk_on_a_small_set(webtext):
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     records = load_generations(webtext / "topk.json")[:40]
-    texts = [r["text"].split() for r in records] + [[], ["a"], ["The", "The"], ["a", "b", "c"]]
+    texts = [r.text.split() for r in records] + [[], ["a"], ["The", "The"], ["a", "b", "c"]]
     smooth = SmoothingFunction().method1
     expected = [sentence_bleu(texts[:i] + texts[i + 1:], texts[i], weights=(0.25,) * 4, smoothing_function=smooth)
                 for i in range(len(texts))]
@@ -107,7 +107,7 @@ def _documented_formula(texts):
 
 @pytest.mark.parametrize("n", [1, 7, 300])
 def test_compression_ratio_equals_the_diversity_package(webtext, n):
-    texts = [r["text"] for r in load_generations(webtext / "beam.json")[:n]] + ["", "é ü"]
+    texts = [r.text for r in load_generations(webtext / "beam.json")[:n]] + ["", "é ü"]
     assert compression_ratio(texts) == _documented_formula(texts)
     package = _diversity_package_compression()
     if package is None:

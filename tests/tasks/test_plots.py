@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decodebench.report import Report, Row, Stat
-from decodebench.report_plots import render
+from decodebench.report.plots import render
 from decodebench.tasks.plots import accuracy_vs_diversity, task_metrics
 
 ACC = "task/arith/exact_match/strict-match"

@@ -21,12 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import models, results, wandb_sink
-from decodebench.config import ConfigError, check_device, check_logger, check_seed, prefix_key, register_configs
+from decodebench.config import ConfigError, check_device, check_logger, check_seed, conf_dir, prefix_key, register_configs
 from decodebench.dirlock import DirLock
 
 log = logging.getLogger("decodebench")
 register_configs()
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _generations_path(p: str) -> Path:
@@ -103,7 +102,7 @@ def prepare(cfg: DictConfig):
                                    sample_field=cfg.sample_field)
     except ValueError as e:
         raise ConfigError(f"generations: {e}") from None
-    if plan.needs_references and not any(r.get("reference") for r in records):
+    if plan.needs_references and not any(r.reference for r in records):
         raise ConfigError(f"generations: {path} has no references, which the chosen scorers need; "
                           "set reference_field=<field> or choose scorers without references")
     if plan.needs_model:
@@ -140,11 +139,12 @@ def score(cfg: DictConfig, run_dir: str) -> dict:
         results.write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         results.write_json_atomic(Path(run_dir) / results.METRICS, metrics)
     res = {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records), "generations": str(path)}
-    wandb_sink.log_run(cfg, run_dir, metrics, records, job_type="score")
+    wandb_sink.log_run(OmegaConf.to_container(cfg.logger, resolve=True), results.read_run(run_dir), records,
+                       job_type="score")
     return res
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="score")
 def hydra_main(cfg: DictConfig) -> None:
     import json
 
@@ -165,7 +165,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main(args: list[str]) -> None:
-    from decodebench.preflight import check
+    from decodebench.cli.preflight import check
 
     if not any(a.split("=", 1)[0] == "generations" for a in args):
         print("error: generations: missing; give generations=PATH (a generations.jsonl, run directory or JSON file)",

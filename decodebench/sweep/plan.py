@@ -30,7 +30,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results
-from decodebench.config import ConfigError, StrategyConfig, check_seed, validate
+from decodebench.config import ConfigError, StrategyConfig, check_seed, conf_dir, validate
 # Sampling-only parameters (the table's warpers): no effect on rows with do_sample=false.
 from decodebench.decoding.params import PARAMS, SAMPLING_ONLY
 
@@ -99,12 +99,10 @@ def point_name(values: dict[str, Any], seed: int) -> str:
 
 
 def _check_grid(cfg: DictConfig) -> tuple[dict[str, list], list[int]]:
-    from decodebench.preflight import CONF_DIR
-
     strategy = str(cfg.strategy.name)
     raw = OmegaConf.to_container(cfg.sweep.grid, resolve=True) or {}
     if not raw:
-        has_file = (CONF_DIR / "sweep" / f"{strategy}.yaml").is_file()
+        has_file = (conf_dir() / "sweep" / f"{strategy}.yaml").is_file()
         why = "its grid is empty" if has_file else f"there is no conf/sweep/{strategy}.yaml"
         raise ConfigError(f"sweep.grid: strategy {strategy} has no grid ({why}); give values on the command line, "
                           f"e.g. sweep.grid.temperature=[0.7,1.0]")

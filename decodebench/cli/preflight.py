@@ -12,13 +12,15 @@ from typing import Optional
 
 from decodebench.registry import did_you_mean
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "dataset", "strategy", "logger", "scorers", "sweep")
 
 
-def group_options(group: str) -> list[str]:
-    d = CONF_DIR / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+def group_options(group: str, dirs: Optional[list[Path]] = None) -> list[str]:
+    """The options of a config group in decodebench's configs and the user's config dirs (`user_dirs`)."""
+    from decodebench.config import conf_dir
+
+    found = [p.stem for d in [conf_dir(), *(dirs or [])] for p in (d / group).glob("*.yaml")]
+    return sorted(set(found))
 
 
 def _flag_free(args: list[str]) -> tuple[list[str], bool]:
@@ -40,14 +42,34 @@ def _flag_free(args: list[str]) -> tuple[list[str], bool]:
     return out, multirun
 
 
-def search_path(args: list[str]) -> list[str]:
-    """What lets the check see the configs Hydra will: `--config-dir DIR` and `hydra.searchpath=[...]`."""
+def _search_entries(args: list[str]) -> list[str]:
+    """The search path the command line gives Hydra: `hydra.searchpath=[...]` entries, then `--config-dir`s."""
+    entries = []
+    for a in args:
+        if a.startswith("hydra.searchpath="):
+            items = (i.strip().strip("'\"") for i in a.split("=", 1)[1].strip().strip("[]").split(","))
+            entries += [i for i in items if i]
     dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
     dirs += [a.split("=", 1)[1] for a in args if a.startswith(("--config-dir=", "-cd="))]
-    given = [a for a in args if a.startswith("hydra.searchpath=")]
-    if dirs and not given:
-        given = ["hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in dirs) + "]"]
-    return given
+    return entries + [f"file://{Path(d).resolve()}" for d in dirs]
+
+
+def user_dirs(args: list[str]) -> Optional[list[Path]]:
+    """The user's config dirs (`--config-dir`, `file://` entries of `hydra.searchpath`), relative to the
+    working directory as Hydra reads them; None when the search path holds something else (`pkg://`),
+    whose options this check cannot list."""
+    out: list[Path] = []
+    for item in _search_entries(args):
+        if not item.startswith("file://"):
+            return None
+        out.append(Path(item.removeprefix("file://")).expanduser())
+    return out
+
+
+def search_path(args: list[str]) -> list[str]:
+    """What lets the check see the configs Hydra will: `--config-dir DIR` and `hydra.searchpath=[...]`."""
+    entries = _search_entries(args)
+    return ["hydra.searchpath=[" + ",".join(entries) + "]"] if entries else []
 
 
 def add_grid_keys(overrides: list[str]) -> list[str]:
@@ -55,15 +77,17 @@ def add_grid_keys(overrides: list[str]) -> list[str]:
     return ["++" + a if a.startswith("sweep.grid.") and "=" in a else a for a in overrides]
 
 
-def unknown_option(args: list[str]) -> Optional[str]:
+def unknown_option(args: list[str], dirs: Optional[list[Path]] = ()) -> Optional[str]:
+    """An option of a config group that no config dir holds; `dirs` None: the user's search path cannot
+    be listed, so leave group options to Hydra."""
     for a in args:
         if "=" not in a and a.startswith("~") and len(a) > 1:
             continue  # Hydra's delete: ~key
         if "=" not in a:
             return f"unexpected argument {a!r}; overrides look like key=value (e.g. strategy=topp)"
         key, val = a.lstrip("+~").split("=", 1)
-        if key in GROUPS:
-            opts = group_options(key)
+        if key in GROUPS and dirs is not None:
+            opts = group_options(key, dirs)
             for v in val.split(","):
                 if v and v not in opts:
                     return did_you_mean(f"{key} (set {key}=<name>)", v, opts)
@@ -89,11 +113,11 @@ def _compose(overrides: list[str], config_name: str = "config"):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from decodebench.config import register_configs
+    from decodebench.config import conf_dir, register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
 
 
@@ -122,26 +146,36 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
     return out
 
 
-def compose_checked(args: list[str], config_name: str = "config", prepare=None):
-    """(cfg, None) or (None, one-line error). `prepare(cfg)` runs the checks that need no model."""
+def prepare_checked(args: list[str], config_name: str = "config", prepare=None):
+    """(cfg, prepare(cfg), None) or (None, None, one-line error). `prepare(cfg)` runs the checks that need
+    no model; what it returns (a run's or a sweep's plan) is handed on, so it is made once."""
     overrides, multirun = _flag_free(args)
     overrides = add_grid_keys(overrides)
-    err = unknown_option(overrides)
+    dirs = user_dirs(args)
+    missing = [d for d in dirs or [] if not d.is_dir()]
+    if missing:
+        return None, None, (f"hydra.searchpath: config directory {missing[0]} does not exist (searched from "
+                            f"{Path.cwd()}); give --config-dir DIR or hydra.searchpath=[file://DIR] with a "
+                            f"directory that holds your configs")
+    err = unknown_option(overrides, dirs)
     if err:
-        return None, err
+        return None, None, err
     overrides = search_path(args) + overrides
     if prepare is None:
         from decodebench.runner import prepare
-    cfg = None
+    cfg = prepared = None
     try:
         for ov in _variants(overrides, multirun):
             cfg = _compose(ov, config_name)
-            prepare(cfg)
+            prepared = prepare(cfg)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
         from decodebench.config import ConfigError
 
-        return None, (str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e))
-    return cfg, output_dirs_error(args, multirun)
+        msg = str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e)
+        return None, None, msg
+    if err := output_dirs_error(args, multirun):
+        return None, None, err
+    return cfg, prepared, None
 
 
 def output_dirs_error(args: list[str], multirun: bool) -> Optional[str]:
@@ -154,6 +188,34 @@ def output_dirs_error(args: list[str], multirun: bool) -> Optional[str]:
         k, _, v = a.lstrip("+").partition("=")
         if k == key and v and "${" not in v:
             return check_writable_dir(key, v)
+    return None
+
+
+def compose_checked(args: list[str], config_name: str = "config", prepare=None):
+    """(cfg, None) or (None, one-line error): `prepare_checked` without what `prepare` returned."""
+    cfg, _, err = prepare_checked(args, config_name, prepare)
+    return cfg, err
+
+
+# What prepare_checked made for the run verb's config, until the run takes it (a multirun's other jobs,
+# whose configs differ, prepare their own).
+_PREPARED: dict = {}
+
+
+def hand_over(cfg, prepared) -> None:
+    """Keep the RunPlan made for `cfg`, so the run does not load the dataset and check everything again."""
+    from omegaconf import OmegaConf
+
+    _PREPARED.clear()
+    _PREPARED["key"], _PREPARED["plan"] = OmegaConf.to_container(cfg, resolve=False), prepared
+
+
+def prepared_for(cfg):
+    """The RunPlan handed over for exactly this config, once; else None."""
+    from omegaconf import OmegaConf
+
+    if _PREPARED and _PREPARED["key"] == OmegaConf.to_container(cfg, resolve=False):
+        return _PREPARED.pop("plan")
     return None
 
 

@@ -1,9 +1,7 @@
-"""Leaderboard over run and sweep directories: markdown, CSV and a self-contained HTML page with plots.
-
-    python -m decodebench report PATH [PATH...] [--sort METRIC] [--pareto QUALITY,DIVERSITY] [--out DIR]
-                                                [--samples N]
+"""The leaderboard's model: run directories -> rows (one per setting, seeds pooled) -> sorted, Pareto-marked.
 
 The report is a view of the result records on disk (decodebench.results); it never reruns or rescores.
+The views (decodebench.report.markdown, .html_page, .csv_table, .plots) read a `Report` and nothing else.
 
 Rows. Every directory (PATH itself, or up to `MAX_DEPTH` levels below it) that holds `metrics.json` is a
 complete run; one that holds `error.json`, or `run.json` without `metrics.json`, is a failed (or
@@ -21,42 +19,21 @@ direction); best first, failed rows last. Pareto: `--pareto QUALITY,DIVERSITY` (
 `:max`/`:min`; default perplexity:min vs diversity:max when both exist, else mauve vs diversity) marks
 with ★ the rows that no other row beats on both. Perplexity has no arrow (degenerate text has low
 perplexity too) but ranks lower-first (`RANKING_ONLY`).
-
-Files written to `--out` (default: the single PATH given, else the current directory):
-
-- `leaderboard.md`: the table, failed points, sample generations (fenced blocks; `|` and newlines
-  escaped in table cells). Plots live in the HTML only.
-- `leaderboard.csv`: one row per setting, plain numbers, empty cell = missing. Columns: `rank`,
-  `setting`, `strategy`, `status` (ok | failed), `pareto` (1 | 0 | empty when no pair), `n_seeds`,
-  `seeds` (space-separated), one column per varying setting key, then for every metric `m`:
-  `m_mean`, `m_std` (over seeds; empty with one seed), `m_ci_low`, `m_ci_high` (the run's own
-  interval; one-seed rows only); then `error` and `runs` (run directories, `;`-separated).
-- `leaderboard.html`: one file, no scripts, no network: the table, plots as base64 PNG (quality-diversity
-  frontier, each key metric against each swept numeric parameter, tokens_per_s per setting) and sample
-  generations in `<details>`. All text from runs, models and datasets is HTML-escaped.
-
-The last line printed to stdout is JSON: {"leaderboard": {"markdown", "csv", "html"}, "rows", "failed"}.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import math
-import re
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from decodebench import results
 from decodebench.registry import did_you_mean
+from decodebench.report.runs import NEUTRAL_KEYS, Run, find_runs
 
-MAX_DEPTH = 3
-NEUTRAL_KEYS = ("seed",)  # runs that differ only here are one row
-TOP_SETTING_KEYS = ("batch_size", "device", "dtype")
-SETTING_GROUPS = ("strategy", "model", "dataset")
 # Run statistics the scorer registry does not know: which way is better.
 RUN_METRIC_DIRECTION = {
     "tokens_per_s": True, "prefill_tokens_per_s": True, "wall_time_s": False, "generation_time_s": False,
@@ -69,19 +46,6 @@ RANKING_ONLY = {"perplexity": False, "reference_perplexity": False}
 BOOKKEEPING = {"mauve_num_buckets", "mauve_num_pairs", "generated_tokens", "generation_time_s",
                "tokens_processed_per_token"}
 COMPANIONS = ("_std", "_ci_low", "_ci_high", "_stderr")  # _stderr: lm-eval task metrics
-OUTPUTS = {"markdown": "leaderboard.md", "csv": "leaderboard.csv", "html": "leaderboard.html"}
-
-
-@dataclass
-class Run:
-    """One run directory (or failed grid point) as read from disk."""
-
-    dir: Path
-    strategy: str
-    settings: dict[str, Any]  # flat dotted keys: strategy.top_p, model.name_or_path, batch_size, ...
-    seed: Optional[int]
-    metrics: dict[str, float]
-    error: Optional[str] = None
 
 
 @dataclass
@@ -125,99 +89,6 @@ class Report:
     def shown_metrics(self) -> list[str]:
         return [m for m in self.metrics if m not in BOOKKEEPING]
 
-
-# ---------------------------------------------------------------- reading runs
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _settings_of(d: Path) -> tuple[str, dict[str, Any], Optional[int]]:
-    """(strategy name, flat settings, seed) from config.yaml, else run.json."""
-    import yaml
-
-    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else None
-    info = _read_json(d / "run.json") if (d / "run.json").is_file() else {}
-    settings: dict[str, Any] = {}
-    if isinstance(cfg, dict):
-        for group in SETTING_GROUPS:
-            if isinstance(cfg.get(group), dict):
-                settings.update(_flatten(cfg[group], f"{group}."))
-        settings.update({k: cfg[k] for k in TOP_SETTING_KEYS if k in cfg})
-        if "generations" in cfg and "strategy" not in cfg:  # a `score` verb directory
-            settings["strategy.name"] = f"scored:{Path(str(cfg['generations'])).name}"
-    elif info:
-        st = info.get("strategy") or {}
-        settings.update(_flatten({k: v for k, v in st.items() if k not in ("params", "search")}, "strategy."))
-        settings.update(_flatten({**(st.get("search") or {}), **(st.get("params") or {})}, "strategy."))
-        settings.update({k: info[k] for k in ("device", "dtype", "batch_size") if k in info})
-        if "model" in info:
-            settings["model.name_or_path"] = info["model"]
-    seed = (cfg or {}).get("seed", info.get("seed"))
-    name = settings.pop("strategy.name", None) or "?"
-    return str(name), settings, seed
-
-
-def _point_settings(point: dict) -> dict[str, Any]:
-    """A grid point's settings ({"top_p": 0.8} or {"strategy.top_p": 0.8}) as flat dotted keys."""
-    out = {}
-    for k, v in _flatten(point).items():
-        k = str(k).lstrip("+~")
-        k = "strategy.name" if k == "strategy" else k
-        out[k if "." in k or k in TOP_SETTING_KEYS + NEUTRAL_KEYS else f"strategy.{k}"] = v
-    return out
-
-
-def _one_line(text: Any) -> str:
-    lines = [s.strip() for s in str(text).strip().splitlines() if s.strip()]
-    return lines[-1] if lines else "(no message)"
-
-
-def read_run(d: Path) -> Run:
-    """One directory: a complete run, a failed point (error.json), or an unfinished run."""
-    name, settings, seed = _settings_of(d)
-    if (d / "metrics.json").is_file():
-        metrics = {k: float(v) for k, v in _read_json(d / "metrics.json").items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return Run(d, name, settings, seed, metrics)
-    if (d / "error.json").is_file():
-        err = _read_json(d / "error.json")
-        point = _point_settings(err.get("point") or {})
-        seed = point.pop("seed", seed)
-        name = str(point.pop("strategy.name", None) or name)
-        error = _one_line(err.get("error", "(no message)"))
-        return Run(d, name, {**settings, **point}, seed, {}, error)
-    return Run(d, name, settings, seed, {}, "unfinished: no metrics.json (still running, or killed)")
-
-
-def _is_result_dir(d: Path) -> bool:
-    return any((d / f).is_file() for f in ("metrics.json", "error.json", "run.json"))
-
-
-def _natural(p: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
-
-
-def find_runs(path: Path, depth: int = MAX_DEPTH) -> list[Run]:
-    """Every run and failed point at or below `path`, in natural directory order."""
-    if _is_result_dir(path):
-        return [read_run(path)]
-    if depth == 0:
-        return []
-    children = sorted((c for c in path.iterdir() if c.is_dir() and not c.name.startswith(".")), key=_natural)
-    return [run for c in children for run in find_runs(c, depth - 1)]
 
 
 # ---------------------------------------------------------------- runs -> rows
@@ -408,26 +279,21 @@ def sort_rows(rows: list[Row], sort: Optional[tuple[str, bool]]) -> list[Row]:
 def read_samples(run: Run, n: int, prompt_ids: list) -> list[dict]:
     """Up to n records of a run: the first record of each wanted prompt id, topped up with the first
     records of other prompts."""
-    path = run.dir / "generations.jsonl"
-    if n <= 0 or not path.is_file():
+    if n <= 0 or not (run.dir / results.GENERATIONS).is_file():
         return []
     wanted, first = {}, []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            pid = rec.get("prompt_id")
-            if pid in prompt_ids and pid not in wanted:
-                wanted[pid] = rec
-            elif pid not in prompt_ids and len(first) < n:
-                first.append(rec)
-            if len(wanted) == len(prompt_ids) and len(first) >= n:
-                break
+    for rec in results.iter_generations(run.dir):
+        pid = rec.prompt_id
+        if pid in prompt_ids and pid not in wanted:
+            wanted[pid] = rec
+        elif pid not in prompt_ids and len(first) < n:
+            first.append(rec)
+        if len(wanted) == len(prompt_ids) and len(first) >= n:
+            break
     picked = [wanted[p] for p in prompt_ids if p in wanted][:n]
     picked += first[: n - len(picked)]
     keep = ("prompt_id", "sample_index", "prompt", "text", "num_tokens", "finish_reason")
-    return [{k: r.get(k) for k in keep} for r in picked]
+    return [{k: getattr(r, k) for k in keep} for r in picked]
 
 
 def attach_samples(rows: list[Row], n: int) -> None:
@@ -439,7 +305,6 @@ def attach_samples(rows: list[Row], n: int) -> None:
     ids = list(dict.fromkeys(s["prompt_id"] for s in lead))
     for r in ok:
         r.samples = read_samples(r.runs[0], n, ids)
-
 
 # ---------------------------------------------------------------- the report
 
@@ -466,93 +331,43 @@ def build_report(paths: list, *, sort: Optional[str] = None, pareto: Optional[st
     return Report(rows, metrics, sort_spec, pareto_spec, swept_params(rows), [str(p) for p in paths])
 
 
-# ---------------------------------------------------------------- CSV
+# ---------------------------------------------------------------- words the views share
 
 
-def csv_records(report: Report) -> list[dict[str, Any]]:
-    """The CSV rows as plain dicts (None = empty cell); also what write_leaderboard returns."""
-    keys = list(dict.fromkeys(k for r in report.rows for k in r.setting))
-    out = []
-    for rank, r in enumerate(report.rows, 1):
-        rec: dict[str, Any] = {"rank": rank, "setting": r.label, "strategy": r.strategy,
-                               "status": "ok" if r.ok else "failed",
-                               "pareto": None if r.pareto is None else int(r.pareto),
-                               "n_seeds": len(r.runs), "seeds": " ".join(map(str, r.seeds))}
-        rec.update({k: r.setting.get(k) for k in keys})
-        for m in report.metrics:
-            s = r.stats.get(m)
-            rec.update({f"{m}_mean": s and s.mean, f"{m}_std": s and s.std, f"{m}_ci_low": s and s.lo,
-                        f"{m}_ci_high": s and s.hi})
-        rec["error"] = r.error
-        rec["runs"] = ";".join(str(x.dir) for x in r.runs)
-        out.append(rec)
-    return out
+def fmt_stat(s: Optional[Stat], spread: str = "{}") -> str:
+    """'mean ± std' over seeds, or 'mean [lo, hi]' (one run's interval); `spread` wraps the second part."""
+    if s is None:
+        return ""
+    if s.std is not None:
+        return f"{s.mean:.4g} " + spread.format(f"± {s.std:.2g}")
+    if s.lo is not None and s.hi is not None:
+        return f"{s.mean:.4g} " + spread.format(f"[{s.lo:.4g}, {s.hi:.4g}]")
+    return f"{s.mean:.4g}"
 
 
-def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    cols = list(dict.fromkeys(k for rec in records for k in rec))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for rec in records:
-            w.writerow({k: "" if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                        for k, v in rec.items()})
+def _better(up: bool) -> str:
+    return "higher is better" if up else "lower is better"
 
 
-# ---------------------------------------------------------------- public API
+def describe(report: Report) -> str:
+    """One plain-text line: what the table holds, how it is sorted, what ★ means."""
+    n_runs = sum(len(r.runs) for r in report.rows if r.ok)
+    failed = sum(not r.ok for r in report.rows)
+    n_set = len(report.rows) - failed
+    parts = [f"{n_runs} run{'s' * (n_runs != 1)} in {n_set} setting{'s' * (n_set != 1)}"
+             + (f", {failed} failed" if failed else "")]
+    if report.sort:
+        parts.append(f"sorted by {report.sort[0]} ({'highest' if report.sort[1] else 'lowest'} first)")
+    if report.pareto:
+        q, q_up, d, d_up = report.pareto
+        parts.append(f"★ = Pareto-optimal on {q} ({_better(q_up)}) and {d} ({_better(d_up)})")
+    parts.append("values: mean ± std over seeds, or a single seed's value [its confidence interval]")
+    return "; ".join(parts) + "."
 
 
-def write_leaderboard(paths, out_dir=None, *, sort: Optional[str] = None, pareto: Optional[str] = None,
-                      samples: int = 3) -> dict:
-    """Write leaderboard.md, .csv and .html for run/sweep directories `paths` (a path or a list).
-
-    Returns {"markdown", "csv", "html": paths of the files, "rows": the CSV records}. Raises ValueError
-    (one line) when nothing is found or a metric name is unknown."""
-    from decodebench.report_html import format_html, format_markdown
-
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    report = build_report(paths, sort=sort, pareto=pareto, samples=samples)
-    if out_dir is None:
-        out_dir = paths[0] if len(paths) == 1 and Path(paths[0]).is_dir() else "."
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {k: out / v for k, v in OUTPUTS.items()}
-    records = csv_records(report)
-    files["markdown"].write_text(format_markdown(report), encoding="utf-8")
-    write_csv(files["csv"], records)
-    files["html"].write_text(format_html(report), encoding="utf-8")
-    return {**{k: str(v) for k, v in files.items()}, "rows": records}
+def _any_failed(report: Report) -> bool:
+    return any(not r.ok for r in report.rows)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage block + message is several lines; one is the rule
-        print(f"error: report: {message}; see python -m decodebench report --help", file=sys.stderr)
-        sys.exit(2)
-
-
-def main(argv: list[str]) -> None:
-    ap = _Parser(prog="python -m decodebench report",
-                                 description="Leaderboard (markdown, CSV, HTML) over run and sweep directories.")
-    ap.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories")
-    ap.add_argument("--sort", metavar="METRIC[:max|:min]", help="default: diversity, else a quality metric")
-    ap.add_argument("--pareto", metavar="QUALITY,DIVERSITY", help="default: perplexity,diversity or mauve,diversity")
-    ap.add_argument("--out", metavar="DIR", help="default: the single PATH given, else the current directory")
-    ap.add_argument("--samples", type=int, default=3, metavar="N", help="sample generations per row (default 3)")
-    args = ap.parse_args(argv)
-    if args.samples < 0:
-        ap.error(f"--samples must be >= 0, got {args.samples}")
-    if args.out is not None:
-        from decodebench.results import check_writable_dir
-
-        err = check_writable_dir("--out", args.out)
-        if err:
-            ap.error(err)
-    try:
-        res = write_leaderboard(args.paths, args.out, sort=args.sort, pareto=args.pareto, samples=args.samples)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    failed = sum(r["status"] == "failed" for r in res["rows"])
-    print(f"report: {len(res['rows'])} rows ({failed} failed) -> {res['markdown']}, {res['csv']}, {res['html']}")
-    print(json.dumps({"leaderboard": {k: res[k] for k in OUTPUTS}, "rows": len(res["rows"]), "failed": failed}),
-          flush=True)
+def _status(r: Row) -> str:
+    return "ok" if r.ok else f"failed: {r.error}"

@@ -12,7 +12,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from decodebench.report import Report, Row
+    from decodebench.report.model import Report, Row
 
 KEY_METRICS = ("mauve", "perplexity", "diversity", "rep_2", "tokens_per_s", "gen_length")
 MAX_PANELS = 6
@@ -42,37 +42,89 @@ def _better(up: bool) -> str:
 
 
 def frontier(report: "Report") -> Optional[Plot]:
-    """Quality against diversity, one labelled point per setting, a line through the Pareto front."""
+    """Quality against diversity, one point per setting numbered as the table's # column (the key beside
+    the plot names them), a line through the Pareto front. Settings close together in a sweep land on top
+    of each other; their numbers are placed where they cover no other number or point."""
     if report.pareto is None:
         return None
     q, q_up, d, d_up = report.pareto
+    rank = {id(r): i for i, r in enumerate(report.rows, 1)}
     rows = [r for r in report.rows if r.ok and q in r.stats and d in r.stats]
     if not rows:
         return None
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 5.2))
+    key_lines = [f"{rank[id(r)]:>3}  {r.label}" for r in rows]
+    width = 7.5 + min(4.0, 0.065 * max(len(s) for s in key_lines))
+    fig = Figure(figsize=(width, max(5.2, 0.8 + 0.15 * len(rows))))
     ax = fig.subplots()
+    fig.subplots_adjust(left=0.7 / width, right=6.9 / width, bottom=0.6 / fig.get_figheight(), top=0.95)
     colors = _colors(rows)
     for name, color in colors.items():
         mine = [r for r in rows if r.strategy == name]
         ax.errorbar([r.stats[q].mean for r in mine], [r.stats[d].mean for r in mine],
                     xerr=[r.stats[q].std or 0.0 for r in mine], yerr=[r.stats[d].std or 0.0 for r in mine],
                     fmt="o", color=color, label=name, capsize=2, markersize=6)
-    for r in rows:
-        ax.annotate(r.label, (r.stats[q].mean, r.stats[d].mean), xytext=(5, 4), textcoords="offset points",
-                    fontsize=7, color="0.25")
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.stats[q].mean)
     if front:
         ax.plot([r.stats[q].mean for r in front], [r.stats[d].mean for r in front], "--", color="0.4",
                 marker="*", markersize=12, label="Pareto front", zorder=0)
+    ax.margins(0.08)
+    _number_points(ax, [((r.stats[q].mean, r.stats[d].mean), rank[id(r)]) for r in rows])
+    fig.text(7.05 / width, 0.95, "#  setting\n" + "\n".join(key_lines), va="top", ha="left", fontsize=8,
+             family="monospace", color="0.2")
     ax.set_xlabel(f"{q} ({_better(q_up)})")
     ax.set_ylabel(f"{d} ({_better(d_up)})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return Plot(f"Quality–diversity frontier: {q} vs {d}",
-                f"Each point is a setting (mean over seeds; bars: std). ★ and the dashed line: the Pareto front "
-                f"({q}: {_better(q_up)}; {d}: {_better(d_up)}).", _png(fig))
+                f"Each point is a setting, numbered as the table's # column (mean over seeds; bars: std). ★ and the "
+                f"dashed line: the Pareto front ({q}: {_better(q_up)}; {d}: {_better(d_up)}).", _png(fig, tight=False))
+
+
+# offsets (in pixels, from the point) tried in turn for a number's lower-left corner; w, h: its size
+_SPOTS = ((5, 3), (5, -1), (-1, 3), (-1, -1), (2, 8), (2, -6), (10, 1), (-1, 1))
+
+
+def _number_points(ax, points: list[tuple[tuple[float, float], int]]) -> None:
+    """Write each point's number next to it, where it overlaps no other number and no marker; points that
+    share a spot (identical results) share one label, "2,5". Sizes in pixels at the figure's dpi."""
+    ax.get_xlim()  # settle the autoscaled limits, so transData maps to final pixels
+    px = [(tuple(ax.transData.transform(xy)), xy, n) for xy, n in points]
+    groups: list[tuple[tuple[float, float], tuple[float, float], list[int]]] = []
+    for (x, y), xy, n in px:
+        near = next((g for g in groups if abs(g[0][0] - x) < 4 and abs(g[0][1] - y) < 4), None)
+        if near is None:
+            groups.append(((x, y), xy, [n]))
+        else:
+            near[2].append(n)
+    dots = [(x - 4, y - 4, x + 4, y + 4) for (x, y), _, _ in px]
+    placed: list[tuple[float, float, float, float]] = []
+    pt = ax.figure.dpi / 72  # pixels per point
+    char_w, h = 8.5 * 0.62 * pt, 8.5 * 1.15 * pt
+    box = ax.bbox.extents
+    for (x, y), xy, ns in groups:
+        text = ",".join(map(str, ns))
+        w = char_w * len(text)
+        spots = [(x + dx * (w if dx < 0 else 1), y + dy * (h if dy < 0 else 1)) for dx, dy in _SPOTS]
+        spots += [(x + r * c, y + r * s) for r in (14, 22, 32) for c, s in ((1, 1), (1, -1), (-2, 1), (-2, -1), (0, 1.5))]
+        for sx, sy in spots:
+            b = (sx, sy, sx + w, sy + h)
+            clear = not any(_hit(b, o) for o in placed + dots) and box[0] <= b[0] and b[2] <= box[2] \
+                and box[1] <= b[1] and b[3] <= box[3]
+            if clear:
+                break
+        else:
+            sx, sy = x + 5, y + 3
+        placed.append((sx, sy, sx + w, sy + h))
+        far = abs(sx - x) > 12 or abs(sy - y) > 12
+        ax.annotate(text, xy, xytext=((sx - x) / pt, (sy - y) / pt), textcoords="offset points",
+                    fontsize=8.5, color="0.15", va="bottom", ha="left",
+                    arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6) if far else None)
+
+
+def _hit(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def key_metrics(report: "Report") -> list[str]:
@@ -88,7 +140,7 @@ def _is_number(v) -> bool:
 def against_param(report: "Report", param: str) -> Optional[Plot]:
     """One small panel per key metric against a swept numeric parameter; one line per strategy (and
     per value of any other varying setting)."""
-    from decodebench.report import arrow
+    from decodebench.report.model import arrow
 
     rows = [r for r in report.rows if r.ok and _is_number(r.setting.get(param))]
     metrics = [m for m in key_metrics(report) if any(m in r.stats for r in rows)]

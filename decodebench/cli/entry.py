@@ -10,12 +10,12 @@ from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results, runner, wandb_sink
-from decodebench.config import ConfigError, register_configs
+from decodebench.cli import preflight
+from decodebench.config import ConfigError, conf_dir, register_configs
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 
 
@@ -27,13 +27,13 @@ def default_run_dir(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
     """Run one configuration; returns {"run_dir", "metrics", ...}. Raises ConfigError on bad input."""
-    res = runner.execute(cfg, run_dir or default_run_dir(cfg))
-    res["wandb_dir"] = wandb_sink.log_run(cfg, res["run_dir"], res["metrics"],
-                                          runner.results.read_generations(res["run_dir"]))
+    res = runner.execute(cfg, run_dir or default_run_dir(cfg), preflight.prepared_for(cfg))
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]))
     return res
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> Optional[dict]:
     logging.getLogger("decodebench").setLevel(logging.INFO)
     try:

@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 from typing import NoReturn, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from decodebench import preflight, results, runner
+from decodebench import results, runner
+from decodebench.cli import preflight
 from decodebench.config import ConfigError
 from decodebench.dirlock import DirLock
-from decodebench.sweep_exec import Context, run_points
-from decodebench.sweep_plan import Plan, claim_dir, default_dir, make_plan
+from decodebench.sweep.execute import Context, run_points
+from decodebench.sweep.plan import Plan, claim_dir, default_dir, make_plan
 
 log = logging.getLogger("decodebench")
 
@@ -40,36 +41,69 @@ def _fail(msg: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def check_args(argv: list[str]) -> Optional[str]:
-    """The sweep verb takes overrides only: Hydra's flags and hydra.* settings belong to `-m` multiruns."""
-    for a in argv:
+# Hydra's ways of adding config dirs: a sweep composes the same configs as a run, so it takes them too.
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def sweep_args(argv: list[str]) -> tuple[list[str], Optional[str]]:
+    """(overrides for the sweep, None) or (_, one-line error). Hydra's `hydra.sweep.dir=PATH` is the sweep
+    directory, as `sweep.dir=PATH`; `--config-dir DIR` and `hydra.searchpath=[...]` add the user's configs.
+    Other Hydra flags and hydra.* settings belong to Hydra's own runs and multiruns."""
+    out, dirs, skip = [], {}, False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        key = a.lstrip("+~").split("=", 1)[0]
         if a in ("-m", "--multirun"):
-            return ("sweep: -m/--multirun is Hydra's multirun; the sweep verb runs the grid in sweep.grid "
-                    "(e.g. sweep.grid.top_p=[0.8,0.9]); use one or the other")
+            return out, ("sweep: -m/--multirun is Hydra's multirun; the sweep verb runs the grid in sweep.grid "
+                         "(e.g. sweep.grid.top_p=[0.8,0.9]); use one or the other")
+        if a in CONFIG_DIR_FLAGS:
+            if i + 1 == len(argv):
+                return out, f"sweep: {a} needs a directory (e.g. {a} my_conf)"
+            out += [a, argv[i + 1]]
+            skip = True
+            continue
+        if a.startswith(tuple(f"{f}=" for f in CONFIG_DIR_FLAGS)):
+            out.append(a)
+            continue
         if a.startswith("-"):
-            return f"sweep: unexpected flag {a!r}; the sweep verb takes key=value overrides only"
-        if a.lstrip("+~").startswith(("hydra.", "hydra/")):
-            return f"sweep: {a.split('=', 1)[0]} is a Hydra setting, not used by the sweep verb; set its directory with sweep.dir=PATH"
-    return None
+            return out, f"sweep: unexpected flag {a!r}; the sweep verb takes key=value overrides only"
+        if key in ("sweep.dir", "hydra.sweep.dir") and "=" in a:
+            dirs[key] = a.split("=", 1)[1]
+            continue
+        if key == "hydra.searchpath":
+            out.append(a)
+            continue
+        if key.startswith(("hydra.", "hydra/")):
+            return out, (f"sweep: {key} is a Hydra setting, not used by the sweep verb; set its directory with "
+                         f"sweep.dir=PATH (or hydra.sweep.dir=PATH)")
+        out.append(a)
+    if len(set(dirs.values())) > 1:
+        return out, (f"sweep: sweep.dir={dirs['sweep.dir']} and hydra.sweep.dir={dirs['hydra.sweep.dir']} name two "
+                     f"directories; give one")
+    if dirs:
+        out.append(f"sweep.dir={next(iter(dirs.values()))}")
+    return out, None
 
 
-def _prepare_and_plan(cfg: DictConfig) -> dict:
-    prep = runner.prepare(cfg)
-    make_plan(cfg)
-    return prep
+def _prepare_and_plan(cfg: DictConfig) -> tuple[dict, Plan]:
+    prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a point may use
+    return prep, make_plan(cfg)
 
 
 def sweep_dir_of(cfg: DictConfig, plan: Plan) -> Path:
     return Path(str(cfg.sweep.dir)) if cfg.sweep.dir else default_dir(plan.strategy)
 
 
-def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None) -> dict:
+def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None,
+              prepared: Optional[tuple[dict, Plan]] = None) -> dict:
     """Run the grid of a composed config; returns {"sweep_dir", "points", "complete", "failed", ...}.
+    `prepared`: what `_prepare_and_plan(cfg)` returned (the preflight made it; it is not made twice).
 
     Raises ConfigError (one line) on bad input, before the model loads."""
     t0 = time.perf_counter()
-    prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a point may use
-    plan = make_plan(cfg)
+    prep, plan = prepared or _prepare_and_plan(cfg)
     sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
     with DirLock(sdir, "sweep.dir"):  # one writer per directory: a second sweep here is refused at once
         # Checked against the model's config before its weights load; a fused batch holds every point's rows.
@@ -78,7 +112,7 @@ def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None) -> dict:
         prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
         claim_dir(sdir, plan)
         log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
-        model, tok = runner.get_model(cfg.model, prep["device"], prep["dtype"])
+        model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
         ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
         run_points(ctx, cfg.sweep.fuse)
         board = write_board(ctx) if cfg.sweep.leaderboard else None
@@ -100,9 +134,9 @@ def write_board(ctx: Context) -> Optional[dict]:
         return None
     rows = res["rows"]
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    cfg = ctx.plan.cfg
-    wandb_sink.log_table(cfg, ctx.sweep_dir, "leaderboard", cols, [[r.get(c) for c in cols] for r in rows],
-                         group=cfg.logger.group or ctx.group_name, job_type=f"{ctx.plan.strategy}-leaderboard",
+    logger = OmegaConf.to_container(ctx.plan.cfg.logger, resolve=True)
+    wandb_sink.log_table(logger, ctx.sweep_dir, "leaderboard", cols, [[r.get(c) for c in cols] for r in rows],
+                         group=logger.get("group") or ctx.group_name, job_type=f"{ctx.plan.strategy}-leaderboard",
                          name=f"{ctx.plan.strategy}:leaderboard", config={"sweep": ctx.plan.grid})
     return {k: res[k] for k in OUTPUTS}
 
@@ -121,18 +155,18 @@ def main(argv: list[str]) -> dict:
     logging.getLogger("decodebench").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(message)s", stream=sys.stderr)
-    err = check_args(argv)
+    argv, err = sweep_args(argv)
     if err:
         _fail(err)
-    cfg, err = preflight.compose_checked(argv, prepare=_prepare_and_plan)
+    cfg, prepared, err = preflight.prepare_checked(argv, prepare=_prepare_and_plan)
     if err:
         _fail(err)
-    where = sweep_dir_of(cfg, make_plan(cfg))
+    where = sweep_dir_of(cfg, prepared[1])
     err = results.check_writable_dir("sweep.dir", where)
     if err:
         _fail(err)
     try:
-        res = run_sweep(cfg, where)
+        res = run_sweep(cfg, where, prepared)
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:

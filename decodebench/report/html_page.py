@@ -1,108 +1,18 @@
-"""The human-readable views of a leaderboard `Report`: the markdown page and the self-contained HTML page.
-
-The HTML page is one file: inline CSS, plots as base64 PNG, no scripts, nothing fetched (a
-Content-Security-Policy forbids both, as a second wall behind escaping). Every piece of text that comes
-from a run, a model or a dataset goes through `html.escape`; in markdown, table cells escape `|` and
-newlines and generations sit in fenced blocks longer than any backtick run inside them.
+"""The leaderboard as one self-contained HTML page: inline CSS, plots as base64 PNG, no scripts, nothing
+fetched (a Content-Security-Policy forbids both, as a second wall behind escaping). Every piece of text that
+comes from a run, a model or a dataset goes through `html.escape`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import re
 import time
-from typing import Any, Optional
+from typing import Any
 
-from decodebench.report import Report, Row, Stat, arrow, direction
+from decodebench.report.model import Report, _better, _status, arrow, describe, direction, fmt_stat
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def fmt_stat(s: Optional[Stat], spread: str = "{}") -> str:
-    """'mean ± std' over seeds, or 'mean [lo, hi]' (one run's interval); `spread` wraps the second part."""
-    if s is None:
-        return ""
-    if s.std is not None:
-        return f"{s.mean:.4g} " + spread.format(f"± {s.std:.2g}")
-    if s.lo is not None and s.hi is not None:
-        return f"{s.mean:.4g} " + spread.format(f"[{s.lo:.4g}, {s.hi:.4g}]")
-    return f"{s.mean:.4g}"
-
-
-def _better(up: bool) -> str:
-    return "higher is better" if up else "lower is better"
-
-
-def describe(report: Report) -> str:
-    """One plain-text line: what the table holds, how it is sorted, what ★ means."""
-    n_runs = sum(len(r.runs) for r in report.rows if r.ok)
-    failed = sum(not r.ok for r in report.rows)
-    n_set = len(report.rows) - failed
-    parts = [f"{n_runs} run{'s' * (n_runs != 1)} in {n_set} setting{'s' * (n_set != 1)}"
-             + (f", {failed} failed" if failed else "")]
-    if report.sort:
-        parts.append(f"sorted by {report.sort[0]} ({'highest' if report.sort[1] else 'lowest'} first)")
-    if report.pareto:
-        q, q_up, d, d_up = report.pareto
-        parts.append(f"★ = Pareto-optimal on {q} ({_better(q_up)}) and {d} ({_better(d_up)})")
-    parts.append("values: mean ± std over seeds, or a single seed's value [its confidence interval]")
-    return "; ".join(parts) + "."
-
-
-def _any_failed(report: Report) -> bool:
-    return any(not r.ok for r in report.rows)
-
-
-def _status(r: Row) -> str:
-    return "ok" if r.ok else f"failed: {r.error}"
-
-
-# ---------------------------------------------------------------- markdown
-
-
-# What can turn text into markup inside a table cell or list item (intraword `_` cannot in GFM).
-_MD_PUNCT = re.compile(r"([\\`*\[\]|~])")
-
-
-def md_cell(text: Any) -> str:
-    """Any run, model or dataset string as inert markdown text: HTML (`<script>`) becomes entities, markdown
-    punctuation (links, emphasis, code, table pipes) is backslash-escaped, newlines become spaces."""
-    s = " ".join(str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_PUNCT.sub(r"\\\1", s)
-
-
-def _fence(text: str) -> str:
-    ticks = "`" * max(3, 1 + max((len(t) for t in re.findall(r"`+", text)), default=0))
-    return f"{ticks}text\n{text}\n{ticks}"
-
-
-def format_markdown(report: Report) -> str:
-    metrics, star, status = report.shown_metrics, report.pareto is not None, _any_failed(report)
-    head = (["★"] if star else []) + ["setting", "seeds"] + [md_cell(m + arrow(m)) for m in metrics]
-    head += ["status"] if status else []
-    lines = ["# decodebench leaderboard", "", md_cell(describe(report)), "",
-             "Sources: " + ", ".join(md_cell(s) for s in report.sources) + ". Plots: leaderboard.html.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report.rows:
-        cells = (["★" if r.pareto else ""] if star else []) + [md_cell(r.label), str(len(r.runs)) if r.ok else ""]
-        cells += [fmt_stat(r.stats.get(m)) for m in metrics] + ([md_cell(_status(r))] if status else [])
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = [r for r in report.rows if not r.ok]
-    if failed:
-        lines += ["", "## Failed grid points", ""]
-        lines += [f"- {md_cell(r.label)} ({md_cell(r.runs[0].dir)}): {md_cell(r.error)}" for r in failed]
-    if any(r.samples for r in report.rows):
-        lines += ["", "## Sample generations"]
-    for r in report.rows:
-        if r.samples:
-            lines += ["", f"### {md_cell(r.label)}"]
-        for s in r.samples:
-            lines += ["", f"Prompt {md_cell(s['prompt_id'])}:", "", _fence(str(s["prompt"] or "")), "",
-                      f"Generation ({md_cell(s['num_tokens'])} tokens, {md_cell(s['finish_reason'])}):", "",
-                      _fence(str(s["text"] or ""))]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- HTML
@@ -112,11 +22,20 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
        padding: 0 16px; color: #1d232a; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 32px; }
 .meta { color: #57606a; margin: 4px 0; }
-.scroll { overflow-x: auto; border: 1px solid #d0d7de; border-radius: 6px; }
+/* a wide table scrolls inside its own box; #, ★ and setting stay in view (sticky, fixed widths) */
+.scroll { overflow-x: auto; max-width: 100%; border: 1px solid #d0d7de; border-radius: 6px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { padding: 5px 10px; border-bottom: 1px solid #eaeef2; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; position: sticky; top: 0; font-weight: 600; }
 th.sorted { background: #ddf4ff; }
+.pin { position: sticky; z-index: 1; background: #fff; box-sizing: border-box; }
+th.pin { z-index: 2; background: #f6f8fa; }
+/* the pinned columns' left offsets are their fixed widths: the content must fit them, padding included */
+.pin0 { left: 0; width: 40px; min-width: 40px; max-width: 40px; padding: 5px 4px; text-align: center; }
+.pin1 { left: 40px; }
+td.star.pin1, th.pin1:not(.setting) { width: 30px; min-width: 30px; max-width: 30px; padding: 5px 2px; }
+.pin2 { left: 70px; }
+.pin.setting { box-shadow: inset -1px 0 #d0d7de; }
 td.setting, th.setting, td.status { text-align: left; }
 td.setting { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; }
 td.star { color: #bf8700; text-align: center; font-size: 16px; }
@@ -143,8 +62,9 @@ def _table(report: Report) -> str:
     """Failed rows put their error across the metric cells (a "result" column when there are none)."""
     metrics, star = report.shown_metrics or ["result"], report.pareto is not None
     sort = report.sort[0] if report.sort else None
-    head = ["<th>#</th>"] + (["<th title='Pareto-optimal'>★</th>"] if star else []) + \
-        ["<th class=setting>setting</th>", "<th>seeds</th>"]
+    pin = f"pin {'pin2' if star else 'pin1'}"  # the setting column's left edge: after # (and ★)
+    head = ["<th class='pin pin0'>#</th>"] + (["<th class='pin pin1' title='Pareto-optimal'>★</th>"] if star else []) + \
+        [f"<th class='setting {pin}'>setting</th>", "<th>seeds</th>"]
     for m in metrics:
         d = direction(m)
         tip = _better(d) if d is not None else "no direction"
@@ -153,8 +73,9 @@ def _table(report: Report) -> str:
     for i, r in enumerate(report.rows, 1):
         cls = "failed" if not r.ok else ("pareto" if r.pareto else "ok")
         seeds = _e(", ".join(map(str, r.seeds)) or "-")
-        cells = [f"<td>{i}</td>"] + ([f"<td class=star>{'★' if r.pareto else ''}</td>"] if star else [])
-        cells += [f"<td class=setting>{_e(r.label)}</td>",
+        cells = [f"<td class='pin pin0'>{i}</td>"] + \
+            ([f"<td class='star pin pin1'>{'★' if r.pareto else ''}</td>"] if star else [])
+        cells += [f"<td class='setting {pin}'>{_e(r.label)}</td>",
                   f"<td title='seeds: {seeds}'>{len(r.runs) if r.ok else ''}</td>"]
         if r.ok:
             cells += [f"<td>{fmt_stat(r.stats.get(m), '<span class=sub>{}</span>')}</td>" for m in metrics]
@@ -167,7 +88,7 @@ def _table(report: Report) -> str:
 
 def _plots(report: Report) -> str:
     try:
-        from decodebench.report_plots import render
+        from decodebench.report.plots import render
     except ImportError as e:  # matplotlib is a declared dependency; say so rather than fail the report
         return f"<p class=meta>No plots: {_e(e)} (pip install matplotlib).</p>"
     out = []

@@ -26,11 +26,11 @@ from omegaconf import OmegaConf
 
 from decodebench import results, runner
 from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
-from decodebench.sweep_plan import Plan, Point
+from decodebench.sweep.plan import Plan, Point
 
 log = logging.getLogger("decodebench")
 
-ERROR = "error.json"
+ERROR = results.ERROR
 
 
 class ResumeWriter(results.GenerationsWriter):
@@ -68,7 +68,7 @@ class PointRun:
 
     point: Point
     dir: Path
-    prep: dict
+    prep: runner.RunPlan
     info: dict
     todo: dict  # (prompt_id, sample_index) -> Request
     writer: ResumeWriter
@@ -82,7 +82,7 @@ class PointRun:
 class Context:
     plan: Plan
     sweep_dir: Path
-    prep: dict
+    prep: runner.RunPlan
     model: object
     tok: object
     prompts: list
@@ -122,7 +122,7 @@ def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
     info = runner.run_info(p.cfg, ctx.prep, p.spec, ctx.prompts, len(reqs), 0 if str(bs) == "auto" else int(bs))
     info["sweep"] = {"dir": str(ctx.sweep_dir), "point": p.name, "fused_with": fused_with, "resumed_rows": len(keep)}
     results.write_json_atomic(d / results.RUN_INFO, info)
-    return PointRun(p, d, {**ctx.prep, "spec": p.spec}, info, todo, ResumeWriter(d, keep), time.perf_counter())
+    return PointRun(p, d, replace(ctx.prep, spec=p.spec), info, todo, ResumeWriter(d, keep), time.perf_counter())
 
 
 def point_stats(pr: PointRun, group: BatchStats, chain: list) -> BatchStats:
@@ -202,11 +202,11 @@ def run_group(ctx: Context, group: list[Point]) -> None:
 def log_point(ctx: Context, p: Point, res: dict) -> None:
     from decodebench import wandb_sink
 
-    cfg = p.cfg
-    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+    logger = OmegaConf.to_container(p.cfg.logger, resolve=True)
+    if not wandb_sink.enabled(logger):
         return
-    res["wandb_dir"] = wandb_sink.log_run(cfg, res["run_dir"], res["metrics"], results.read_generations(res["run_dir"]),
-                                          group=cfg.logger.group or ctx.group_name, job_type=ctx.plan.strategy,
+    res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]),
+                                          group=logger.get("group") or ctx.group_name, job_type=ctx.plan.strategy,
                                           name=f"{ctx.plan.strategy}:{p.name}")
 
 
