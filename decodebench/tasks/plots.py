@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from decodebench.report import Report
+    from decodebench.report.model import Report
 
 DIVERSITY = "diversity"
 MAX_PANELS = 6

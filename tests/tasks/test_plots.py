@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decodebench.report import Report, Row, Stat
+from decodebench.report.model import Report, Row, Stat
 from decodebench.report.plots import render
 from decodebench.tasks.plots import accuracy_vs_diversity, task_metrics
 
