@@ -224,7 +224,7 @@ def validate(cfg: DictConfig):
 SENTENCE_KEYS = {"unknown logits transform": "strategy.order", "unknown scorer ": "scorers.names"}
 # A message that starts with a key: "top_p must be ...", "order: ...", "stop strings must ...".
 _KEY_HEAD = re.compile(r"^[A-Za-z_][\w.]*(?=[:=(]|\s\(|\s(?:must|is|are|has|needs|names|sets|cannot|only|takes|"
-                       r"strings|should|expects|requires)\b)")
+                       r"strings|should|expects|requires|does|do|gives)\b)")
 
 
 def prefix_key(group: str, msg: str) -> str:

@@ -50,6 +50,7 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_keeping_finished_batches(tmp_p
 
 @pytest.mark.parametrize("verb", ["score", "report", "sweep"])
 def test_ctrl_c_on_every_other_verb_is_one_line_exit_130(verb, tmp_path, monkeypatch, capsys):
+    import decodebench.report.leaderboard  # noqa: F401  (the module the verb calls into)
     from decodebench import report, runner
     from decodebench.__main__ import main
     from decodebench.scorers import plan
@@ -62,7 +63,7 @@ def test_ctrl_c_on_every_other_verb_is_one_line_exit_130(verb, tmp_path, monkeyp
             "report": ["report", str(run)],
             "sweep": ["sweep", *TINY, "strategy=topp", f"sweep.dir={tmp_path / 'sw'}"]}[verb]
     monkeypatch.setattr(plan.ScorerPlan, "score", interrupt)
-    monkeypatch.setattr(report, "write_leaderboard", interrupt)
+    monkeypatch.setattr(report.leaderboard, "write_leaderboard", interrupt)
     monkeypatch.setattr(runner, "get_model", interrupt)
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -139,7 +140,7 @@ def test_markdown_leaderboard_escapes_prompt_ids_and_model_strings(tmp_path):
     from decodebench.report import write_leaderboard
 
     d = write_run(tmp_path / "r", metrics=m(0.5, 5.0), model="<img src=x onerror=alert(1)>[link](http://x)")
-    gens = results.read_generations(d)
+    gens = [g.to_json() for g in results.read_generations(d)]
     gens[0]["prompt_id"] = "x0<script>alert(1)</script>"
     (d / results.GENERATIONS).write_text("".join(json.dumps(g) + "\n" for g in gens))
     md = Path(write_leaderboard(d, samples=3)["markdown"]).read_text()

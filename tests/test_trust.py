@@ -183,10 +183,10 @@ def test_truncate_left_keeps_the_last_tokens_and_empty_prompts_are_skipped_with_
                           "dataset.truncate=left", "dataset.empty_prompts=skip"])
     run_dir = runner.execute(cfg, tmp_path / "r")["run_dir"]
     recs = results.read_generations(run_dir)
-    assert len(recs) == 2 and len(recs[0]["prompt_token_ids"]) == 512 - 12
+    assert len(recs) == 2 and len(recs[0].prompt_token_ids) == 512 - 12
     from decodebench.tiny_tokenizer import byte_tokenizer
 
-    assert byte_tokenizer().decode(recs[0]["prompt_token_ids"]).endswith("xEND")
+    assert byte_tokenizer().decode(recs[0].prompt_token_ids).endswith("xEND")
     assert json.loads((Path(run_dir) / "run.json").read_text())["empty_prompts_skipped"] == 1
 
 

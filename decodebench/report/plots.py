@@ -7,34 +7,15 @@ switch, no figure registry to leak, safe inside a long sweep process.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from io import BytesIO
 from typing import TYPE_CHECKING, Optional
 
+from decodebench.report.figures import Plot, _colors, _png  # noqa: F401  (Plot: the views' type)
+
 if TYPE_CHECKING:
-    from decodebench.report.model import Report, Row
+    from decodebench.report.model import Report
 
 KEY_METRICS = ("mauve", "perplexity", "diversity", "rep_2", "tokens_per_s", "gen_length")
 MAX_PANELS = 6
-
-
-@dataclass
-class Plot:
-    title: str
-    caption: str
-    png: bytes
-
-
-def _png(fig, tight: bool = True) -> bytes:
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight" if tight else None)
-    return buf.getvalue()
-
-
-def _colors(rows: list["Row"]) -> dict[str, str]:
-    palette = [f"C{i}" for i in range(10)]
-    names = list(dict.fromkeys(r.strategy for r in rows))
-    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
 
 
 def _better(up: bool) -> str:
@@ -208,7 +189,7 @@ def throughput(report: "Report") -> Optional[Plot]:
 
 def render(report: "Report") -> list[Plot]:
     """Every plot the report's data supports, in page order."""
-    from decodebench.tasks.plots import render as task_plots  # accuracy against diversity, with task metrics
+    from decodebench.report.task_plots import render as task_plots  # accuracy against diversity, with task metrics
 
     plots = ([frontier(report)] + task_plots(report) + [against_param(report, p) for p in report.swept]
              + [throughput(report)])

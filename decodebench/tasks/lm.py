@@ -61,6 +61,8 @@ class DecodebenchLM(TemplateLM):
         self.strategy = load_strategy(strategy, strategy_overrides)  # None: gen_kwargs decide
         self.seed = int(seed)
         # "auto" / "auto:N" (lm-eval's batch-size search) have no meaning here: results never depend on it.
+        # "auto": the engine picks the running batch that fits (engine.auto_batch_size) per call
+        self._auto = str(batch_size) == "auto"
         self._batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self._max_length = max_length
         self._max_gen_toks = int(max_gen_toks)
@@ -107,7 +109,7 @@ class DecodebenchLM(TemplateLM):
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """All requests that share gen_kwargs go to the engine in one call (it batches and orders them)."""
-        from decodebench.decoding.engine import Request, generate
+        from decodebench.decoding.engine import Request, auto_batch_size, generate
 
         eos = self.tokenizer.decode([self.eot_token_id], skip_special_tokens=False)
         groups: dict[str, list[int]] = collections.defaultdict(list)
@@ -131,8 +133,8 @@ class DecodebenchLM(TemplateLM):
                 seen[rid] += 1  # lm-eval hands the same Instance `repeats` times: each copy is one sample
             with tqdm(total=len(reqs), desc="decodebench generate_until", disable=disable_tqdm or not self.progress,
                       unit="seq") as bar:
-                outs, self.last_stats = generate(self.model, self.tokenizer, reqs, spec,
-                                                 batch_size=self._batch_size, progress=bar)
+                bs = auto_batch_size(self.model, reqs, spec) if self._auto else self._batch_size
+                outs, self.last_stats = generate(self.model, self.tokenizer, reqs, spec, batch_size=bs, progress=bar)
             for i, o in zip(idx, outs):
                 text = self.tokenizer.decode(o.token_ids, skip_special_tokens=True)
                 out[i] = postprocess_generated_text(text, until, None)

@@ -72,7 +72,7 @@ def evaluate_task(cfg, prep: dict, model, tok, run_dir) -> dict:
     t = plan.cfg
     strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
     lm = DecodebenchLM(model=model, tokenizer=tok, strategy=strategy, seed=int(cfg.seed),
-                       batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
+                       batch_size=str(cfg.batch_size), progress=bool(cfg.progress))
     env = {"HF_ALLOW_CODE_EVAL": "1"} if t.allow_code_execution else {}
     with quiet_lm_eval(), _env(env):
         loaded = load_tasks(plan)

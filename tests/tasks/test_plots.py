@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decodebench.report.model import Report, Row, Stat
 from decodebench.report.plots import render
-from decodebench.tasks.plots import accuracy_vs_diversity, task_metrics
+from decodebench.report.task_plots import accuracy_vs_diversity, task_metrics
 
 ACC = "task/arith/exact_match/strict-match"
 MAJ = "task/arith/maj@4/exact_match/strict-match"

@@ -22,7 +22,7 @@ def task_metrics(report: "Report") -> list[str]:
 
 
 def accuracy_vs_diversity(report: "Report") -> Optional["object"]:
-    from decodebench.report.plots import Plot, _colors, _png
+    from decodebench.report.figures import Plot, _colors, _png
 
     metrics = task_metrics(report)
     rows = [r for r in report.rows if r.ok and DIVERSITY in r.stats and any(m in r.stats for m in metrics)]
