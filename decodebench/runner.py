@@ -107,6 +107,9 @@ def prepare(cfg: DictConfig) -> RunPlan:
     if record and not METHODS.get(spec.method).supports_record:
         raise ConfigError(f"record: strategy method {spec.method!r} has no per-step telemetry; "
                           "set record=[] or choose a sampling strategy")
+    if spec.params.negative_prompt is not None and cfg.dataset.get("negative_prompt_column") is not None:
+        raise ConfigError("strategy.negative_prompt: set either it or dataset.negative_prompt_column (one negative "
+                          "prompt per row), not both")
     try:
         table = data.load_table(cfg.dataset)
         skipped = data.empty_rows(table, cfg.dataset) if cfg.dataset.prefix_tokens is None else []
@@ -152,14 +155,25 @@ def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
     return {p.id: tok(p.text, add_special_tokens=not chat)["input_ids"] for p in prompts}
 
 
-def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict] = None) -> list[Request]:
-    """One request per (prompt, sample); `ids` (from encode_prompts) saves tokenizing again."""
+def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict] = None,
+                   system_prompt: Optional[str] = None) -> list[Request]:
+    """One request per (prompt, sample); `ids` (from encode_prompts) saves tokenizing again. With a
+    guidance scale, each row's negative prompt (the dataset's column, else `strategy.negative_prompt`) is
+    tokenized as its prompt is, inside the chat template (after `system_prompt`) when `chat`."""
     ids = ids if ids is not None else encode_prompts(prompts, tok, chat)
+    text = spec.params.negative_prompt
+    if text is not None and chat:
+        text = data._apply_chat_template(tok, text, system_prompt)
+    cfg_on = spec.params.guidance_scale not in (None, 1.0)
+    negs: dict = {}
     reqs = []
     for p in prompts:
+        neg = p.negative if p.negative is not None else text
+        if cfg_on and neg is not None and neg not in negs:
+            negs[neg] = tok(neg, add_special_tokens=not chat)["input_ids"]
         for s in range(spec.num_return_sequences):
             reqs.append(Request(prompt_id=p.id, prompt_ids=list(ids[p.id]), sample_index=s, params=spec.params,
-                                seed=seed))
+                                seed=seed, negative_prompt_ids=negs.get(neg) if cfg_on else None))
     return reqs
 
 
@@ -295,7 +309,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
 
 def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, tok, t_start: float) -> dict:
     spec = prep["spec"]
-    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids)
+    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids,
+                          cfg.dataset.system_prompt)
     by_id = {p.id: p for p in prompts}
     bs = batch_size_for(cfg, model, reqs, spec)
     info = run_info(cfg, prep, spec, prompts, len(reqs), bs)
