@@ -16,6 +16,7 @@ from decodebench.decoding.runtime import BatchStats
 from decodebench.decoding.running import RunningBatch
 from decodebench.decoding.strategies import build_strategy
 from decodebench.runner import build_requests
+from tests.test_continuous import eos_happy, tiny_requests  # noqa: F401  (a fixture, used by name)
 
 # (prompt, negative prompt or None: then the unconditional sequence starts from the prompt's last token)
 CASES = [("Once upon a time, a dog", "sad"), ("The weather today is", None),
@@ -69,15 +70,16 @@ def test_first_step_guided_logits_equal_the_processor(embedded, scale):
 
 
 @torch.no_grad()
-def test_sampled_guided_rows_do_not_depend_on_the_batch_size_and_mix_with_unguided_rows(embedded):
+def test_sampled_guided_rows_do_not_depend_on_the_batch_and_mix_with_unguided_rows(embedded):
     model, tok = embedded
     guided = build_strategy({"name": "cfg", "do_sample": True, "top_k": 50, "guidance_scale": 2.0,
                              "max_new_tokens": NEW})
     plain = build_strategy({"name": "topk", "do_sample": True, "top_k": 50, "max_new_tokens": NEW})
     reqs = requests(tok, guided, seed=5)
     alone = [generate(model, tok, [r], guided, batch_size=1)[0][0].token_ids for r in reqs]
-    together = [o.token_ids for o in generate(model, tok, reqs, guided, batch_size=3)[0]]
-    assert together == alone
+    for bs, cont in ((3, True), (2, True), (2, False)):  # refills into freed slots (and their mirrors) too
+        together = [o.token_ids for o in generate(model, tok, reqs, guided, batch_size=bs, continuous=cont)[0]]
+        assert together == alone, (bs, cont)
     # half the rows unguided: they get exactly what they get with no guided row in the batch
     unguided = requests(tok, plain, seed=5)
     outs = [o.token_ids for o in generate(model, tok, [reqs[0], unguided[1], reqs[2]], guided, batch_size=3)[0]]
@@ -107,3 +109,34 @@ def test_runner_tokenizes_negative_prompts_as_prompts_chat_template_included(emb
     assert negs == [tok("dull")["input_ids"]] * 2
     spec = build_strategy({"name": "cfg", "negative_prompt": "dull", "max_new_tokens": 4})
     assert [r.negative_prompt_ids for r in build_requests(plain_prompts, tok, spec, 0, False)] == [None, None]
+
+
+def test_mirrors_survive_refills_and_column_moves(eos_happy, monkeypatch):
+    """Rows ending at different times, refills, negative prompts longer than their prompts, and almost no
+    spare columns (moved back every few steps): each row's tokens equal the row run alone."""
+    from decodebench.decoding import engine
+
+    model, tok = eos_happy
+    guided = build_strategy({"name": "cfg", "do_sample": True, "guidance_scale": 2.5, "max_new_tokens": 24})
+    plain = build_strategy({"name": "sample", "do_sample": True, "max_new_tokens": 24})
+    reqs = tiny_requests(tok, guided, n=10) + tiny_requests(tok, plain, n=4)
+    for i, r in enumerate(reqs[:10]):
+        r.negative_prompt_ids = None if i % 3 == 0 else tok("xyz" * (i % 5 + 2))["input_ids"]
+    ref = [generate(model, tok, [r], guided, batch_size=1)[0][0].token_ids for r in reqs]
+    assert len({len(t) for t in ref}) > 3  # rows end at very different times
+    moves = []
+    orig = engine.Runtime.allocate
+
+    def small(self, slots, capacity):
+        kv = orig(self, slots, capacity)
+        shift = kv.shift
+        kv.shift = lambda d: (moves.append(d), shift(d))
+        return kv
+
+    monkeypatch.setattr(engine, "kv_capacity", lambda reqs, spec, cont: spec.max_new_tokens + 2 + max(
+        max(len(r.prompt_ids), len(r.negative_prompt_ids or ())) for r in reqs))
+    monkeypatch.setattr(engine.Runtime, "allocate", small)
+    for cont in (True, False):
+        moves.clear()
+        outs, _ = generate(model, tok, reqs, guided, batch_size=4, continuous=cont, sync_every=5)
+        assert moves and [o.token_ids for o in outs] == ref, cont
