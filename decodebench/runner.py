@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,7 +57,29 @@ def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_to
     prompts = load_prompts(cfg, prep, tok)
     ids = encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
     ids = limits.check(cfg, cfg.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"])
+    check_negatives(cfg, prep["spec"], prompts, tok, ids, max_new_tokens)
     return prompts, ids, tok
+
+
+def check_negatives(cfg: DictConfig, spec, prompts, tok, ids: dict, max_new_tokens: int) -> None:
+    """With a guidance scale, every negative prompt has tokens and leaves room for max_new_tokens in the
+    model's positions (it is never cut: dataset.truncate cuts prompts only)."""
+    from decodebench import limits
+
+    if spec.params.guidance_scale in (None, 1.0):
+        return
+    key = "dataset.negative_prompt_column" if cfg.dataset.get("negative_prompt_column") else "strategy.negative_prompt"
+    shape = limits.model_shape(cfg.model)
+    room = shape.max_positions - max_new_tokens if shape and shape.max_positions else None
+    reqs = build_requests(prompts, tok, replace(spec, num_return_sequences=1), 0, bool(cfg.dataset.chat_template),
+                          ids, cfg.dataset.get("system_prompt"))
+    for r in reqs:
+        n = r.negative_prompt_ids
+        if n is not None and not n:
+            raise ConfigError(f"{key}: the negative prompt of prompt {r.prompt_id!r} has no tokens; give it text")
+        if n is not None and room is not None and len(n) > room:
+            raise ConfigError(f"{key}: the negative prompt of prompt {r.prompt_id!r} has {len(n)} tokens, more than "
+                              f"the {room} positions max_new_tokens={max_new_tokens} leaves; shorten it")
 
 
 def get_model(mcfg: models.ModelConfig, device: str, dtype: str):

@@ -140,3 +140,16 @@ def test_mirrors_survive_refills_and_column_moves(eos_happy, monkeypatch):
         moves.clear()
         outs, _ = generate(model, tok, reqs, guided, batch_size=4, continuous=cont, sync_every=5)
         assert moves and [o.token_ids for o in outs] == ref, cont
+
+
+def test_negative_prompts_without_tokens_or_room_are_refused_before_the_model_loads():
+    from decodebench import runner
+    from decodebench.config import ConfigError
+    from tests.conftest import compose
+
+    for neg, needle in (("x " * 600, "has 1200 tokens, more than the 504 positions"), ("", "has no tokens")):
+        cfg = compose(["model=tiny", "strategy=cfg", f"strategy.negative_prompt='{neg}'", "dataset.limit=2",
+                       "strategy.max_new_tokens=8", "logger=none", "scorers=text"])
+        with pytest.raises(ConfigError, match=needle) as e:
+            runner.checked_prompts(cfg, runner.prepare(cfg), None, 8)  # tokenizer and model config only
+        assert str(e.value).startswith("strategy.negative_prompt: ") and "\n" not in str(e.value)
