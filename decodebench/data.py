@@ -53,6 +53,7 @@ class DatasetConfig:
     reference_column: Optional[str] = None
     id_column: Optional[str] = DEFAULT_ID_COLUMN  # null, or the default "id" absent -> ids "0000", "0001", ...
     category_column: Optional[str] = DEFAULT_CATEGORY_COLUMN  # null, or the default absent -> category None
+    negative_prompt_column: Optional[str] = None  # a negative prompt per row (classifier-free guidance)
     limit: Optional[int] = None  # keep the first N rows
     prefix_tokens: Optional[int] = None  # N-token prefix as prompt, the rest as reference; shorter rows dropped
     chat_template: bool = False  # wrap each prompt as a user message (add_generation_prompt=True)
@@ -70,6 +71,7 @@ class Prompt:
     text: str  # what the model is given (after prefix truncation and the chat template)
     category: Optional[str]
     reference: Optional[str]  # a human continuation, for scorers that compare against one
+    negative: Optional[str] = None  # negative_prompt_column's text, chat template applied as to `text`
 
 
 def check_config(cfg: Any) -> None:
@@ -86,14 +88,11 @@ def check_config(cfg: Any) -> None:
         what = "a .jsonl/.json/.csv/.tsv/.parquet/.txt file" if name == "file" else "a Hub dataset id or a local dir"
         raise ValueError(f"dataset.path: required with dataset.name={name}; set dataset.path=<{what}>")
     if name != "hub" and cfg.subset is not None:
-        raise ValueError(
-            f"dataset.subset: only used with dataset.name=hub (got {cfg.subset!r}); set dataset.subset=null"
-        )
+        raise ValueError(f"dataset.subset: only used with dataset.name=hub (got {cfg.subset!r}); "
+                         "set dataset.subset=null")
     if name != "hub" and cfg.split != "train":
-        raise ValueError(
-            f"dataset.split: a {'file' if name == 'file' else 'the embedded set'} has the single split 'train' "
-            f"(got {cfg.split!r}); set dataset.split=train"
-        )
+        raise ValueError(f"dataset.split: a {'file' if name == 'file' else 'the embedded set'} has the single split "
+                         f"'train' (got {cfg.split!r}); set dataset.split=train")
     if not cfg.prompt_column:
         raise ValueError("dataset.prompt_column: must name a column, got an empty value")
     for key in ("limit", "prefix_tokens"):
@@ -163,9 +162,13 @@ def to_prompts(table: "datasets.Dataset", cfg: Any, tokenizer: Any = None) -> Li
     ids = _ids(table, cfg)
     categories = table[cfg.category_column] if cfg.category_column in columns else [None] * len(texts)
     references = table[cfg.reference_column] if cfg.reference_column is not None else [None] * len(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"dataset.prompt_column: row {i} (id {ids[i]!r}) has no text in {cfg.prompt_column!r}")
+    neg_col = getattr(cfg, "negative_prompt_column", None)
+    negatives = dict(zip(ids, table[neg_col])) if neg_col is not None else {}
+    for key, col, values in (("prompt_column", cfg.prompt_column, texts), ("negative_prompt_column", neg_col,
+                                                                            negatives.values())):
+        for i, text in enumerate(values):
+            if not isinstance(text, str):
+                raise ValueError(f"dataset.{key}: row {i} (id {ids[i]!r}) has no text in {col!r}")
 
     rows = list(zip(ids, texts, categories, references))
     if cfg.prefix_tokens is None:  # with prefix_tokens, empty rows are short rows: dropped and counted there
@@ -178,16 +181,12 @@ def to_prompts(table: "datasets.Dataset", cfg: Any, tokenizer: Any = None) -> Li
         rows = _split_prefixes(rows, cfg.prefix_tokens, tokenizer)
     prompts = []
     for id_, text, category, reference in rows:
+        neg = negatives.get(id_)
         if cfg.chat_template:
             text = _apply_chat_template(tokenizer, text, cfg.system_prompt)
-        prompts.append(
-            Prompt(
-                id=id_,
-                text=text,
-                category=None if category is None else str(category),
-                reference=None if reference is None else str(reference),
-            )
-        )
+            neg = None if neg is None else _apply_chat_template(tokenizer, neg, cfg.system_prompt)
+        prompts.append(Prompt(id=id_, text=text, category=None if category is None else str(category),
+                              reference=None if reference is None else str(reference), negative=neg))
     return prompts
 
 
@@ -223,8 +222,10 @@ def check_columns(table: "datasets.Dataset", cfg: Any, source: str) -> None:
         need("id_column", cfg.id_column)
     if cfg.category_column is not None and cfg.category_column != DEFAULT_CATEGORY_COLUMN:
         need("category_column", cfg.category_column)
-    for key in ("prompt_column", "reference_column"):
-        column = getattr(cfg, key)
+    if getattr(cfg, "negative_prompt_column", None) is not None:
+        need("negative_prompt_column", cfg.negative_prompt_column)
+    for key in ("prompt_column", "reference_column", "negative_prompt_column"):
+        column = getattr(cfg, key, None)
         feature = table.features.get(column) if column is not None else None
         if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string", "null"):
             raise ValueError(

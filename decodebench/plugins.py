@@ -1,4 +1,4 @@
-"""Your own components, by name: modules that register transforms, stopping criteria or scorers.
+"""Your own components, by name: modules that register transforms, stopping criteria, scorers or search methods.
 
 Two ways in, both imported before the config is validated:
 - `plugins=[my_module, pkg.other]` on the command line (importable from the working directory or

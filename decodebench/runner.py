@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,7 +57,29 @@ def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_to
     prompts = load_prompts(cfg, prep, tok)
     ids = encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
     ids = limits.check(cfg, cfg.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"])
+    check_negatives(cfg, prep["spec"], prompts, tok, ids, max_new_tokens)
     return prompts, ids, tok
+
+
+def check_negatives(cfg: DictConfig, spec, prompts, tok, ids: dict, max_new_tokens: int) -> None:
+    """With a guidance scale, every negative prompt has tokens and leaves room for max_new_tokens in the
+    model's positions (it is never cut: dataset.truncate cuts prompts only)."""
+    from decodebench import limits
+
+    if spec.params.guidance_scale in (None, 1.0):
+        return
+    key = "dataset.negative_prompt_column" if cfg.dataset.get("negative_prompt_column") else "strategy.negative_prompt"
+    shape = limits.model_shape(cfg.model)
+    room = shape.max_positions - max_new_tokens if shape and shape.max_positions else None
+    reqs = build_requests(prompts, tok, replace(spec, num_return_sequences=1), 0, bool(cfg.dataset.chat_template),
+                          ids, cfg.dataset.get("system_prompt"))
+    for r in reqs:
+        n = r.negative_prompt_ids
+        if n is not None and not n:
+            raise ConfigError(f"{key}: the negative prompt of prompt {r.prompt_id!r} has no tokens; give it text")
+        if n is not None and room is not None and len(n) > room:
+            raise ConfigError(f"{key}: the negative prompt of prompt {r.prompt_id!r} has {len(n)} tokens, more than "
+                              f"the {room} positions max_new_tokens={max_new_tokens} leaves; shorten it")
 
 
 def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
@@ -107,6 +129,9 @@ def prepare(cfg: DictConfig) -> RunPlan:
     if record and not METHODS.get(spec.method).supports_record:
         raise ConfigError(f"record: strategy method {spec.method!r} has no per-step telemetry; "
                           "set record=[] or choose a sampling strategy")
+    if spec.params.negative_prompt is not None and cfg.dataset.get("negative_prompt_column") is not None:
+        raise ConfigError("strategy.negative_prompt: set either it or dataset.negative_prompt_column (one negative "
+                          "prompt per row), not both")
     try:
         table = data.load_table(cfg.dataset)
         skipped = data.empty_rows(table, cfg.dataset) if cfg.dataset.prefix_tokens is None else []
@@ -152,14 +177,25 @@ def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
     return {p.id: tok(p.text, add_special_tokens=not chat)["input_ids"] for p in prompts}
 
 
-def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict] = None) -> list[Request]:
-    """One request per (prompt, sample); `ids` (from encode_prompts) saves tokenizing again."""
+def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict] = None,
+                   system_prompt: Optional[str] = None) -> list[Request]:
+    """One request per (prompt, sample); `ids` (from encode_prompts) saves tokenizing again. With a
+    guidance scale, each row's negative prompt (the dataset's column, else `strategy.negative_prompt`) is
+    tokenized as its prompt is, inside the chat template (after `system_prompt`) when `chat`."""
     ids = ids if ids is not None else encode_prompts(prompts, tok, chat)
+    text = spec.params.negative_prompt
+    if text is not None and chat:
+        text = data._apply_chat_template(tok, text, system_prompt)
+    cfg_on = spec.params.guidance_scale not in (None, 1.0)
+    negs: dict = {}
     reqs = []
     for p in prompts:
+        neg = p.negative if p.negative is not None else text
+        if cfg_on and neg is not None and neg not in negs:
+            negs[neg] = tok(neg, add_special_tokens=not chat)["input_ids"]
         for s in range(spec.num_return_sequences):
             reqs.append(Request(prompt_id=p.id, prompt_ids=list(ids[p.id]), sample_index=s, params=spec.params,
-                                seed=seed))
+                                seed=seed, negative_prompt_ids=negs.get(neg) if cfg_on else None))
     return reqs
 
 
@@ -295,7 +331,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
 
 def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, tok, t_start: float) -> dict:
     spec = prep["spec"]
-    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids)
+    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids,
+                          cfg.dataset.system_prompt)
     by_id = {p.id: p for p in prompts}
     bs = batch_size_for(cfg, model, reqs, spec)
     info = run_info(cfg, prep, spec, prompts, len(reqs), bs)

@@ -63,7 +63,11 @@ def test_top_level_options_compose():
     (["strategy=sample", "+strategy.grammar.lark='start: x'"], "strategy.grammar.lark does not compile: at 1(8)"),
     (["strategy=sample", "+strategy.grammar.json_schema='{nope'"], "strategy.grammar.json_schema is not valid JSON"),
     (["strategy=dry", "strategy.dry_base=0.5"], "strategy.dry_base must be in [1, inf)"),
-    (["strategy=sample", "strategy.guidance_scale=2"], "strategy.guidance_scale is set, but classifier-free"),
+    (["strategy=beam", "strategy.guidance_scale=2"],
+     "strategy.guidance_scale: classifier-free guidance runs with sampling strategies, not with method 'beam'"),
+    (["dataset.negative_prompt_column=nope"], "dataset.negative_prompt_column: column 'nope' not found"),
+    (["strategy=sample", "strategy.negative_prompt=dull", "dataset.negative_prompt_column=prompt"],
+     "strategy.negative_prompt: set either it or dataset.negative_prompt_column"),
 ])
 def test_bad_input_is_one_line(args, needle):
     cfg, err = compose_checked(args)

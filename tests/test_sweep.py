@@ -88,7 +88,7 @@ def test_plan_points_names_and_groups():
 
 def test_every_new_strategy_grid_plans():
     """Each default grid of the newer samplers expands into valid points (the table makes them sweepable)."""
-    for name in ("top_n_sigma", "xtc", "dry", "mirostat", "tfs", "dynatemp", "smoothing", "top_h", "watermark"):
+    for name in ("top_n_sigma", "xtc", "dry", "mirostat", "tfs", "dynatemp", "smoothing", "top_h", "watermark", "cfg"):
         plan = make_plan(compose([f"strategy={name}", f"sweep={name}"]))
         assert len(plan.points) > 1 and all(p.spec.params.do_sample for p in plan.points), name
 

@@ -35,6 +35,7 @@ from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, to
 from .samplers_llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
 from .samplers_misc import cfg_combine, sequence_bias, smoothing, top_h
 from .sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
+from .strategies import register_search
 from .transforms import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
 
 __all__ = [
@@ -45,5 +46,5 @@ __all__ = [
     "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram", "min_new_tokens",
     "logit_bias", "ban_tokens", "token_counts", "row_uniform", "StatefulStep", "register_prefix_fn",
     "top_h", "top_n_sigma", "tail_free", "xtc", "dynatemp", "mirostat_v1", "mirostat_v2", "smoothing", "dry",
-    "sequence_bias", "cfg_combine",
+    "sequence_bias", "cfg_combine", "register_search",
 ]

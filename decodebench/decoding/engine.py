@@ -21,7 +21,7 @@ import torch
 
 from decodebench.decoding.kvcache import Runtime, check_model
 from decodebench.decoding.runtime import (  # noqa: F401  (re-exported: the engine's public types)
-    AsyncFlag, BatchContext, BatchStats, Output, Request, eos_ids, pack_left, positions,
+    AsyncFlag, BatchContext, BatchStats, Output, Request, eos_ids, guided, pack_left, positions,
 )
 from decodebench.decoding.running import run_sampling
 from decodebench.decoding.stopping import StopChecker
@@ -61,7 +61,7 @@ def length_order(reqs: Sequence[Request]) -> list[int]:
 def kv_capacity(reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -> int:
     """Columns of the static state: the longest prompt and max_new_tokens, plus room for refills to
     run a while before the columns are moved back (continuous batching)."""
-    width = max(len(r.prompt_ids) for r in reqs)
+    width = max(max(len(r.prompt_ids), len(r.negative_prompt_ids or ())) for r in reqs)
     # static batches: room for rows that finished but wait for the host work (few column moves)
     slack = max(spec.max_new_tokens, 64) if continuous else 32
     return width + spec.max_new_tokens + slack
@@ -70,6 +70,11 @@ def kv_capacity(reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -
 # The CPU's "auto" batch: on a 2-core machine throughput stops growing past this (README, "The engine").
 CPU_AUTO_BATCH = 64
 CUDA_AUTO_CAP = 512
+
+
+def kv_rows_per_request(reqs: Sequence[Request]) -> int:
+    """2 with classifier-free guidance (each row's unconditional mirror runs beside it), else 1."""
+    return 2 if any(guided(r) for r in reqs) else 1
 
 
 def kv_bytes_per_row(model, capacity: int) -> int:
@@ -100,7 +105,7 @@ def auto_batch_size(model, reqs: Sequence[Request], spec: StrategySpec, continuo
     if not reqs:
         return 1
     device = next(model.parameters()).device
-    per_row = kv_bytes_per_row(model, kv_capacity(reqs, spec, continuous))
+    per_row = kv_bytes_per_row(model, kv_capacity(reqs, spec, continuous)) * kv_rows_per_request(reqs)
     per_row += 4 * model.get_output_embeddings().weight.shape[0] * 4  # float32 logits and their transforms
     fit = max(1, int(0.8 * free_memory(device)) // max(per_row, 1))
     cap = CUDA_AUTO_CAP if device.type == "cuda" else CPU_AUTO_BATCH
@@ -111,6 +116,7 @@ def check_kv_fits(model, batch_size: int, reqs: Sequence[Request], spec: Strateg
     """A running batch whose KV state cannot fit is refused with the bytes it needs, before it starts."""
     device = next(model.parameters()).device
     need = kv_bytes_per_row(model, kv_capacity(reqs, spec, continuous)) * min(batch_size, len(reqs))
+    need *= kv_rows_per_request(reqs)
     free = free_memory(device)
     if need > free:
         raise ValueError(f"batch_size: a running batch of {min(batch_size, len(reqs))} rows needs "

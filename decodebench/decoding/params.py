@@ -163,7 +163,7 @@ PARAMS: tuple[Param, ...] = (
           transform="watermark", switch=False, warper=False),
     _i("watermark_context_width", default=1, lo=1, transform="watermark", switch=False, warper=False),
     _i("watermark_hashing_key", default=15485863, lo=1, transform="watermark", switch=False, warper=False),
-    # --- classifier-free guidance: the loop's (two forwards per step), not a chain transform
+    # --- classifier-free guidance: the running batch's (each row's unconditional mirror in the same forward)
     _f("guidance_scale", hint=" (1 = off)", off=(1.0,), transform=None, warper=False),
     Param("negative_prompt", "str", transform=None, switch=False, warper=False, sweep=False),
     # --- how the chain runs

@@ -14,6 +14,11 @@ the only place that reads the device: it harvests finished rows, refills their s
 (continuous batching), compacts the batch when there is nobody left to admit, checks stop strings and
 the time limit. A row's tokens depend only on its own (seed, prompt, sample, step), so neither k, nor
 the slot it runs in, nor its batch-mates change them.
+
+Classifier-free guidance (`mirror=True`, when any request has a guidance scale): 2S slots, slot s + S
+holds row s's unconditional sequence (its negative prompt, then every token row s generates). Both run in
+the one decode forward of 2S rows; `cfg_combine` joins their logits before the chain, for guided rows
+only. The batch then keeps its size (no compaction: a mirror must stay at s + S); finished rows idle.
 """
 
 from __future__ import annotations
@@ -27,34 +32,42 @@ from decodebench.decoding.chain import DecodeState, LogitsChain
 from decodebench.decoding.kvcache import Runtime
 from decodebench.decoding.params import SamplingParams
 from decodebench.decoding.recorder import make_recorder
-from decodebench.decoding.runtime import AsyncFlag, BatchContext, Output, Request, request_keys
+from decodebench.decoding.runtime import (AsyncFlag, BatchContext, Output, Request, guided, request_keys,
+                                          unconditional_ids)
+from decodebench.decoding.samplers_misc import cfg_combine
 from decodebench.decoding.sampling import sample
 
 _IDLE = SamplingParams()  # the settings an empty slot carries (its tokens are never read)
 
 
 class RunningBatch:
-    def __init__(self, ctx: BatchContext, spec, slots: int, capacity: int, deadline: Optional[float] = None):
+    def __init__(self, ctx: BatchContext, spec, slots: int, capacity: int, deadline: Optional[float] = None,
+                 mirror: bool = False):
         rt: Runtime = ctx.runner
         self.ctx, self.spec, self.rt, dev = ctx, spec, rt, rt.device
         self.S, self.C, self.L = slots, capacity, spec.max_new_tokens
-        self.kv = rt.allocate(slots, capacity)
+        self.mirror, self.R = mirror, 2 * slots if mirror else slots  # R: KV rows (slots and their mirrors)
+        self.kv = rt.allocate(self.R, capacity)
         self.kv.col = 0
-        S, C, L = slots, capacity, self.L
-        self.tokens = torch.full((S, C), ctx.pad_id, dtype=torch.long, device=dev)
-        self.valid = torch.zeros((S, C), dtype=torch.bool, device=dev)
+        S, C, L, R = slots, capacity, self.L, self.R
+        self.tokens = torch.full((R, C), ctx.pad_id, dtype=torch.long, device=dev)
+        self.valid = torch.zeros((R, C), dtype=torch.bool, device=dev)
         self.gen_start = torch.zeros(S, dtype=torch.long, device=dev)  # column of the first generated token
         self.out = torch.full((S, L + 1), ctx.pad_id, dtype=torch.long, device=dev)
         self.lengths = torch.zeros(S, dtype=torch.long, device=dev)
-        self.pos = torch.zeros(S, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(R, dtype=torch.long, device=dev)
         self.finished = torch.ones(S, dtype=torch.bool, device=dev)
         self.hit_eos = torch.zeros(S, dtype=torch.bool, device=dev)
         self.keys = torch.zeros(S, dtype=torch.long, device=dev)
-        self.logits = torch.zeros((S, ctx.vocab_size), dtype=torch.float32, device=dev)
+        self.logits = torch.zeros((R, ctx.vocab_size), dtype=torch.float32, device=dev)
+        self.scale = torch.ones(S, dtype=torch.float64, device=dev)  # guidance scale per slot
+        self.guided = torch.zeros(S, dtype=torch.bool, device=dev)
+        self.neg_len = [0] * S  # unconditional prompt length per slot (host)
+        self._fed: tuple = (-1, None)  # (a, fed_rows(a)): one index tensor per batch width
         self.eos = torch.tensor(ctx.eos or [-1], device=dev)
         self.recorder = make_recorder(ctx.record, S, L, dev)
         self.owner: list[Optional[int]] = [None] * S  # request index per slot (host)
-        self.start: list[int] = [0] * S  # first real column per slot (host)
+        self.start: list[int] = [0] * R  # first real column per KV row (host)
         self.reqs: list[Optional[Request]] = [None] * S
         self.a = 0
         self.chain: Optional[LogitsChain] = None
@@ -75,7 +88,7 @@ class RunningBatch:
                             prompt_width=(self.gen_start[:a] - kv.lo)[:, None], step=self.steps, row_step=n,
                             keys=self.keys[:a])
         raw = self.logits[:a]
-        processed = self.chain(raw, state)
+        processed = self.chain(self.guided_logits(a), state)
         tok = sample(processed, self.keys[:a], n, self.chain.sample_mode, support=self.chain.support)
         self.recorder.on_step(n, raw, processed, tok, ~fin)
         tok = torch.where(fin, ctx.pad_id, tok)
@@ -91,13 +104,34 @@ class RunningBatch:
             self.streamer(self.steps, tok, fin)
         self.steps += 1
         self.flag.push(self.finished)
-        # feed the token: column `col` for every running slot
-        self.tokens[:a, kv.col] = tok
-        self.valid[:a, kv.col] = True
-        logits, _ = self.rt.decode(tok[:, None], self.pos[:a, None], self.valid[:a])
-        self.logits[:a] = logits[:, -1]
-        self.pos[:a] += 1
+        # feed the token: column `col` for every running slot (and, with mirrors, every KV row: a
+        # mirror gets its row's token; idle rows get a pad, so no row is ever fully masked)
+        r = self.R if self.mirror else a
+        if self.mirror:
+            tok = torch.full((r,), ctx.pad_id, dtype=torch.long, device=tok.device).index_copy_(
+                0, self.fed_rows(a), tok.repeat(2))
+        self.tokens[:r, kv.col] = tok
+        self.valid[:r, kv.col] = True
+        logits, _ = self.rt.decode(tok[:, None], self.pos[:r, None], self.valid[:r])
+        self.logits[:r] = logits[:, -1]
+        self.pos[:r] += 1
         kv.col += 1
+
+    def guided_logits(self, a: int) -> torch.Tensor:
+        """The chain's input for slots `[0, a)`: classifier-free guidance's combination for guided rows (the
+        first transform, as transformers orders it), the model's logits for the others."""
+        raw = self.logits[:a]
+        if not self.mirror:
+            return raw
+        S = self.S
+        return torch.where(self.guided[:a, None], cfg_combine(raw, self.logits[S:S + a], self.scale[:a]), raw)
+
+    def fed_rows(self, a: int) -> torch.Tensor:
+        """KV rows of the running slots `[0, a)` and then of their mirrors `[S, S + a)`."""
+        if self._fed[0] != a:
+            ar = torch.arange(a, device=self.rt.device)
+            self._fed = (a, torch.cat([ar, ar + self.S]))
+        return self._fed[1]
 
     # ------------------------------------------------------------------------------- host work
     def finished_host(self) -> list[bool]:
@@ -150,15 +184,20 @@ class RunningBatch:
     def admit(self, items: list[tuple[int, Request]]) -> None:
         """Requests into free slots (the lowest first); prefilled together, each distinct prompt once."""
         free = [s for s in range(self.S) if self.owner[s] is None][: len(items)]
-        width = max(len(r.prompt_ids) for _, r in items)
+        prompts = [r.prompt_ids for _, r in items]
+        kv_rows = free
+        if self.mirror:  # each row's unconditional sequence is prefilled with it, into its mirror slot
+            negs = [unconditional_ids(r) for _, r in items]
+            prompts, kv_rows = prompts + negs, free + [s + self.S for s in free]
+        width = max(len(p) for p in prompts)
         self.make_room(width)
         kv, dev = self.kv, self.rt.device
         slots = torch.tensor(free, dtype=torch.long, device=dev)
-        self.valid[slots] = False
-        logits, _, lens = self.rt.prefill(slots, [r.prompt_ids for _, r in items], self.ctx.pad_id,
-                                          self.valid, self.tokens)
-        self.logits[slots] = logits
-        self.pos[slots] = lens
+        rows = torch.tensor(kv_rows, dtype=torch.long, device=dev)
+        self.valid[rows] = False
+        logits, _, lens = self.rt.prefill(rows, prompts, self.ctx.pad_id, self.valid, self.tokens)
+        self.logits[rows] = logits
+        self.pos[rows] = lens
         self.gen_start[slots] = kv.col
         self.lengths[slots] = 0
         self.finished[slots] = False
@@ -170,14 +209,20 @@ class RunningBatch:
         for s, (i, r) in zip(free, items):
             self.owner[s], self.reqs[s], self.start[s] = i, r, kv.col - len(r.prompt_ids)
             self.trusted_from[s] = self.steps + 1
+        if self.mirror:
+            for s, neg in zip(free, negs):
+                self.start[s + self.S], self.neg_len[s] = kv.col - len(neg), len(neg)
+            self.scale[slots] = torch.tensor([float(r.params.guidance_scale) if guided(r) else 1.0 for _, r in items],
+                                             dtype=torch.float64, device=dev)
+            self.guided[slots] = torch.tensor([guided(r) for _, r in items], device=dev)
         self.a = max(self.a, max(free) + 1)
         self.rebuild_chain()
 
     def compact(self) -> None:
         """Running slots with a request move to the front; the batch shrinks to them."""
         live = [s for s in range(self.a) if self.owner[s] is not None]
-        if len(live) == self.a or (self.rt.static_shapes and live):
-            return  # compiled steps keep one shape: finished rows idle until the batch is done
+        if len(live) == self.a or ((self.rt.static_shapes or self.mirror) and live):
+            return  # compiled steps keep one shape, mirrors their place: finished rows idle until the end
         idx = torch.tensor(live, dtype=torch.long, device=self.rt.device)
         n = len(live)
         self.kv.select_slots(idx, n)
@@ -189,7 +234,7 @@ class RunningBatch:
             self.ctx.stop.select(idx, n)
         self.owner = [self.owner[s] for s in live] + [None] * (self.S - n)
         self.reqs = [self.reqs[s] for s in live] + [None] * (self.S - n)
-        self.start = [self.start[s] for s in live] + [0] * (self.S - n)
+        self.start = [self.start[s] for s in live] + [0] * (self.R - n)
         self.finished[n:] = True
         self.trusted_from = [self.steps + 1] * self.S
         self.a = n
@@ -211,8 +256,18 @@ class RunningBatch:
             self.chain_names.update(self.chain.names)
         self.set_window()
 
+    def live_rows(self) -> list[tuple[int, int]]:
+        """(KV row, its prompt length) of every running row, mirrors included."""
+        out = []
+        for s in range(self.a):
+            if self.owner[s] is not None:
+                out.append((s, len(self.reqs[s].prompt_ids)))
+                if self.mirror:
+                    out.append((s + self.S, self.neg_len[s]))
+        return out
+
     def set_window(self) -> None:
-        live = [self.start[s] for s in range(self.a) if self.owner[s] is not None]
+        live = [self.start[k] for k, _ in self.live_rows()]
         self.kv.lo = min(live) if live else self.kv.col
 
     def make_room(self, width: int) -> None:
@@ -221,8 +276,7 @@ class RunningBatch:
         kv = self.kv
         # a row still running needs at most its prompt and L columns; a finished row waiting for the
         # host work writes padding past that, which may be dropped
-        spans = [min(kv.col - self.start[s], len(self.reqs[s].prompt_ids) + self.L)
-                 for s in range(self.a) if self.owner[s] is not None]
+        spans = [min(kv.col - self.start[k], n + self.L) for k, n in self.live_rows()]
         if kv.col >= width and kv.col + 1 <= self.C and (kv.col + 1 < self.C or not spans):
             return
         new_col = max([width] + spans)
@@ -272,7 +326,7 @@ def run_sampling(reqs: list[Request], spec, ctx: BatchContext, order: list[int],
             t0 = time.perf_counter()
             deadline = t0 + spec.max_time if spec.max_time else None
             if rb is None:
-                rb = RunningBatch(ctx, spec, S, capacity, deadline)
+                rb = RunningBatch(ctx, spec, S, capacity, deadline, mirror=any(guided(reqs[i]) for i in order))
             else:
                 rb.deadline, rb.timed_out = deadline, False
             take, queue = queue[:S], queue[S:]

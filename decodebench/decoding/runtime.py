@@ -25,6 +25,18 @@ class Request:
     sample_index: int = 0
     params: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
+    negative_prompt_ids: Optional[list[int]] = None  # classifier-free guidance's unconditional prompt
+
+
+def guided(r: Request) -> bool:
+    """The row runs classifier-free guidance (guidance_scale 1 is off, its negative prompt unused)."""
+    return r.params.guidance_scale not in (None, 1.0)
+
+
+def unconditional_ids(r: Request) -> list[int]:
+    """The unconditional sequence's prompt: the negative prompt or, without one, the prompt's last token
+    (transformers' `UnbatchedClassifierFreeGuidanceLogitsProcessor`)."""
+    return list(r.negative_prompt_ids) if r.negative_prompt_ids is not None else list(r.prompt_ids[-1:])
 
 
 @dataclass

@@ -145,10 +145,10 @@ def build_strategy(d: dict) -> StrategySpec:
         stopping=tuple(d.get("stopping") or ()),
     )
     check.validate(spec)
-    if spec.params.guidance_scale not in (None, 1.0) or spec.params.negative_prompt is not None:
-        # the checks exist and `decoding.cfg_combine` has the step; the loop's two-forward wiring is pending
-        raise ValueError("guidance_scale is set, but classifier-free guidance is not run by the generation loop "
-                         "yet; leave guidance_scale and negative_prompt unset")
+    if spec.params.guidance_scale not in (None, 1.0) and check.unit != "row":
+        # the running batch pairs each row with its unconditional mirror; the searches have no mirrors
+        raise ValueError(f"guidance_scale: classifier-free guidance runs with sampling strategies, not with "
+                         f"method {method!r}; set guidance_scale=1 or choose a sampling strategy")
     return spec
 
 

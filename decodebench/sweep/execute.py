@@ -115,7 +115,7 @@ def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
         (d / stale).unlink(missing_ok=True)
     results.write_text(d / "config.yaml", OmegaConf.to_yaml(p.cfg, resolve=True))
     chat = bool(p.cfg.dataset.chat_template)
-    reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids)
+    reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids, p.cfg.dataset.system_prompt)
     todo = {(r.prompt_id, r.sample_index): r for r in reqs}
     keep = [r for r in read_partial(d) if todo.pop((r.get("prompt_id"), r.get("sample_index")), None) is not None]
     bs = p.cfg.batch_size
