@@ -63,6 +63,21 @@ class StrategyConfig:
     max_time: Optional[float] = None  # seconds per batch
     stream: Optional[str] = None  # beam streaming rule: "safe" or "lookahead"
     lookahead: int = 2
+    # choosing among a prompt's num_return_sequences samples (decodebench/selectors.py)
+    selector: Optional[str] = None  # self_consistency, best_of_n, mbr
+    extractor: Optional[str] = None  # self_consistency: a registered answer extractor
+    answer_pattern: Optional[str] = None  # self_consistency: a regex (group 1, else the match) instead
+    reward: Optional[str] = None  # best_of_n: a registered reward function (null: mean log-prob)
+    mbr_utility: str = "chrf"  # mbr: chrf or bleu
+    # methods with a second model or the target's early layers
+    amateur: Optional[str] = None  # contrastive decoding: the amateur model (null: amateur_layers)
+    amateur_layers: Optional[int] = None  # contrastive decoding: the target's first N layers as amateur
+    cd_alpha: float = 0.1  # contrastive decoding: plausibility, p_expert >= cd_alpha * max p_expert
+    cd_beta: Optional[float] = None  # null: log p_e - log p_a (Li et al.); else (1+b) log p_e - b log p_a
+    amateur_temperature: float = 1.0
+    dola_layers: Any = None  # DoLa: low, high or a list of layer indices
+    assistant: Dict[str, Any] = field(default_factory=dict)  # speculative: model, early_exit or prompt_lookup
+    num_assistant_tokens: int = 5
 
 
 @dataclass

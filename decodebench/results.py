@@ -53,10 +53,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 class GenerationsWriter:
     """Appends records batch by batch; `close()` makes generations.jsonl appear atomically."""
 
-    def __init__(self, run_dir: str | os.PathLike):
-        self.dir = Path(run_dir)
+    def __init__(self, run_dir: str | os.PathLike, name: str = GENERATIONS):
+        self.dir, self.name = Path(run_dir), name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.partial = self.dir / PARTIAL
+        self.partial = self.dir / (PARTIAL if name == GENERATIONS else f"{Path(name).stem}.partial.jsonl")
         self.partial.unlink(missing_ok=True)
         self.f = open(self.partial, "w", encoding="utf-8")
 
@@ -71,7 +71,7 @@ class GenerationsWriter:
         recs = read_jsonl(self.partial)
         if sort_key is not None:
             recs.sort(key=sort_key)
-        final = self.dir / GENERATIONS
+        final = self.dir / self.name
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".gen.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for r in recs:

@@ -199,6 +199,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
                                            dtype=prep["dtype"]) for name in sorted(prep["plan"].scoring_models())}
         metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
                                           seed=int(cfg.seed), progress=bool(cfg.progress), models=scoring))
+        metrics.update(score_selected(cfg, run_dir, prep, records, model, tok, scoring))
     except BaseException:
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise
@@ -206,6 +207,22 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     results.write_json_atomic(run_dir / results.METRICS, metrics)
     return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records),
             "strategy": info["strategy"]["name"]}
+
+
+def score_selected(cfg: DictConfig, run_dir: Path, prep: dict, records: list, model, tok, scoring) -> dict:
+    """With `strategy.selector`: selected.jsonl (one record per prompt) and its metrics as selected_<m>."""
+    search = prep["spec"].search
+    if search.get("selector") is None:
+        return {}
+    from decodebench.selectors import PREFIX, select_records
+
+    chosen = select_records(records, search, model, tok)
+    writer = results.GenerationsWriter(run_dir, name="selected.jsonl")
+    writer.write(chosen)
+    writer.close()
+    m = prep["plan"].score(chosen, model=model, tokenizer=tok, device=prep["device"], seed=int(cfg.seed),
+                           progress=bool(cfg.progress), models=scoring)
+    return {PREFIX + k: v for k, v in m.items()}
 
 
 def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:

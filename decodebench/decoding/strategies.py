@@ -111,6 +111,11 @@ _LOOP_KEYS = {"name", "method", "max_new_tokens", "num_return_sequences", "stop"
 SEARCH_DEFAULTS: dict[str, Any] = {
     "num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "num_beam_groups": 1,
     "diversity_penalty": 0.0, "penalty_alpha": None, "stream": None, "lookahead": 2,
+    # selectors (decodebench/selectors.py) and the methods with a second model (contrastive_decoding,
+    # dola, speculative)
+    "selector": None, "extractor": None, "answer_pattern": None, "reward": None, "mbr_utility": "chrf",
+    "amateur": None, "amateur_layers": None, "cd_alpha": 0.1, "cd_beta": None, "amateur_temperature": 1.0,
+    "dola_layers": None, "assistant": {}, "num_assistant_tokens": 5,
 }
 
 
@@ -144,6 +149,10 @@ def build_strategy(d: dict) -> StrategySpec:
         stopping=tuple(d.get("stopping") or ()),
     )
     check.validate(spec)
+    if spec.search.get("selector") is not None:
+        from decodebench.selectors import check_selector
+
+        check_selector(spec)
     return spec
 
 
