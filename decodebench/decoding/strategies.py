@@ -36,6 +36,8 @@ class SearchMethod:
     unit:                "row" (one token per row per step: continuous batching, any batch split) or
                          "prompt" (a search over a prompt's rows: whole prompts per batch)
     fusable:             sweep points may be generated in the same batches (per-row settings only)
+    runtime:             `(model, spec, **runtime_options) -> kvcache.Runtime`: a Runtime of the method's own
+                         (logits combined with an amateur's or early layers'); None: the plain one
     """
 
     name: str
@@ -45,6 +47,7 @@ class SearchMethod:
     supports_record: bool = True
     unit: str = "prompt"
     fusable: bool = False
+    runtime: Optional[Callable] = None
 
     def __call__(self, reqs, spec, ctx):  # the former calling convention: method(rows, spec, ctx)
         return self.run(reqs, spec, ctx)
@@ -159,3 +162,4 @@ def build_strategy(d: dict) -> StrategySpec:
 def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
+    from decodebench.decoding import contrastive_decoding, dola  # noqa: F401
