@@ -25,6 +25,15 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class AssistantConfig:
+    """The draft of speculative decoding: exactly one of these (decodebench/decoding/speculative.py)."""
+
+    model: Optional[str] = None  # a model sharing the target's tokenizer
+    early_exit: Optional[int] = None  # the target's first N layers and its LM head
+    prompt_lookup: Optional[int] = None  # n-gram lookup in the prompt and output (n = N down to 1)
+
+
+@dataclass
 class StrategyConfig:
     """Hydra schema of the `strategy` group; parameter names are Hugging Face GenerationConfig's."""
 
@@ -76,7 +85,7 @@ class StrategyConfig:
     cd_beta: Optional[float] = None  # null: log p_e - log p_a (Li et al.); else (1+b) log p_e - b log p_a
     amateur_temperature: float = 1.0
     dola_layers: Any = None  # DoLa: low, high or a list of layer indices
-    assistant: Dict[str, Any] = field(default_factory=dict)  # speculative: model, early_exit or prompt_lookup
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)  # speculative decoding's draft
     num_assistant_tokens: int = 5
 
 

@@ -97,6 +97,8 @@ def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict
 
 
 def run_metrics(stats, wall: float, device: str) -> dict:
+    from decodebench.decoding.speculative import speculative_metrics
+
     gen_s = max(stats.decode_s, 1e-9)
     ttft_total = sum(stats.ttft_s)
     if device.startswith("cuda"):
@@ -118,6 +120,7 @@ def run_metrics(stats, wall: float, device: str) -> dict:
         "generated_tokens": float(stats.generated_tokens),
         "generation_time_s": stats.decode_s,
         "wall_time_s": wall,
+        **speculative_metrics(getattr(stats, "extra", {})),
     }
 
 

@@ -162,4 +162,4 @@ def build_strategy(d: dict) -> StrategySpec:
 def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
-    from decodebench.decoding import contrastive_decoding, dola  # noqa: F401
+    from decodebench.decoding import contrastive_decoding, dola, speculative  # noqa: F401
