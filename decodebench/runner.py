@@ -228,6 +228,16 @@ def score_selected(cfg: DictConfig, run_dir: Path, prep: dict, records: list, mo
     return {PREFIX + k: v for k, v in m.items()}
 
 
+def check_with_model(spec, model) -> None:
+    """The method's checks that need the loaded model (its layers, a second model's vocabulary): ConfigError."""
+    check = METHODS.get(spec.method).check_model
+    if check is not None:
+        try:
+            check(spec, model)
+        except ValueError as e:
+            raise ConfigError(f"strategy.{e}") from None
+
+
 def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
     """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
     t_start = time.perf_counter()
@@ -238,6 +248,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
+    check_with_model(spec, model)
     prompts = load_prompts(cfg, prep, tok)
     reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template))
     by_id = {p.id: p for p in prompts}

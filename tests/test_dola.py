@@ -122,3 +122,13 @@ def test_layers_outside_the_model_before_generation(tiny):
     spec = build_strategy({"name": "dola", "method": "dola", "dola_layers": [1, 5]})
     with pytest.raises(ValueError, match=r"dola_layers \[5\] are outside the model"):
         generate(model, tok, [Request(prompt_id="0", prompt_ids=[1, 2], params=spec.params)], spec)
+
+
+def test_run_refuses_layers_outside_the_model_before_generation(cfg_of, tmp_path):
+    from decodebench.config import ConfigError
+    from decodebench.runner import execute
+
+    cfg = cfg_of(["model=tiny", "strategy=dola", "strategy.dola_layers=[0,7]", "logger=none", "progress=false"])
+    with pytest.raises(ConfigError, match=r"^strategy\.dola_layers \[7\] are outside the model: layers are 0 "):
+        execute(cfg, tmp_path)
+    assert not (tmp_path / "generations.jsonl").exists()

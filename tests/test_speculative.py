@@ -130,3 +130,12 @@ def test_early_exit_beyond_the_model(tiny):
     spec = _spec({"early_exit": 2})
     with pytest.raises(ValueError, match=r"assistant.early_exit must be < the target's 2 layers, got 2"):
         generate(model, tok, _reqs(tok, ["a"], spec), spec)
+
+
+def test_run_refuses_early_exit_beyond_the_model(cfg_of, tmp_path):
+    from decodebench.config import ConfigError
+    from decodebench.runner import execute
+
+    cfg = cfg_of(["model=tiny", "strategy=speculative", "logger=none", "progress=false"])  # early_exit: 8
+    with pytest.raises(ConfigError, match=r"^strategy\.assistant\.early_exit must be < the target's 2 layers, got 8$"):
+        execute(cfg, tmp_path)

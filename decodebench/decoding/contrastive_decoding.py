@@ -52,15 +52,23 @@ def _combine(s: dict, layers, final, hidden, amateur):
     return contrastive_scores(final, amateur, s["cd_alpha"], s["cd_beta"], s["amateur_temperature"])
 
 
-def make_runtime(model, spec: StrategySpec, **kw) -> CombinedRuntime:
+def _check_model(spec: StrategySpec, model):
+    """The amateur model (loaded once, vocabulary checked), or None after checking amateur_layers."""
     s = spec.search
     if s.get("amateur") is not None:
-        amateur = load_second_model(str(s["amateur"]), model, "amateur")
-        return CombinedRuntime(model, partial(_combine, s, model), amateur=amateur, **kw)
+        return load_second_model(str(s["amateur"]), model, "amateur")
     n, L = s["amateur_layers"], num_layers(model)
     if not 1 <= n < L:
         raise ValueError(f"amateur_layers must be in [1, {L - 1}] for this model ({L} layers), got {n}")
-    return CombinedRuntime(model, partial(_combine, s, model), early_layers=True, **kw)
+    return None
+
+
+def make_runtime(model, spec: StrategySpec, **kw) -> CombinedRuntime:
+    amateur = _check_model(spec, model)
+    combine = partial(_combine, spec.search, model)
+    if amateur is not None:
+        return CombinedRuntime(model, combine, amateur=amateur, **kw)
+    return CombinedRuntime(model, combine, early_layers=True, **kw)
 
 
 def _validate(spec: StrategySpec) -> None:
@@ -83,4 +91,4 @@ def _validate(spec: StrategySpec) -> None:
 
 
 METHODS.register("contrastive_decoding", SearchMethod(
-    name="contrastive_decoding", unit="row", validate=_validate, runtime=make_runtime))
+    name="contrastive_decoding", unit="row", validate=_validate, runtime=make_runtime, check_model=_check_model))

@@ -90,4 +90,9 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError(f"dola_layers must be low, high or a list of layer indices, got {d!r}")
 
 
-METHODS.register("dola", SearchMethod(name="dola", unit="row", validate=_validate, runtime=make_runtime))
+def _check_model(spec: StrategySpec, model) -> None:
+    candidate_layers(spec.search["dola_layers"], num_layers(model), False)
+
+
+METHODS.register("dola", SearchMethod(name="dola", unit="row", validate=_validate, runtime=make_runtime,
+                                      check_model=_check_model))

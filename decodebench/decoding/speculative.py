@@ -248,16 +248,21 @@ def speculative_metrics(extra: dict) -> dict:
             "mean_accepted_tokens": extra["draft_accepted"] / extra["verify_rows"]}
 
 
-def make_runtime(model, spec: StrategySpec, **kw) -> SpecRuntime:
+def _draft(spec: StrategySpec, model):
+    """The draft model (a second model with its vocabulary checked, or the truncated target), or None."""
     a = spec.search["assistant"]
     if a.get("model") is not None:
-        return SpecRuntime(model, load_second_model(str(a["model"]), model, "assistant.model"), **kw)
+        return load_second_model(str(a["model"]), model, "assistant.model")
     if a.get("early_exit") is not None:
         n, layers = int(a["early_exit"]), num_layers(model)
         if n >= layers:
             raise ValueError(f"assistant.early_exit must be < the target's {layers} layers, got {n}")
-        return SpecRuntime(model, truncated(model, n), **kw)
-    return SpecRuntime(model, None, **kw)
+        return truncated(model, n)
+    return None
+
+
+def make_runtime(model, spec: StrategySpec, **kw) -> SpecRuntime:
+    return SpecRuntime(model, _draft(spec, model), **kw)
 
 
 _SOURCES = ("model", "early_exit", "prompt_lookup")
@@ -285,4 +290,5 @@ def _validate(spec: StrategySpec) -> None:
 
 
 METHODS.register("speculative", SearchMethod(name="speculative", run=speculative_batch, validate=_validate,
-                                             supports_record=False, runtime=make_runtime))
+                                             supports_record=False, runtime=make_runtime,
+                                             check_model=lambda spec, model: _draft(spec, model) and None))

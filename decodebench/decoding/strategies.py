@@ -38,6 +38,9 @@ class SearchMethod:
     fusable:             sweep points may be generated in the same batches (per-row settings only)
     runtime:             `(model, spec, **runtime_options) -> kvcache.Runtime`: a Runtime of the method's own
                          (logits combined with an amateur's or early layers'); None: the plain one
+    check_model:         `(spec, model) -> None`, a ValueError naming the key on settings the loaded model
+                         cannot serve (layers it does not have, a second model with another vocabulary);
+                         the runner calls it before generation
     """
 
     name: str
@@ -48,6 +51,7 @@ class SearchMethod:
     unit: str = "prompt"
     fusable: bool = False
     runtime: Optional[Callable] = None
+    check_model: Optional[Callable] = None
 
     def __call__(self, reqs, spec, ctx):  # the former calling convention: method(rows, spec, ctx)
         return self.run(reqs, spec, ctx)
