@@ -139,3 +139,13 @@ def test_run_refuses_early_exit_beyond_the_model(cfg_of, tmp_path):
     cfg = cfg_of(["model=tiny", "strategy=speculative", "logger=none", "progress=false"])  # early_exit: 8
     with pytest.raises(ConfigError, match=r"^strategy\.assistant\.early_exit must be < the target's 2 layers, got 8$"):
         execute(cfg, tmp_path)
+
+
+def test_assistant_with_another_vocabulary_is_refused(embedded):
+    from decodebench.config import ConfigError
+    from decodebench.runner import check_with_model
+
+    spec = _spec({"model": "tiny-random"})
+    with pytest.raises(ConfigError, match=r"^strategy\.assistant\.model: model 'tiny-random' has a vocabulary of "
+                                          r"259 tokens, the target 49152; it must share the target's tokenizer$"):
+        check_with_model(spec, embedded[0])
