@@ -87,6 +87,7 @@ class StrategyConfig:
     dola_layers: Any = None  # DoLa: low, high or a list of layer indices
     assistant: AssistantConfig = field(default_factory=AssistantConfig)  # speculative decoding's draft
     num_assistant_tokens: int = 5
+    num_assistant_tokens_schedule: str = "constant"  # or heuristic: +2 after a round with every draft accepted, else -1
 
 
 @dataclass

@@ -3,6 +3,10 @@ Transformers via Speculative Decoding"; Chen et al. 2023, "Accelerating Large La
 Speculative Sampling". Batched, with per-row acceptance, and exact: the output distribution is the
 target's, with the same transforms applied to the target's and the draft's logits.
 
+Drafting length: `num_assistant_tokens` = k per round, fixed, or with `num_assistant_tokens_schedule=heuristic`
+transformers' schedule on the batch (k + 2 after a round in which every live row accepted every draft,
+else k - 1, at least 1, at most `k_cap`).
+
 Draft sources (`assistant`):
     {model: <name>}       any model sharing the target's vocabulary, with its own KV state in step with the target's
     {early_exit: N}       the target's first N layers and its LM head (after the final norm), as transformers'
@@ -155,9 +159,11 @@ def speculative_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
     rt: SpecRuntime = ctx.runner
     dev, t0 = rt.device, time.perf_counter()
     k, L, B = int(spec.search["num_assistant_tokens"]), spec.max_new_tokens, len(reqs)
+    heuristic = spec.search.get("num_assistant_tokens_schedule") == "heuristic"
+    k_max = k_cap(k) if heuristic else k
     lookup = spec.search["assistant"].get("prompt_lookup")
     width = max(len(r.prompt_ids) for r in reqs)
-    cap = width + (L + 1) * (k + 1) + 1  # each round uses k + 1 columns and yields >= 1 token
+    cap = width + (L + 1) * (k_max + 1) + 1  # each round uses k + 1 columns and yields >= 1 token
     kv = rt.allocate(B, cap)
     kv.col, kv.lo = width, 0
     tokens = torch.full((B, cap), ctx.pad_id, dtype=torch.long, device=dev)
@@ -230,6 +236,9 @@ def speculative_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
         rounds += sum(live)
         emit([d_host[b][:a_host[b]] + [x_host[b]] for b in range(B)])
         x0 = nxt
+        if heuristic:  # transformers' schedule, on the batch: longer while every live row takes every draft
+            all_in = all(a == k for a, lv in zip(a_host, live) if lv)
+            k = min(k + 2, k_max) if all_in else max(k - 1, 1)
     chain.raise_if_nan()
     ctx.decode_done(t0, rounds)
     ex = ctx.stats.extra
@@ -238,6 +247,12 @@ def speculative_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
         ex[key] = ex.get(key, 0) + v
     rt.draft_passes = 0
     return [Output(token_ids=o, finish_reason="eos" if o and o[-1] in eos else "length") for o in outs]
+
+
+def k_cap(k: int) -> int:
+    """The heuristic schedule's ceiling (transformers has none at batch size 1; a batch's static state needs
+    one): four times the starting length, at least 16."""
+    return max(4 * k, 16)
 
 
 def speculative_metrics(extra: dict) -> dict:
@@ -284,6 +299,9 @@ def _validate(spec: StrategySpec) -> None:
     k = s.get("num_assistant_tokens")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"num_assistant_tokens must be an integer >= 1 (drafts per round), got {k!r}")
+    if s.get("num_assistant_tokens_schedule") not in ("constant", "heuristic"):
+        raise ValueError("num_assistant_tokens_schedule must be constant or heuristic, got "
+                         f"{s.get('num_assistant_tokens_schedule')!r}")
     if spec.stop or spec.stopping or spec.max_time:
         raise ValueError("stop must be empty for speculative decoding (stop strings, stopping criteria and "
                          "max_time are not served by it yet)")

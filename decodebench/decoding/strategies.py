@@ -123,6 +123,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "selector": None, "extractor": None, "answer_pattern": None, "reward": None, "mbr_utility": "chrf",
     "amateur": None, "amateur_layers": None, "cd_alpha": 0.1, "cd_beta": None, "amateur_temperature": 1.0,
     "dola_layers": None, "assistant": {}, "num_assistant_tokens": 5,
+    "num_assistant_tokens_schedule": "constant",
 }
 
 
