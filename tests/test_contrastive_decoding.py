@@ -91,7 +91,8 @@ def test_second_model_amateur_runs_in_step(tiny):
     follow the target's through prefill, continuous refills and compaction for this to hold."""
     model, tok = tiny
     greedy = build_strategy({"name": "g", "max_new_tokens": 5})
-    reqs = [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"], params=greedy.params) for i, x in enumerate(TEXTS)]
+    reqs = [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"], params=greedy.params)
+            for i, x in enumerate(TEXTS)]
     ref, _ = generate(model, tok, reqs, greedy, batch_size=2)
     outs, stats = run(model, tok, TEXTS, {"amateur": "tiny-random", "amateur_temperature": 2.0,
                                           "max_new_tokens": 5}, batch_size=2)

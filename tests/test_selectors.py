@@ -85,7 +85,8 @@ def test_mbr_chrf_and_bleu_by_sacrebleu():
 
 
 @pytest.mark.parametrize("extra, msg", [
-    ({"selector": "self_consistency", "extractor": "last_number"}, "num_return_sequences must be > 1 for selector=self_consistency"),
+    ({"selector": "self_consistency", "extractor": "last_number"},
+     "num_return_sequences must be > 1 for selector=self_consistency"),
     ({"selector": "self_consistency", "extractor": "last_nuber", "num_return_sequences": 4},
      "did you mean 'last_number'"),
     ({"selector": "self_consistency", "num_return_sequences": 4}, "answer_pattern or extractor must be set"),
@@ -105,7 +106,8 @@ def test_cli_bad_extractor_exits_2(cfg_of):
 
     cfg = cfg_of(["strategy=sample", "strategy.num_return_sequences=3", "strategy.selector=self_consistency",
                   "strategy.extractor=boxd", "logger=none"])
-    with pytest.raises(ConfigError, match=r"^strategy\.extractor names an unknown answer extractor 'boxd'; did you mean"):
+    with pytest.raises(ConfigError,
+                       match=r"^strategy\.extractor names an unknown answer extractor 'boxd'; did you mean"):
         prepare(cfg)
 
 

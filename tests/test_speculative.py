@@ -22,9 +22,9 @@ def _spec(assistant, **kw):
     return build_strategy({"name": "s", "method": "speculative", "assistant": assistant, **kw})
 
 
-@pytest.mark.parametrize("assistant,k,schedule", [({"early_exit": 1}, 3, "constant"), ({"prompt_lookup": 2}, 2, "constant"),
-                                                  ({"model": "tiny-random"}, 4, "constant"),
-                                                  ({"early_exit": 1}, 2, "heuristic")])
+@pytest.mark.parametrize("assistant,k,schedule", [
+    ({"early_exit": 1}, 3, "constant"), ({"prompt_lookup": 2}, 2, "constant"), ({"model": "tiny-random"}, 4, "constant"),
+    ({"early_exit": 1}, 2, "heuristic")])
 def test_greedy_equals_greedy_on_tiny(assistant, k, schedule):
     model, tok = peaky_tiny()
     greedy = build_strategy({"name": "g", "max_new_tokens": 12, "repetition_penalty": 1.3})

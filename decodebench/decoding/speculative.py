@@ -287,7 +287,8 @@ def _validate(spec: StrategySpec) -> None:
     a, s = spec.search.get("assistant") or {}, spec.search
     unknown = [key for key in a if key not in _SOURCES]
     if unknown:
-        raise ValueError(f"assistant.{unknown[0]} is not a draft source; choose one of model, early_exit, prompt_lookup")
+        raise ValueError(f"assistant.{unknown[0]} is not a draft source; choose one of model, early_exit, "
+                         "prompt_lookup")
     given = [key for key in _SOURCES if a.get(key) is not None]
     if len(given) != 1:
         raise ValueError("assistant must name exactly one draft source: assistant.model=<model>, "
