@@ -53,6 +53,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 class GenerationsWriter:
     """Appends records batch by batch; `close()` makes generations.jsonl appear atomically."""
 
+    name = GENERATIONS  # the final file's name (subclasses that set up their own files keep this one)
+
     def __init__(self, run_dir: str | os.PathLike, name: str = GENERATIONS):
         self.dir, self.name = Path(run_dir), name
         self.dir.mkdir(parents=True, exist_ok=True)
