@@ -28,6 +28,17 @@ class ConfigError(ValueError):
     """A bad setting; str() is one line naming the key and what to change."""
 
 
+@dataclass
+class AssistantConfig:
+    """The draft of speculative decoding: exactly one of these (decodebench/decoding/speculative.py)."""
+
+    model: Optional[str] = None  # a model sharing the target's tokenizer
+    early_exit: Optional[int] = None  # the target's first N layers and its LM head
+    prompt_lookup: Optional[int] = None  # n-gram lookup in the prompt and output (n = N down to 1)
+
+
+
+
 def _annotation(p: Param):
     if p.config_type is not None:
         return p.config_type
@@ -60,6 +71,22 @@ StrategyConfig = make_dataclass("StrategyConfig", [
     ("max_time", Optional[float], field(default=None)),  # seconds per batch
     ("stream", Optional[str], field(default=None)),  # beam streaming rule: "safe" or "lookahead"
     ("lookahead", int, field(default=2)),
+    # choosing among a prompt's num_return_sequences samples (decodebench/selectors.py)
+    ("selector", Optional[str], field(default=None)),  # self_consistency, best_of_n, mbr
+    ("extractor", Optional[str], field(default=None)),  # self_consistency: a registered answer extractor
+    ("answer_pattern", Optional[str], field(default=None)),  # self_consistency: a regex instead
+    ("reward", Optional[str], field(default=None)),  # best_of_n: a registered reward (null: mean log-prob)
+    ("mbr_utility", str, field(default="chrf")),  # mbr: chrf or bleu
+    # methods with a second model or the target's early layers
+    ("amateur", Optional[str], field(default=None)),  # contrastive decoding: the amateur model
+    ("amateur_layers", Optional[int], field(default=None)),  # contrastive decoding: the target's first N layers
+    ("cd_alpha", float, field(default=0.1)),  # plausibility: p_expert >= cd_alpha * max p_expert
+    ("cd_beta", Optional[float], field(default=None)),  # null: log p_e - log p_a; else (1+b) log p_e - b log p_a
+    ("amateur_temperature", float, field(default=1.0)),
+    ("dola_layers", Any, field(default=None)),  # DoLa: low, high or a list of layer indices
+    ("assistant", AssistantConfig, field(default_factory=AssistantConfig)),  # speculative decoding's draft
+    ("num_assistant_tokens", int, field(default=5)),
+    ("num_assistant_tokens_schedule", str, field(default="constant")),  # or heuristic
 ], namespace={"__module__": __name__})
 
 

@@ -167,10 +167,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 class GenerationsWriter:
     """Appends records batch by batch; `close()` makes generations.jsonl appear atomically."""
 
-    def __init__(self, run_dir: str | os.PathLike):
-        self.dir = Path(run_dir)
+    name = GENERATIONS  # the final file's name (subclasses that set up their own files keep this one)
+
+    def __init__(self, run_dir: str | os.PathLike, name: str = GENERATIONS):
+        self.dir, self.name = Path(run_dir), name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.partial = self.dir / PARTIAL
+        self.partial = self.dir / (PARTIAL if name == GENERATIONS else f"{Path(name).stem}.partial.jsonl")
         self.partial.unlink(missing_ok=True)
         self.f = open(self.partial, "w", encoding="utf-8")
 
@@ -188,7 +190,7 @@ class GenerationsWriter:
         recs = read_jsonl(self.partial)
         if sort_key is not None:
             recs.sort(key=sort_key)
-        final = self.dir / GENERATIONS
+        final = self.dir / self.name
         with naming(final):
             fd, tmp = mkstemp_shared(self.dir, ".gen.")
             try:

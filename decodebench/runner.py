@@ -200,6 +200,8 @@ def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict
 
 
 def run_metrics(stats, wall: float, device: str) -> dict:
+    from decodebench.decoding.speculative import speculative_metrics
+
     gen_s = max(stats.decode_s, 1e-9)
     ttft_total = sum(stats.ttft_s)
     if device.startswith("cuda"):
@@ -221,6 +223,7 @@ def run_metrics(stats, wall: float, device: str) -> dict:
         "generated_tokens": float(stats.generated_tokens),
         "generation_time_s": stats.decode_s,
         "wall_time_s": wall,
+        **speculative_metrics(getattr(stats, "extra", {})),
     }
 
 
@@ -304,6 +307,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
             from decodebench.tasks.run import evaluate_task
 
             metrics.update(evaluate_task(cfg, prep, model, tok, run_dir))
+        metrics.update(score_selected(cfg, run_dir, prep, records, model, tok, scoring))
     except BaseException:
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise
@@ -313,6 +317,32 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     results.note_kept(f"the run is complete in {run_dir} (only its W&B logging may be unfinished)")
     return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records),
             "strategy": info["strategy"]["name"]}
+
+
+def score_selected(cfg: DictConfig, run_dir: Path, prep: dict, records: list, model, tok, scoring) -> dict:
+    """With `strategy.selector`: selected.jsonl (one record per prompt) and its metrics as selected_<m>."""
+    search = prep["spec"].search
+    if search.get("selector") is None:
+        return {}
+    from decodebench.selectors import PREFIX, select_records
+
+    chosen = select_records(records, search, model, tok)
+    writer = results.GenerationsWriter(run_dir, name="selected.jsonl")
+    writer.write(chosen)
+    writer.close()
+    m = prep["plan"].score(chosen, model=model, tokenizer=tok, device=prep["device"], seed=int(cfg.seed),
+                           progress=bool(cfg.progress), models=scoring)
+    return {PREFIX + k: v for k, v in m.items()}
+
+
+def check_with_model(spec, model) -> None:
+    """The method's checks that need the loaded model (its layers, a second model's vocabulary): ConfigError."""
+    check = METHODS.get(spec.method).check_model
+    if check is not None:
+        try:
+            check(spec, model)
+        except ValueError as e:
+            raise ConfigError(f"strategy.{e}") from None
 
 
 def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
@@ -331,6 +361,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
 
 def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, tok, t_start: float) -> dict:
     spec = prep["spec"]
+    check_with_model(spec, model)  # limits a method reads from the model (layers, a second model's vocabulary)
     reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids,
                           cfg.dataset.system_prompt)
     by_id = {p.id: p for p in prompts}

@@ -141,6 +141,11 @@ def check_sync_every(k) -> int:
     return k
 
 
+def make_runtime(method, model, spec: StrategySpec, **kw) -> Runtime:
+    """The method's own Runtime (a second model, early-exit logits) or the plain one."""
+    return method.runtime(model, spec, **kw) if method.runtime is not None else Runtime(model, **kw)
+
+
 def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch_size: int = 8,
              record: Sequence[str] = (), progress=None, on_batch: Optional[Callable] = None,
              streamer_factory: Optional[Callable] = None, continuous: bool = True, sync_every: int = 4,
@@ -173,7 +178,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
 
     if method.unit == "row":
         check_model(model)
-        runner = Runtime(model, hidden_states=method.needs_hidden_states, static_shapes=compile)
+        runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states, static_shapes=compile)
         if compile:
             from decodebench.decoding.compiled import compile_decode
 
@@ -189,7 +194,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
         stats.decode_s += time.perf_counter() - t0
     else:
         check_model(model)
-        runner = Runtime(model, hidden_states=method.needs_hidden_states)
+        runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states)
         for idx, rows in iter_batches(reqs, batch_size, whole_prompts=True):
             ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                                streamer=streamer_factory(rows) if streamer_factory else None)

@@ -64,6 +64,7 @@ class BatchStats:
     step_ms: list = field(default_factory=list)  # per batch: mean time of one decode step
     batch_size: int = 0  # rows in the running batch (the largest)
     kv_bytes: int = 0  # the static KV state's size
+    extra: dict = field(default_factory=dict)  # a method's own counters (speculative: drafts proposed, accepted)
 
 
 def request_keys(reqs: Sequence[Request], device) -> torch.Tensor:

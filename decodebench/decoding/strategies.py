@@ -35,6 +35,11 @@ class SearchMethod:
     unit:                "row" (one token per row per step: continuous batching, any batch split) or
                          "prompt" (a search over a prompt's rows: whole prompts per batch)
     fusable:             sweep points may be generated in the same batches (per-row settings only)
+    runtime:             `(model, spec, **runtime_options) -> kvcache.Runtime`: a Runtime of the method's own
+                         (logits combined with an amateur's or early layers'); None: the plain one
+    check_model:         `(spec, model) -> None`, a ValueError naming the key on settings the loaded model
+                         cannot serve (layers it does not have, a second model with another vocabulary);
+                         the runner calls it before generation
     """
 
     name: str
@@ -44,6 +49,8 @@ class SearchMethod:
     supports_record: bool = True
     unit: str = "prompt"
     fusable: bool = False
+    runtime: Optional[Callable] = None
+    check_model: Optional[Callable] = None
 
     def __call__(self, reqs, spec, ctx):  # the former calling convention: method(rows, spec, ctx)
         return self.run(reqs, spec, ctx)
@@ -120,6 +127,12 @@ _LOOP_KEYS = {"name", "method", "max_new_tokens", "num_return_sequences", "stop"
 SEARCH_DEFAULTS: dict[str, Any] = {
     "num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "num_beam_groups": 1,
     "diversity_penalty": 0.0, "penalty_alpha": None, "stream": None, "lookahead": 2,
+    # selectors (decodebench/selectors.py) and the methods with a second model (contrastive_decoding,
+    # dola, speculative)
+    "selector": None, "extractor": None, "answer_pattern": None, "reward": None, "mbr_utility": "chrf",
+    "amateur": None, "amateur_layers": None, "cd_alpha": 0.1, "cd_beta": None, "amateur_temperature": 1.0,
+    "dola_layers": None, "assistant": {}, "num_assistant_tokens": 5,
+    "num_assistant_tokens_schedule": "constant",
 }
 
 
@@ -149,9 +162,14 @@ def build_strategy(d: dict) -> StrategySpec:
         # the running batch pairs each row with its unconditional mirror; the searches have no mirrors
         raise ValueError(f"guidance_scale: classifier-free guidance runs with sampling strategies, not with "
                          f"method {method!r}; set guidance_scale=1 or choose a sampling strategy")
+    if spec.search.get("selector") is not None:
+        from decodebench.selectors import check_selector
+
+        check_selector(spec)
     return spec
 
 
 def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
+    from decodebench.decoding import contrastive_decoding, dola, speculative  # noqa: F401

@@ -35,6 +35,8 @@ def _metric_index() -> dict[str, Scorer]:
 def higher_is_better(metric_name: str) -> bool | None:
     """Direction of a metric for report arrows: True, False, or None (no direction, or unknown).
     `<m>_ci_low` / `<m>_ci_high` follow `<m>`; `<m>_std` has none."""
+    if metric_name.startswith("selected_"):  # the same metric over a selector's chosen outputs
+        metric_name = metric_name[len("selected_"):]
     for suffix in ("_ci_low", "_ci_high"):
         if metric_name.endswith(suffix):
             metric_name = metric_name[: -len(suffix)]
