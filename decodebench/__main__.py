@@ -55,6 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         from decodebench.score import main as score_main
 
         return score_main(rest)
+    from decodebench import distributed
+
+    # under torchrun, rank 0 runs the verb and the other ranks serve its generate calls (distributed.py)
+    return distributed.launch(lambda: _generate_verb(verb, rest), distributed.device_arg(rest))
+
+
+def _generate_verb(verb: str, rest: list[str]):
+    from decodebench import preflight
+
     err = preflight.check(rest)
     if err:
         fail(err)

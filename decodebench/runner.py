@@ -18,9 +18,9 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from decodebench import data, models, results
+from decodebench import data, distributed, models, results
 from decodebench.config import ConfigError, prefix_key, validate
-from decodebench.decoding.engine import Request, generate
+from decodebench.decoding.engine import Request
 from decodebench.decoding.recorder import check_fields
 from decodebench.decoding.strategies import METHODS
 
@@ -69,7 +69,8 @@ def prepare(cfg: DictConfig) -> dict:
                 models.resolve_source(models.ModelConfig(name_or_path=name))
             except ValueError as e:
                 raise ValueError("scorers.<scorer>.model: " + str(e).split(": ", 1)[-1]) from None
-        device = models.pick_device(str(cfg.device))
+        device = distributed.rank_device(models.pick_device(str(cfg.device)))
+        models.check_load_options(cfg.model, device)
         if cfg.get("compile", False):
             from decodebench.decoding.compiled import check_compile
 
@@ -231,8 +232,10 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
         writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])
 
     with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
-        _, stats = generate(model, tok, reqs, spec, batch_size=bs, record=prep["record"],
-                            progress=bar, on_batch=on_batch, **engine_options(cfg))
+        _, stats = distributed.generate(model, tok, reqs, spec, model_cfg=cfg.model, dtype=prep["dtype"],
+                                        plugins=cfg.get("plugins") or (),
+                                        batch_size=bs, record=prep["record"], progress=bar, on_batch=on_batch,
+                                        **engine_options(cfg))
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 

@@ -25,7 +25,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from decodebench import results, runner
-from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
+from decodebench.decoding.engine import BatchStats, Request, eos_ids
+from decodebench.distributed import generate  # the engine's, sharded over the ranks under a launcher
 from decodebench.sweep_plan import Plan, Point
 
 log = logging.getLogger("decodebench")
@@ -172,9 +173,11 @@ def run_group(ctx: Context, group: list[Point]) -> None:
         bs = runner.batch_size_for(ctx.plan.cfg, ctx.model, fused, group[0].spec, scale=len(group))
         try:  # the engine prefills a prompt once for all points' rows that share it
             with runner._progress(len(fused), bool(ctx.plan.cfg.progress), label) as bar:
-                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, batch_size=bs,
+                cfg = ctx.plan.cfg
+                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, model_cfg=cfg.model,
+                                    dtype=ctx.prep["dtype"], plugins=cfg.get("plugins") or (), batch_size=bs,
                                     record=ctx.prep["record"], progress=bar, on_batch=on_batch,
-                                    **runner.engine_options(ctx.plan.cfg))
+                                    **runner.engine_options(cfg))
         except BaseException:
             for pr in runs:  # every finished batch is already flushed to disk
                 pr.writer.f.close()
