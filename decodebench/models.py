@@ -194,6 +194,24 @@ def tiny_model(vocab_size: int = 256, seed: int = 0):
     return model, tok
 
 
+def check_tokenizer(cfg: ModelConfig) -> None:
+    """Load only the tokenizer of a Hub or local model (cheap), so a scoring model that cannot be used
+    is a one-line error before generation rather than after it."""
+    kind, path = resolve_source(cfg)
+    if kind not in ("local", "hub"):
+        return  # built in code, or read from the GGUF file resolve_source found
+    from transformers import AutoTokenizer
+
+    src = str(path) if path is not None else cfg.name_or_path
+    try:
+        with _quiet():
+            AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code),
+                                          local_files_only=kind == "local" or hub_offline())
+    except Exception as e:  # noqa: BLE001 - any failure here means the scorer cannot run
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{cfg.name_or_path}: its tokenizer cannot be loaded ({first})") from None
+
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 QUANTIZATIONS = ("4bit", "8bit")
 SPREAD_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")

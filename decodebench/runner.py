@@ -27,6 +27,7 @@ from decodebench.decoding.strategies import METHODS
 log = logging.getLogger("decodebench")
 
 _MODEL_CACHE: dict = {}  # one loaded model, reused by jobs of a multirun in the same process
+_SCORING_CACHE: dict = {}  # scoring models (scorers.<name>.model), loaded once per process
 
 
 def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
@@ -35,6 +36,85 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = models.load_model(mcfg, device=device, dtype=dtype)
     return _MODEL_CACHE[key]
+
+
+def scoring_models(names, device: str, dtype: str) -> dict:
+    """{name: (model, tokenizer)} for the scorers' `model` options, loaded once per process and reused by
+    every sweep point and multirun job that names them (they never change between points)."""
+    out = {}
+    for name in sorted(names):
+        key = (name, device, dtype)
+        if key not in _SCORING_CACHE:
+            _SCORING_CACHE[key] = models.load_model(models.ModelConfig(name_or_path=name), device=device, dtype=dtype)
+        out[name] = _SCORING_CACHE[key]
+    return out
+
+
+def check_scoring_models(plan) -> None:
+    """Every scorers.<scorer>.model resolves and its tokenizer loads; ValueError naming the scorer."""
+    for scorer, opts in plan.entries:
+        name = opts.get("model")
+        if not name or any(k[0] == name for k in _SCORING_CACHE):
+            continue
+        try:
+            mcfg = models.ModelConfig(name_or_path=name)
+            models.resolve_source(mcfg)
+            models.check_tokenizer(mcfg)
+        except ValueError as e:
+            raise ValueError(f"scorers.{scorer.name}.model={name}: " + str(e).split(": ", 1)[-1]) from None
+
+
+class MemoryMark:
+    """The run's own peak memory, from when it was made: CUDA peak statistics reset here; on CPU the
+    kernel's resident high-water mark is reset (/proc/self/clear_refs) and the peak is its growth over
+    the resident size now. Where the mark cannot be reset, the process's lifetime peak is reported."""
+
+    def __init__(self, device: str):
+        self.device = device
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = 0.0
+            return
+        self.base = _proc_status("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # 5: reset the peak resident set size (VmHWM) to the current one
+            self.reset = True
+        except OSError:
+            self.reset = False
+
+    def peak_mb(self) -> float:
+        if self.device.startswith("cuda"):
+            import torch
+
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.reset and self.base is not None:
+            hwm = _proc_status("VmHWM")
+            if hwm is not None:
+                return max(hwm - self.base, 0.0)
+        return lifetime_peak_mb(self.device)
+
+
+def lifetime_peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _proc_status(field: str) -> Optional[float]:
+    """A /proc/self/status size in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def prepare(cfg: DictConfig) -> dict:
@@ -64,11 +144,7 @@ def prepare(cfg: DictConfig) -> dict:
         raise ConfigError(prefix_key("scorers", str(e))) from None
     try:
         models.resolve_source(cfg.model)
-        for name in plan.scoring_models():  # scorers.<name>.model=...: checked now, loaded after generation
-            try:
-                models.resolve_source(models.ModelConfig(name_or_path=name))
-            except ValueError as e:
-                raise ValueError("scorers.<scorer>.model: " + str(e).split(": ", 1)[-1]) from None
+        check_scoring_models(plan)  # scorers.<name>.model=...: checked now, loaded after generation
         device = distributed.rank_device(models.pick_device(str(cfg.device)))
         models.check_load_options(cfg.model, device)
         if cfg.get("compile", False):
@@ -97,15 +173,10 @@ def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict
     return reqs
 
 
-def run_metrics(stats, wall: float, device: str) -> dict:
+def run_metrics(stats, wall: float, device: str, mark: Optional[MemoryMark] = None) -> dict:
     gen_s = max(stats.decode_s, 1e-9)
     ttft_total = sum(stats.ttft_s)
-    if device.startswith("cuda"):
-        import torch
-
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = mark.peak_mb() if mark is not None else lifetime_peak_mb(device)
     return {
         "tokens_per_s": stats.generated_tokens / gen_s,
         "prefill_tokens_per_s": stats.prompt_tokens / ttft_total if ttft_total else 0.0,
@@ -194,10 +265,9 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     records = results.read_generations(run_dir)
 
-    metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"])
+    metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"], prep.get("memory"))
     try:
-        scoring = {name: models.load_model(models.ModelConfig(name_or_path=name), device=prep["device"],
-                                           dtype=prep["dtype"]) for name in sorted(prep["plan"].scoring_models())}
+        scoring = scoring_models(prep["plan"].scoring_models(), prep["device"], prep["dtype"])
         metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
                                           seed=int(cfg.seed), progress=bool(cfg.progress), models=scoring))
     except BaseException:
@@ -213,6 +283,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
     t_start = time.perf_counter()
     prep = prep or prepare(cfg)
+    prep = {**prep, "memory": MemoryMark(prep["device"])}
     spec = prep["spec"]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

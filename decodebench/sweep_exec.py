@@ -144,6 +144,9 @@ def run_group(ctx: Context, group: list[Point]) -> None:
     gets its error.json and the others are still written."""
     names = [p.name for p in group]
     runs = [start_point(ctx, p, [n for n in names if n != p.name]) for p in group]
+    mark = runner.MemoryMark(ctx.prep["device"])  # the fused points share one generation, so one peak
+    for pr in runs:
+        pr.prep["memory"] = mark
     by_id = {p.id: p for p in ctx.prompts}
     fused: list[Request] = []
     owner: list[PointRun] = []
