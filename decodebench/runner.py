@@ -13,6 +13,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Optional
 
@@ -157,6 +158,48 @@ def prepare(cfg: DictConfig) -> dict:
                 dtype=models.pick_dtype(str(cfg.dtype), device))
 
 
+LM_SCORERS = ("perplexity", "coherence")  # scorers that read the log-probs of the generated tokens
+
+
+class GenLogprobs:
+    """The generated tokens' raw log-probs (the engine's `logprob_raw` telemetry, no extra forward), kept
+    for perplexity and coherence under the generating model; out of generations.jsonl unless recorded."""
+
+    def __init__(self, user_fields):
+        self.strip = "logprob_raw" not in user_fields
+        self.rows: dict = {}
+
+    def take(self, req: Request, out):
+        tele = out.telemetry or {}
+        if "logprob_raw" not in tele:
+            return out
+        self.rows[(req.prompt_id, req.sample_index)] = tele["logprob_raw"]
+        if self.strip:
+            rest = {k: v for k, v in tele.items() if k != "logprob_raw"}
+            out = dc_replace(out, telemetry=rest or None)
+        return out
+
+    def attach(self, records: list[dict]) -> None:
+        for r in records:
+            lps = self.rows.get((r["prompt_id"], r["sample_index"]))
+            if lps is not None:
+                r["gen_logprobs"] = lps
+
+
+def gen_logprobs_for(prep: dict) -> Optional[GenLogprobs]:
+    """A collector when an LM scorer scores under the generating model and the method can record."""
+    uses = any(s.name in LM_SCORERS and not o.get("model") for s, o in prep["plan"].entries)
+    if not uses or not METHODS.get(prep["spec"].method).supports_record:
+        return None
+    return GenLogprobs(prep["record"])
+
+
+def record_fields(prep: dict) -> tuple:
+    """The telemetry to record: the user's, plus `logprob_raw` when a collector wants it."""
+    rec = tuple(prep["record"])
+    return rec + ("logprob_raw",) if prep.get("gen_lp") is not None and "logprob_raw" not in rec else rec
+
+
 def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
     """prompt id -> token ids (a chat template already holds its special tokens)."""
     return {p.id: tok(p.text, add_special_tokens=not chat)["input_ids"] for p in prompts}
@@ -242,8 +285,10 @@ def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> 
     return bs
 
 
-def make_record(req: Request, prompt, out, tok) -> dict:
+def make_record(req: Request, prompt, out, tok, gen_lp: Optional[GenLogprobs] = None) -> dict:
     """One line of generations.jsonl: a request, its prompt record and the engine's output."""
+    if gen_lp is not None:
+        out = gen_lp.take(req, out)
     rec = {"prompt_id": req.prompt_id, "prompt": prompt.text, "prompt_token_ids": req.prompt_ids,
            "sample_index": req.sample_index, "text": tok.decode(out.token_ids, skip_special_tokens=True),
            "token_ids": out.token_ids, "num_tokens": len(out.token_ids), "finish_reason": out.finish_reason,
@@ -264,6 +309,8 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     info["strategy"]["chain"] = stats.chain  # the transforms actually applied, in order
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     records = results.read_generations(run_dir)
+    if prep.get("gen_lp") is not None:
+        prep["gen_lp"].attach(records)  # in memory only: the LM scorers skip their forward for these
 
     metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"], prep.get("memory"))
     try:
@@ -284,6 +331,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     t_start = time.perf_counter()
     prep = prep or prepare(cfg)
     prep = {**prep, "memory": MemoryMark(prep["device"])}
+    prep["gen_lp"] = gen_logprobs_for(prep)
     spec = prep["spec"]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -300,13 +348,14 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     writer = results.GenerationsWriter(run_dir)
 
     def on_batch(idx, outs):
-        writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])
+        writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok, prep["gen_lp"])
+                      for i, o in zip(idx, outs)])
 
     with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
         _, stats = distributed.generate(model, tok, reqs, spec, model_cfg=cfg.model, dtype=prep["dtype"],
                                         plugins=cfg.get("plugins") or (),
-                                        batch_size=bs, record=prep["record"], progress=bar, on_batch=on_batch,
-                                        **engine_options(cfg))
+                                        batch_size=bs, record=record_fields(prep), progress=bar,
+                                        on_batch=on_batch, **engine_options(cfg))
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 

@@ -147,6 +147,7 @@ def run_group(ctx: Context, group: list[Point]) -> None:
     mark = runner.MemoryMark(ctx.prep["device"])  # the fused points share one generation, so one peak
     for pr in runs:
         pr.prep["memory"] = mark
+        pr.prep["gen_lp"] = runner.gen_logprobs_for(pr.prep)
     by_id = {p.id: p for p in ctx.prompts}
     fused: list[Request] = []
     owner: list[PointRun] = []
@@ -162,7 +163,8 @@ def run_group(ctx: Context, group: list[Point]) -> None:
         per: dict[int, list] = {}
         for i, o in zip(idx, outs):
             pr, r = owner[i], fused[i]
-            per.setdefault(id(pr), []).append(runner.make_record(r, by_id[r.prompt_id], o, ctx.tok))
+            per.setdefault(id(pr), []).append(runner.make_record(r, by_id[r.prompt_id], o, ctx.tok,
+                                                                 pr.prep["gen_lp"]))
             pr.tokens += len(o.token_ids)
             pr.prompt_tokens += len(r.prompt_ids)
             pr.rows += 1
@@ -179,7 +181,7 @@ def run_group(ctx: Context, group: list[Point]) -> None:
                 cfg = ctx.plan.cfg
                 _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, model_cfg=cfg.model,
                                     dtype=ctx.prep["dtype"], plugins=cfg.get("plugins") or (), batch_size=bs,
-                                    record=ctx.prep["record"], progress=bar, on_batch=on_batch,
+                                    record=runner.record_fields(runs[0].prep), progress=bar, on_batch=on_batch,
                                     **runner.engine_options(cfg))
         except BaseException:
             for pr in runs:  # every finished batch is already flushed to disk

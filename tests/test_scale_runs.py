@@ -65,3 +65,26 @@ def test_peak_memory_is_the_runs_own():
     peak = mark.peak_mb()
     del small
     assert 25 <= peak < 150
+
+
+def test_perplexity_under_the_generating_model_reuses_generation_log_probs(tmp_path, monkeypatch, capsys):
+    import json
+
+    from decodebench.scorers import lm, resolve_scorers
+
+    args = [*BASE, "strategy.min_new_tokens=4", "scorers.names=[perplexity,coherence]",
+            "scorers.coherence.bos=tokenizer"]
+    real = lm.continuation_logprobs
+    monkeypatch.setattr(lm, "continuation_logprobs", lambda *x, **k: pytest.fail("a scoring forward ran"))
+    assert cli([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    monkeypatch.setattr(lm, "continuation_logprobs", real)
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    recs = runner.results.read_generations(tmp_path / "a")
+    assert all("telemetry" not in r for r in recs)  # kept in memory only: the user recorded nothing
+    # the same records scored by a forward of the same model
+    model, tok = runner.get_model(models.ModelConfig(name_or_path="tiny-random"), "cpu", "float32")
+    plan = resolve_scorers({"names": ["perplexity", "coherence"], "bootstrap": {"samples": 0},
+                            "coherence": {"bos": "tokenizer"}})
+    b = plan.score(recs, model=model, tokenizer=tok, progress=False)
+    assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-4)
+    assert a["coherence"] == pytest.approx(b["coherence"], rel=1e-4)
