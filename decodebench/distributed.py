@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
@@ -170,8 +169,8 @@ def _init(device_hint: str) -> None:
 
 
 def launch(fn: Callable[[], Any], device_hint: str = "auto") -> Any:
-    """Run `fn` (the verb) on rank 0 and serve it on the others; a one-process call when no launcher
-    started several. Rank 0 always releases the workers, whatever way `fn` ends."""
+    """Run `fn` (the verb) on rank 0 and serve it on the others (which return None); a one-process call
+    when no launcher started several. Rank 0 always releases the workers, whatever way `fn` ends."""
     rank, size = world()
     import torch.distributed as dist
 
@@ -184,7 +183,7 @@ def launch(fn: Callable[[], Any], device_hint: str = "auto") -> Any:
             from decodebench import models
 
             serve(rank_device(models.pick_device(device_hint)))
-            sys.exit(0)
+            return None
         try:
             return fn()
         finally:
