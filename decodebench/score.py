@@ -52,6 +52,8 @@ def prepare(cfg: DictConfig):
 
     try:
         check_scoring_models(plan)  # a scoring model whose tokenizer cannot load: before any model loads
+        models.check_load_options(models.ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)),
+                                  models.pick_device(str(cfg.device)), generate=False)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     path = _generations_path(cfg.generations)

@@ -88,3 +88,18 @@ def test_perplexity_under_the_generating_model_reuses_generation_log_probs(tmp_p
     b = plan.score(recs, model=model, tokenizer=tok, progress=False)
     assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-4)
     assert a["coherence"] == pytest.approx(b["coherence"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arg, needle", [("model.device_map=cuda:5", "model.device_map=cuda:5"),
+                                         ("model.attn_implementation=flash_attention_2", "flash"),
+                                         ("model.quantization=8bit", "model.quantization=8bit")])
+def test_load_options_the_machine_cannot_serve_exit_2_before_any_load(arg, needle, tmp_path, capsys):
+    import torch
+
+    if "cuda" in arg and torch.cuda.device_count() > 5:
+        pytest.skip("this machine has 6 GPUs")
+    before = len(models.LOADS)
+    code = cli([*BASE, arg, f"hydra.run.dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(models.LOADS) == before
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
