@@ -66,7 +66,7 @@ def perplexity_main(argv: list[str]) -> None:
     def bare() -> float:
         t0 = time.perf_counter()
         for k in range(0, args.texts, args.batch_size):
-            model(input_ids=full[k:k + args.batch_size].to(device)).logits
+            model(input_ids=full[k:k + args.batch_size].to(device), use_cache=False).logits
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0

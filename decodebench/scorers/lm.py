@@ -81,7 +81,7 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], *, ba
             mask[r, :len(ids)] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device)).logits
+                       position_ids=positions.to(device), use_cache=False).logits  # no KV cache to build
         targets = input_ids[:, 1:].to(device)
         logp = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
         logp = logp.double().cpu().numpy()

@@ -49,7 +49,8 @@ def last_token_features(model, sequences: list[list[int]], *, batch_size: int, d
             ids[r, :len(s)] = torch.tensor(s)
             mask[r, :len(s)] = 1
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), output_hidden_states=True, **keep)
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), output_hidden_states=True,
+                    use_cache=False, **keep)
         last = out.hidden_states[-1]
         lengths = torch.tensor([len(s) for s in rows], device=last.device)
         for i, f in zip(chunk, last[torch.arange(len(rows), device=last.device), lengths - 1].float().cpu()):
