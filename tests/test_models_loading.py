@@ -19,21 +19,24 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs in a fresh process so the resident set holds nothing but this load. Weights are touched after
 # the load (safetensors maps the file lazily), so the figure covers every weight page, not just the map.
 PROBE = r"""
-import json, os, resource, sys
+import json, os, sys
 import torch, transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import transformers.models.llama.modeling_llama
 from decodebench import models
 
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def status(field):  # bytes; VmHWM is this process's own high-water mark (ru_maxrss is inherited at fork)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
 
-before = rss()
+open("/proc/self/clear_refs", "w").write("5")  # the high-water mark starts at the resident size now
+before = status("VmRSS")
 model, tok = models.load_model(models.ModelConfig(name_or_path=sys.argv[1]), dtype="bfloat16")
-load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+load_peak = status("VmHWM") - before
 touched = sum(float(p.detach().view(-1)[::1024].float().sum()) for p in model.parameters())  # one read per page
-print(json.dumps({"dtype": str(model.dtype), "load_peak": load_peak, "resident": rss() - before,
-                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}))
+print(json.dumps({"dtype": str(model.dtype), "load_peak": load_peak, "resident": status("VmRSS") - before,
+                  "peak": status("VmHWM") - before}))
 """
 
 
