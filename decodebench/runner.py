@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, replace
+from dataclasses import replace as dc_replace
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from decodebench import data, models, results
+from decodebench import data, distributed, models, results
 from decodebench.config import ConfigError, prefix_key, validate
-from decodebench.decoding.engine import Request, generate
+from decodebench.decoding.engine import Request
 from decodebench.decoding.recorder import check_fields
 from decodebench.decoding.strategies import METHODS
 from decodebench.dirlock import DirLock
@@ -29,6 +30,7 @@ from decodebench.dirlock import DirLock
 log = logging.getLogger("decodebench")
 
 _MODEL_CACHE: dict = {}  # one loaded model, reused by jobs of a multirun in the same process
+_SCORING_CACHE: dict = {}  # scoring models (scorers.<name>.model), loaded once per process
 
 
 def _model_key(mcfg, device: str, dtype: str) -> tuple:
@@ -90,6 +92,85 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
     return _MODEL_CACHE[key]
 
 
+def scoring_models(names, device: str, dtype: str) -> dict:
+    """{name: (model, tokenizer)} for the scorers' `model` options, loaded once per process and reused by
+    every sweep point and multirun job that names them (they never change between points)."""
+    out = {}
+    for name in sorted(names):
+        key = (name, device, dtype)
+        if key not in _SCORING_CACHE:
+            _SCORING_CACHE[key] = models.load_model(models.ModelConfig(name_or_path=name), device=device, dtype=dtype)
+        out[name] = _SCORING_CACHE[key]
+    return out
+
+
+def check_scoring_models(plan) -> None:
+    """Every scorers.<scorer>.model resolves and its tokenizer loads; ValueError naming the scorer."""
+    for scorer, opts in plan.entries:
+        name = opts.get("model")
+        if not name or any(k[0] == name for k in _SCORING_CACHE):
+            continue
+        try:
+            mcfg = models.ModelConfig(name_or_path=name)
+            models.resolve_source(mcfg)
+            models.check_tokenizer(mcfg)
+        except ValueError as e:
+            raise ValueError(f"scorers.{scorer.name}.model={name}: " + str(e).split(": ", 1)[-1]) from None
+
+
+class MemoryMark:
+    """The run's own peak memory, from when it was made: CUDA peak statistics reset here; on CPU the
+    kernel's resident high-water mark is reset (/proc/self/clear_refs) and the peak is its growth over
+    the resident size now. Where the mark cannot be reset, the process's lifetime peak is reported."""
+
+    def __init__(self, device: str):
+        self.device = device
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = 0.0
+            return
+        self.base = _proc_status("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # 5: reset the peak resident set size (VmHWM) to the current one
+            self.reset = True
+        except OSError:
+            self.reset = False
+
+    def peak_mb(self) -> float:
+        if self.device.startswith("cuda"):
+            import torch
+
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.reset and self.base is not None:
+            hwm = _proc_status("VmHWM")
+            if hwm is not None:
+                return max(hwm - self.base, 0.0)
+        return lifetime_peak_mb(self.device)
+
+
+def lifetime_peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _proc_status(field: str) -> Optional[float]:
+    """A /proc/self/status size in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What a run needs before its model loads, checked once (`prepare`): the strategy spec, telemetry
@@ -104,6 +185,8 @@ class RunPlan:
     dtype: str
     task: Any = None  # the checked lm-eval task settings (decodebench/tasks/), or None
     empty_skipped: int = 0  # empty prompts left out (dataset.empty_prompts=skip)
+    memory: Any = None  # the run's MemoryMark (its own peak memory), set when generation starts
+    gen_lp: Any = None  # GenLogprobs: generation-time log-probs the scorers reuse, set when generation starts
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
@@ -143,12 +226,9 @@ def prepare(cfg: DictConfig) -> RunPlan:
         raise ConfigError(prefix_key("scorers", str(e))) from None
     try:
         models.resolve_source(cfg.model)
-        for name in plan.scoring_models():  # scorers.<name>.model=...: checked now, loaded after generation
-            try:
-                models.resolve_source(models.ModelConfig(name_or_path=name))
-            except ValueError as e:
-                raise ValueError("scorers.<scorer>.model: " + str(e).split(": ", 1)[-1]) from None
-        device = models.pick_device(str(cfg.device))
+        check_scoring_models(plan)  # scorers.<name>.model=...: checked now, loaded after generation
+        device = distributed.rank_device(models.pick_device(str(cfg.device)))
+        models.check_load_options(cfg.model, device)
         if cfg.get("compile", False):
             from decodebench.decoding.compiled import check_compile
 
@@ -170,6 +250,50 @@ def check_task(cfg: DictConfig, spec):
         return check(cfg, spec)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+LM_SCORERS = ("perplexity", "coherence")  # scorers that read the log-probs of the generated tokens
+
+
+class GenLogprobs:
+    """The generated tokens' raw log-probs (the engine's `logprob_raw` telemetry, no extra forward), kept
+    for perplexity and coherence under the generating model; out of generations.jsonl unless recorded."""
+
+    def __init__(self, user_fields):
+        self.strip = "logprob_raw" not in user_fields
+        self.rows: dict = {}
+
+    def take(self, req: Request, out):
+        tele = out.telemetry or {}
+        if "logprob_raw" not in tele:
+            return out
+        self.rows[(req.prompt_id, req.sample_index)] = tele["logprob_raw"]
+        if self.strip:
+            rest = {k: v for k, v in tele.items() if k != "logprob_raw"}
+            out = dc_replace(out, telemetry=rest or None)
+        return out
+
+    def attach(self, records: list) -> None:
+        """`gen_logprobs` on each record generated here (a GenerationRecord's `extra`, in memory only)."""
+        for r in records:
+            rec = isinstance(r, results.GenerationRecord)
+            lps = self.rows.get((r.prompt_id, r.sample_index) if rec else (r["prompt_id"], r["sample_index"]))
+            if lps is not None:
+                (r.extra if rec else r)["gen_logprobs"] = lps
+
+
+def gen_logprobs_for(prep: dict) -> Optional[GenLogprobs]:
+    """A collector when an LM scorer scores under the generating model and the method can record."""
+    uses = any(s.name in LM_SCORERS and not o.get("model") for s, o in prep["plan"].entries)
+    if not uses or not METHODS.get(prep["spec"].method).supports_record:
+        return None
+    return GenLogprobs(prep["record"])
+
+
+def record_fields(prep: dict) -> tuple:
+    """The telemetry to record: the user's, plus `logprob_raw` when a collector wants it."""
+    rec = tuple(prep["record"])
+    return rec + ("logprob_raw",) if prep.get("gen_lp") is not None and "logprob_raw" not in rec else rec
 
 
 def encode_prompts(prompts, tok, chat: bool) -> dict[str, list[int]]:
@@ -199,17 +323,12 @@ def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict
     return reqs
 
 
-def run_metrics(stats, wall: float, device: str) -> dict:
+def run_metrics(stats, wall: float, device: str, mark: Optional[MemoryMark] = None) -> dict:
     from decodebench.decoding.speculative import speculative_metrics
 
     gen_s = max(stats.decode_s, 1e-9)
     ttft_total = sum(stats.ttft_s)
-    if device.startswith("cuda"):
-        import torch
-
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = mark.peak_mb() if mark is not None else lifetime_peak_mb(device)
     return {
         "tokens_per_s": stats.generated_tokens / gen_s,
         "prefill_tokens_per_s": stats.prompt_tokens / ttft_total if ttft_total else 0.0,
@@ -276,8 +395,10 @@ def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> 
     return bs
 
 
-def make_record(req: Request, prompt, out, tok) -> results.GenerationRecord:
+def make_record(req: Request, prompt, out, tok, gen_lp: Optional[GenLogprobs] = None) -> results.GenerationRecord:
     """One line of generations.jsonl: a request, its prompt record and the engine's output."""
+    if gen_lp is not None:
+        out = gen_lp.take(req, out)
     return results.GenerationRecord(
         prompt_id=req.prompt_id, prompt=prompt.text, prompt_token_ids=req.prompt_ids,
         sample_index=req.sample_index, text=tok.decode(out.token_ids, skip_special_tokens=True),
@@ -296,11 +417,12 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     info["strategy"]["chain"] = stats.chain  # the transforms actually applied, in order
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     records = results.read_generations(run_dir)
+    if prep.get("gen_lp") is not None:
+        prep["gen_lp"].attach(records)  # in memory only: the LM scorers skip their forward for these
 
-    metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"])
+    metrics = run_metrics(stats, time.perf_counter() - t_start, prep["device"], prep.get("memory"))
     try:
-        scoring = {name: models.load_model(models.ModelConfig(name_or_path=name), device=prep["device"],
-                                           dtype=prep["dtype"]) for name in sorted(prep["plan"].scoring_models())}
+        scoring = scoring_models(prep["plan"].scoring_models(), prep["device"], prep["dtype"])
         metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
                                           seed=int(cfg.seed), progress=bool(cfg.progress), models=scoring))
         if prep.get("task") is not None:  # an lm-eval task's metrics join the run's (decodebench/tasks/run.py)
@@ -349,6 +471,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
     t_start = time.perf_counter()
     prep = prep or prepare(cfg)
+    prep = dc_replace(prep, memory=MemoryMark(prep.device))
+    prep = dc_replace(prep, gen_lp=gen_logprobs_for(prep))
     spec = prep["spec"]
     run_dir = Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):  # one writer per directory
@@ -373,11 +497,14 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
     results.note_kept(f"the finished batches are in {writer.partial}; metrics.json was not written")
 
     def on_batch(idx, outs):
-        writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok) for i, o in zip(idx, outs)])
+        writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok, prep["gen_lp"])
+                      for i, o in zip(idx, outs)])
 
     with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
-        _, stats = generate(model, tok, reqs, spec, batch_size=bs, record=prep["record"],
-                            progress=bar, on_batch=on_batch, **engine_options(cfg))
+        _, stats = distributed.generate(model, tok, reqs, spec, model_cfg=cfg.model, dtype=prep["dtype"],
+                                        plugins=cfg.get("plugins") or (),
+                                        batch_size=bs, record=record_fields(prep), progress=bar,
+                                        on_batch=on_batch, **engine_options(cfg))
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 

@@ -35,7 +35,14 @@ def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> Optional[dict]:
+    from decodebench import distributed
+
     logging.getLogger("decodebench").setLevel(logging.INFO)
+    distributed.slurm_env()  # a SLURM job of several tasks (hydra/launcher=slurm_dp): each task is a rank
+    return distributed.launch(lambda: _main(cfg), str(cfg.device))  # None on the worker ranks
+
+
+def _main(cfg: DictConfig) -> dict:
     try:
         res = run(cfg)
     except ConfigError as e:

@@ -95,6 +95,14 @@ def prepare(cfg: DictConfig):
         plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
     except ValueError as e:
         raise ConfigError(prefix_key("scorers", str(e))) from None
+    from decodebench.runner import check_scoring_models
+
+    try:
+        check_scoring_models(plan)  # a scoring model whose tokenizer cannot load: before any model loads
+        models.check_load_options(models.ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)),
+                                  models.pick_device(str(cfg.device)), generate=False)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     path = _generations_path(cfg.generations)
     try:
         records = load_generations(path, text_field=cfg.text_field, prompt_field=cfg.prompt_field,
@@ -130,8 +138,9 @@ def score(cfg: DictConfig, run_dir: str) -> dict:
                         "which %s asks for", mcfg.name_or_path, asked)
         model, tok = models.load_model(mcfg, device=device, dtype=models.pick_dtype(str(cfg.dtype), device))
     dtype = models.pick_dtype(str(cfg.dtype), device)
-    scoring = {name: models.load_model(models.ModelConfig(name_or_path=name), device=device, dtype=dtype)
-               for name in sorted(plan.scoring_models())}
+    from decodebench.runner import scoring_models
+
+    scoring = scoring_models(plan.scoring_models(), device, dtype)
     metrics = plan.score(records, model=model, tokenizer=tok, device=device, seed=int(cfg.seed),
                          progress=bool(cfg.progress), models=scoring)
     metrics["wall_time_s"] = time.perf_counter() - t0

@@ -74,6 +74,15 @@ def dispatch(verb: str, rest: list[str]) -> None:
         from decodebench.cli.score import main as score_main
 
         return score_main(rest)
+    from decodebench import distributed
+
+    # under torchrun, rank 0 runs the verb and the other ranks serve its generate calls (distributed.py)
+    return distributed.launch(lambda: _generate_verb(verb, rest), distributed.device_arg(rest))
+
+
+def _generate_verb(verb: str, rest: list[str]):
+    from decodebench.cli import preflight
+
     if verb == "sweep":  # its own preflight: it plans the grid too
         from decodebench.sweep.verb import main as sweep_main
 

@@ -23,6 +23,9 @@ class Inputs:
     seed: int = 0
     progress: bool = True
     label: str = ""  # for progress bars: "run 0", "references"
+    # per text, the generating model's raw log-probs of its tokens, recorded during generation (the
+    # runner's `gen_logprobs`); the LM scorers use them instead of a forward when the pair is the same
+    gen_logprobs: list[list[float] | None] | None = None
     cache: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -81,7 +81,7 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], *, ba
             mask[r, :len(ids)] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device)).logits
+                       position_ids=positions.to(device), use_cache=False).logits  # no KV cache to build
         targets = input_ids[:, 1:].to(device)
         logp = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
         logp = logp.double().cpu().numpy()
@@ -92,14 +92,37 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], *, ba
     return out
 
 
+def recorded_rows(inputs: Inputs, pairs, max_length: int | None) -> dict[int, np.ndarray]:
+    """The texts whose log-probs generation already recorded, for exactly this pair: the scoring model is
+    the generating one (else `gen_logprobs` is None), the context is the record's prompt unchanged (no BOS
+    added, nothing cut) and every continuation token has its value."""
+    if not inputs.gen_logprobs:
+        return {}
+    limit = context_limit(inputs.model, max_length)
+    out = {}
+    for i, ((ctx, cont), lps, prompt) in enumerate(zip(pairs, inputs.gen_logprobs, inputs.prompt_token_ids)):
+        if lps is None or prompt is None or not ctx or ctx != list(prompt) or len(lps) != len(cont):
+            continue
+        if limit is not None and len(ctx) + len(cont) > limit:
+            continue
+        out[i] = np.asarray(lps, dtype=np.float64)
+    return out
+
+
 def cached_logprobs(inputs: Inputs, bos: str, batch_size: int, max_length: int | None) -> list[np.ndarray]:
-    """Perplexity and coherence with the same settings share one pass over the model."""
+    """Perplexity and coherence with the same settings share one pass over the model; texts whose
+    log-probs were recorded during generation need none."""
     key = ("logprobs", bos, max_length)
     if key not in inputs.cache:
         pairs = encode_pairs(inputs, bos)
-        inputs.cache[key] = continuation_logprobs(
-            inputs.model, pairs, batch_size=batch_size, max_length=max_length, device=inputs.device,
-            progress=inputs.progress, desc=f"log-probs {inputs.label}".strip())
+        known = recorded_rows(inputs, pairs, max_length)
+        rest = [i for i in range(len(pairs)) if i not in known]
+        computed = continuation_logprobs(
+            inputs.model, [pairs[i] for i in rest], batch_size=batch_size, max_length=max_length,
+            device=inputs.device, progress=inputs.progress, desc=f"log-probs {inputs.label}".strip()) if rest else []
+        out = dict(known)
+        out.update(zip(rest, computed))
+        inputs.cache[key] = [out[i] for i in range(len(pairs))]
     return inputs.cache[key]
 
 

@@ -9,6 +9,7 @@ generation is empty are left out. p = references, q = generations.
 
 from __future__ import annotations
 
+import inspect
 from typing import Mapping
 
 import numpy as np
@@ -30,23 +31,31 @@ def special_prefix(tokenizer) -> list[int]:
 @torch.no_grad()
 def last_token_features(model, sequences: list[list[int]], *, batch_size: int, device=None,
                         progress: bool = False, desc: str = "features") -> np.ndarray:
-    """[n, hidden] float32: the final layer's hidden state at each sequence's last token."""
+    """[n, hidden] float32: the final layer's hidden state at each sequence's last token.
+
+    Batches are sorted by length (little padding) and run in the model's dtype; the LM head runs on one
+    position only (`logits_to_keep=1`), since only hidden states are read."""
     device = model_device(model, device)
-    feats = []
-    chunks = [sequences[k:k + batch_size] for k in range(0, len(sequences), batch_size)]
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    feats: list = [None] * len(sequences)
+    chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        width = max(len(s) for s in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for r, s in enumerate(chunk):
+        rows = [sequences[i] for i in chunk]
+        width = max(len(s) for s in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, s in enumerate(rows):
             ids[r, :len(s)] = torch.tensor(s)
             mask[r, :len(s)] = 1
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), output_hidden_states=True)
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), output_hidden_states=True,
+                    use_cache=False, **keep)
         last = out.hidden_states[-1]
-        lengths = torch.tensor([len(s) for s in chunk], device=last.device)
-        feats.append(last[torch.arange(len(chunk), device=last.device), lengths - 1].float().cpu())
-    return torch.cat(feats).numpy()
+        lengths = torch.tensor([len(s) for s in rows], device=last.device)
+        for i, f in zip(chunk, last[torch.arange(len(rows), device=last.device), lengths - 1].float().cpu()):
+            feats[i] = f
+    return torch.stack(feats).numpy()
 
 
 def mauve_fn(inputs: Inputs, max_text_length: int, truncate_to_pair: bool, num_buckets: int,

@@ -57,7 +57,7 @@ def with_model(group: Group, name: str, model, tokenizer) -> Group:
     n = len(group.inputs)
     label = f"{group.inputs.label} [{name}]".strip()
     inputs = replace(group.inputs, model=model, tokenizer=tokenizer, prompt_token_ids=[None] * n,
-                     token_ids=[None] * n, label=label, cache={})
+                     token_ids=[None] * n, label=label, cache={}, gen_logprobs=None)
     return Group(inputs, group.pos)
 
 
@@ -80,6 +80,7 @@ def build_inputs(records: list[dict], **common: Any) -> Inputs:
         texts=[r["text"] for r in records], prompts=[r.get("prompt") for r in records],
         prompt_token_ids=[r.get("prompt_token_ids") for r in records],
         token_ids=[r.get("token_ids") for r in records], references=[r.get("reference") for r in records],
+        gen_logprobs=[r.get("gen_logprobs") for r in records] if any("gen_logprobs" in r for r in records) else None,
         **common,
     )
 
@@ -100,7 +101,8 @@ def make_groups(records: list[dict], common: dict) -> tuple[int, dict[int, Group
     first: dict[Any, dict] = {}
     for r in records:
         first.setdefault(r["prompt_id"], r)
-    refs = [dict(r, text=r.get("reference") or "", token_ids=None) for r in first.values()]
+    refs = [{**{k: v for k, v in r.items() if k != "gen_logprobs"}, "text": r.get("reference") or "",
+             "token_ids": None} for r in first.values()]
     references = Group(build_inputs(refs, label="references", **common), np.arange(n_prompts))
     return n_prompts, runs, references
 

@@ -25,7 +25,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from decodebench import results, runner
-from decodebench.decoding.engine import BatchStats, Request, eos_ids, generate
+from decodebench.decoding.engine import BatchStats, Request, eos_ids
+from decodebench.distributed import generate  # the engine's, sharded over the ranks under a launcher
 from decodebench.sweep.plan import Plan, Point
 
 log = logging.getLogger("decodebench")
@@ -150,6 +151,10 @@ def run_group(ctx: Context, group: list[Point]) -> None:
     gets its error.json and the others are still written."""
     names = [p.name for p in group]
     runs = [start_point(ctx, p, [n for n in names if n != p.name]) for p in group]
+    mark = runner.MemoryMark(ctx.prep["device"])  # the fused points share one generation, so one peak
+    for pr in runs:
+        pr.prep = replace(pr.prep, memory=mark)
+        pr.prep = replace(pr.prep, gen_lp=runner.gen_logprobs_for(pr.prep))
     by_id = {p.id: p for p in ctx.prompts}
     fused: list[Request] = []
     owner: list[PointRun] = []
@@ -165,7 +170,8 @@ def run_group(ctx: Context, group: list[Point]) -> None:
         per: dict[int, list] = {}
         for i, o in zip(idx, outs):
             pr, r = owner[i], fused[i]
-            per.setdefault(id(pr), []).append(runner.make_record(r, by_id[r.prompt_id], o, ctx.tok))
+            per.setdefault(id(pr), []).append(runner.make_record(r, by_id[r.prompt_id], o, ctx.tok,
+                                                                 pr.prep["gen_lp"]))
             pr.tokens += len(o.token_ids)
             pr.prompt_tokens += len(r.prompt_ids)
             pr.rows += 1
@@ -179,9 +185,11 @@ def run_group(ctx: Context, group: list[Point]) -> None:
         bs = runner.batch_size_for(ctx.plan.cfg, ctx.model, fused, group[0].spec, scale=len(group))
         try:  # the engine prefills a prompt once for all points' rows that share it
             with runner._progress(len(fused), bool(ctx.plan.cfg.progress), label) as bar:
-                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, batch_size=bs,
-                                    record=ctx.prep["record"], progress=bar, on_batch=on_batch,
-                                    **runner.engine_options(ctx.plan.cfg))
+                cfg = ctx.plan.cfg
+                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, model_cfg=cfg.model,
+                                    dtype=ctx.prep["dtype"], plugins=cfg.get("plugins") or (), batch_size=bs,
+                                    record=runner.record_fields(runs[0].prep), progress=bar, on_batch=on_batch,
+                                    **runner.engine_options(cfg))
         except BaseException:
             for pr in runs:  # every finished batch is already flushed to disk
                 pr.writer.f.close()
