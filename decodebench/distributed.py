@@ -135,7 +135,7 @@ def serve(device: str) -> None:
     """A worker's whole life: load the model each job names (once), generate its shard, send it back."""
     import torch.distributed as dist
 
-    from decodebench import models, runner
+    from decodebench import models, run_state
 
     rank = dist.get_rank()
     while True:
@@ -149,7 +149,7 @@ def serve(device: str) -> None:
 
             load_plugins(job["plugins"])  # the user's transforms, by the names the spec uses
             mcfg = models.ModelConfig(**job["model"])
-            model, tok = runner.get_model(mcfg, device, job["dtype"])
+            model, tok = run_state.get_model(mcfg, device, job["dtype"])
             res = _run_shard(model, tok, job["reqs"], job["shards"][rank], job["spec"], job["kw"])
         except Exception as e:  # noqa: BLE001 - e.g. the model does not fit this rank's device
             res = (job["shards"][rank], None, None, f"{type(e).__name__}: {e}")

@@ -98,7 +98,7 @@ RUN = [
     (["scorers=nope"], "scorers"),
     (["scorers.bootstrap.nope=1"], "scorers.bootstrap"),
     (["scorers.nope_key=1"], "scorers"),
-    (["scorers.perplexity.model=a/b/c"], "scorers.<scorer>.model"),
+    (["scorers.perplexity.model=a/b/c"], "scorers.perplexity.model"),
 ]
 SWEEP = [
     (["strategy=greedy", "sweep"], "sweep.grid"),

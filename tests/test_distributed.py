@@ -26,7 +26,7 @@ def torchrun(args, cwd, extra_path=""):
 
 
 def tokens(run_dir):
-    return [(r["prompt_id"], r["sample_index"], r["token_ids"]) for r in results.read_generations(run_dir)]
+    return [(r.prompt_id, r.sample_index, r.token_ids) for r in results.read_generations(run_dir)]
 
 
 def test_shards_are_whole_prompts_in_order():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from decodebench import models, runner
+from decodebench import models, run_state, runner
 from decodebench.__main__ import main as cli_main
 
 BASE = ["model=tiny", "strategy=topp", "dataset.limit=3", "strategy.max_new_tokens=4", "logger=none",
@@ -30,7 +30,7 @@ def cli(args):
 
 
 def test_sweep_points_and_runs_load_the_scoring_model_once(tmp_path, scorer_dir, capsys):
-    runner._SCORING_CACHE.clear()
+    run_state._SCORING_CACHE.clear()
     before = len(models.LOADS)
     args = [*BASE, f"scorers.perplexity.model={scorer_dir}"]
     assert cli(["sweep", *args, "sweep.grid.top_p=[0.5,0.9]", "sweep.leaderboard=false",
@@ -81,7 +81,7 @@ def test_perplexity_under_the_generating_model_reuses_generation_log_probs(tmp_p
     monkeypatch.setattr(lm, "continuation_logprobs", real)
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     recs = runner.results.read_generations(tmp_path / "a")
-    assert all("telemetry" not in r for r in recs)  # kept in memory only: the user recorded nothing
+    assert all(r.telemetry is None for r in recs)  # kept in memory only: the user recorded nothing
     # the same records scored by a forward of the same model
     model, tok = runner.get_model(models.ModelConfig(name_or_path="tiny-random"), "cpu", "float32")
     plan = resolve_scorers({"names": ["perplexity", "coherence"], "bootstrap": {"samples": 0},

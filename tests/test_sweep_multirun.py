@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from decodebench.config import conf_dir
-from decodebench import models, results, runner
+from decodebench import models, results, run_state, runner
 from decodebench.cli.verbs import main as cli_main
 from tests.test_sweep import one_thread  # noqa: F401  (autouse: one OpenMP thread for tiny matrices)
 
@@ -38,7 +38,7 @@ def test_multirun_jobs_in_one_process_load_the_model_once(tmp_path, monkeypatch)
     loads = []
     real = models.load_model
     monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
-    runner._MODEL_CACHE.clear()
+    run_state._MODEL_CACHE.clear()
     out = tmp_path / "multi"
     # a command-line sweep (strategy) times a config-file sweep (hydra.sweeper.params): 4 jobs
     multirun(["--config-dir", str(tmp_path / "conf")],

@@ -59,11 +59,11 @@ class SlotLayer(CacheLayerMixin):
         o = self.owner
         if o.mode == "prefill":
             # the new rows attend only to their own prompt: hand back what came in, keep a copy
-            c0, n = o.col - key_states.shape[2], o.rows.shape[0]
+            c0 = o.col - key_states.shape[2]
             src = o.src
             self.keys[o.rows, :, c0:o.col] = key_states if src is None else key_states[src]
             self.values[o.rows, :, c0:o.col] = value_states if src is None else value_states[src]
-            del n
+
             return key_states, value_states
         if o.static_shapes:
             self.keys.index_copy_(2, o.col_t, key_states)
