@@ -95,6 +95,7 @@ class SlotKV(Cache):
         self.col_t = torch.zeros(1, dtype=torch.long, device=device)  # the write index, for static shapes
         self.rows: Optional[Tensor] = None
         self.src: Optional[Tensor] = None
+        self._scratch: Optional[Tensor] = None
         super().__init__(layers=[SlotLayer(self) for _ in range(num_layers)])
 
     def tensors(self):
@@ -107,11 +108,14 @@ class SlotKV(Cache):
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def select_slots(self, index: Tensor, count: int) -> None:
-        """Slots `index` become slots `0..count-1` (compaction, beam reordering): one copy per layer."""
-        for layer in self.layers:
-            if layer.is_initialized:
-                layer.keys[:count] = layer.keys[index]
-                layer.values[:count] = layer.values[index]
+        """Slots `index` become slots `0..count-1` (compaction, beam reordering): one gather per layer into
+        a scratch buffer kept for the next call, so no step allocates (and page-faults) a cache's worth."""
+        for t in self.tensors():
+            if self._scratch is None or self._scratch.shape != t.shape or self._scratch.dtype != t.dtype:
+                self._scratch = torch.empty_like(t)
+            buf = self._scratch[:count]
+            torch.index_select(t, 0, index, out=buf)
+            t[:count].copy_(buf)
 
     def copy_column(self, src: Tensor, dst: int) -> None:
         """Column `src[i]` of slot i -> column `dst` (contrastive search keeps its chosen candidate)."""
