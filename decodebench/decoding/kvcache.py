@@ -110,9 +110,9 @@ class SlotKV(Cache):
     def select_slots(self, index: Tensor, count: int) -> None:
         """Slots `index` become slots `0..count-1` (compaction, beam reordering): one gather per layer into
         a scratch buffer kept for the next call, so no step allocates (and page-faults) a cache's worth."""
-        for t in self.tensors():
-            scratch = getattr(self, "_scratch", None)  # a subclass may build its state without __init__
-            if scratch is None or scratch.shape != t.shape or scratch.dtype != t.dtype:
+        own = [t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+        for t in own:  # this cache's own layers: a subclass moves the caches it ties to itself
+            if self._scratch is None or self._scratch.shape != t.shape or self._scratch.dtype != t.dtype:
                 self._scratch = torch.empty_like(t)
             buf = self._scratch[:count]
             torch.index_select(t, 0, index, out=buf)

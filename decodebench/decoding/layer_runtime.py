@@ -31,6 +31,7 @@ class TiedKV(SlotKV):
 
     def __init__(self, owner: SlotKV, num_layers: int):
         self.__dict__["owner"] = owner
+        self._scratch = None  # its own gather buffer (select_slots)
         Cache.__init__(self, layers=[SlotLayer(self) for _ in range(num_layers)])
 
     def __getattr__(self, name):
