@@ -87,6 +87,9 @@ StrategyConfig = make_dataclass("StrategyConfig", [
     ("assistant", AssistantConfig, field(default_factory=AssistantConfig)),  # speculative decoding's draft
     ("num_assistant_tokens", int, field(default=5)),
     ("num_assistant_tokens_schedule", str, field(default="constant")),  # or heuristic
+    # CoT-decoding (decoding/cot_decoding.py)
+    ("cot_k", int, field(default=10)),  # branches on the first token (optillm's k)
+    ("aggregate_paths", bool, field(default=False)),  # sum branch confidences per answer text
 ], namespace={"__module__": __name__})
 
 

@@ -133,6 +133,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "amateur": None, "amateur_layers": None, "cd_alpha": 0.1, "cd_beta": None, "amateur_temperature": 1.0,
     "dola_layers": None, "assistant": {}, "num_assistant_tokens": 5,
     "num_assistant_tokens_schedule": "constant",
+    # CoT-decoding (cot_decoding.py), DeepConf (deepconf.py), power sampling (power_sampling.py)
+    "cot_k": 10, "aggregate_paths": False,
 }
 
 
@@ -173,3 +175,4 @@ def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
     from decodebench.decoding import contrastive_decoding, dola, speculative  # noqa: F401
+    from decodebench.decoding import cot_decoding  # noqa: F401
