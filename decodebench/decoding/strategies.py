@@ -135,6 +135,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "num_assistant_tokens_schedule": "constant",
     # CoT-decoding (cot_decoding.py), DeepConf (deepconf.py), power sampling (power_sampling.py)
     "cot_k": 10, "aggregate_paths": False,
+    "deepconf_mode": "offline", "warmup_traces": 16, "confidence_percentile": 90, "window_size": 2048,
+    "conf_topk": 20, "deepconf_vote": "top10_bottom_window_filtered",
 }
 
 
@@ -175,4 +177,4 @@ def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
     from decodebench.decoding import contrastive_decoding, dola, speculative  # noqa: F401
-    from decodebench.decoding import cot_decoding  # noqa: F401
+    from decodebench.decoding import cot_decoding, deepconf  # noqa: F401
