@@ -97,6 +97,10 @@ StrategyConfig = make_dataclass("StrategyConfig", [
     ("window_size", int, field(default=2048)),  # tokens per sliding confidence window
     ("conf_topk", int, field(default=20)),  # top log-probs per token confidence
     ("deepconf_vote", str, field(default="top10_bottom_window_filtered")),
+    # power sampling (decoding/power_sampling.py): reasoning-with-sampling's names (its temperature = 1/alpha)
+    ("power_alpha", float, field(default=4.0)),  # the target is p^power_alpha
+    ("mcmc_steps", int, field(default=10)),  # MH proposals per block
+    ("block_num", int, field(default=16)),  # blocks of max_new_tokens / block_num tokens
 ], namespace={"__module__": __name__})
 
 

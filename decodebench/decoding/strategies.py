@@ -137,6 +137,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "cot_k": 10, "aggregate_paths": False,
     "deepconf_mode": "offline", "warmup_traces": 16, "confidence_percentile": 90, "window_size": 2048,
     "conf_topk": 20, "deepconf_vote": "top10_bottom_window_filtered",
+    "power_alpha": 4.0, "mcmc_steps": 10, "block_num": 16,
 }
 
 
@@ -177,4 +178,4 @@ def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
     from decodebench.decoding import contrastive_decoding, dola, speculative  # noqa: F401
-    from decodebench.decoding import cot_decoding, deepconf  # noqa: F401
+    from decodebench.decoding import cot_decoding, deepconf, power_sampling  # noqa: F401
