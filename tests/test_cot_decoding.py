@@ -118,3 +118,13 @@ def test_cli_refuses_zero_branches_before_loading():
     assert r.returncode == 2
     assert "cot_k must be an integer >= 1" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,points", [("cot_decoding", 6), ("deepconf", 6), ("power_sampling", 4)])
+def test_shipped_config_and_sweep_grid_plan(name, points):
+    from decodebench.sweep.plan import make_plan
+    from tests.conftest import compose
+
+    plan = make_plan(compose([f"strategy={name}", f"sweep={name}", "model=tiny"]))
+    assert len(plan.points) == points
+    assert {p.spec.method for p in plan.points} == {name}
