@@ -128,3 +128,12 @@ def test_shipped_config_and_sweep_grid_plan(name, points):
     plan = make_plan(compose([f"strategy={name}", f"sweep={name}", "model=tiny"]))
     assert len(plan.points) == points
     assert {p.spec.method for p in plan.points} == {name}
+
+
+def test_more_branches_than_the_vocabulary_are_refused():
+    from decodebench.decoding.cot_decoding import _check_model
+
+    model, _ = peaky_tiny()
+    spec = build_strategy({"name": "cot", "method": "cot_decoding", "cot_k": 10**6})
+    with pytest.raises(ValueError, match="^cot_k must be <= the model's vocabulary"):
+        _check_model(spec, model)

@@ -95,5 +95,11 @@ def _validate(spec: StrategySpec) -> None:
                          f"branches), got {spec.num_return_sequences}")
 
 
+def _check_model(spec: StrategySpec, model) -> None:
+    v = model.get_output_embeddings().weight.shape[0]
+    if spec.search["cot_k"] > v:
+        raise ValueError(f"cot_k must be <= the model's vocabulary ({v}), got {spec.search['cot_k']}")
+
+
 METHODS.register("cot_decoding", SearchMethod(name="cot_decoding", run=cot_batch, validate=_validate,
-                                              supports_record=False))
+                                              supports_record=False, check_model=_check_model))
