@@ -253,3 +253,14 @@ def test_cli_refuses_a_bad_mode_before_loading():
                         "model=tiny", "logger=none"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "deepconf_mode must be offline or online" in r.stderr
+
+
+def test_online_traces_do_not_depend_on_the_batch():
+    model, tok = peaky_tiny()
+    d = {"max_new_tokens": 10, "deepconf_mode": "online", "warmup_traces": 2, "window_size": 3,
+         "confidence_percentile": 30}
+    _, together = run(model, tok, TEXTS[:3], d, n=5, batch_size=64)
+    _, apart = run(model, tok, TEXTS[:3], d, n=5, batch_size=1)  # one prompt's rows per batch
+    assert [o.token_ids for o in together] == [o.token_ids for o in apart]
+    assert [o.finish_reason for o in together] == [o.finish_reason for o in apart]
+    assert "gconf_threshold" in {o.finish_reason for o in together}
