@@ -146,8 +146,10 @@ def power_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> l
     s, t0 = spec.search, time.perf_counter()
     chains = power_sample(model_proposer(reqs, spec, ctx), model_coins(reqs, ctx.runner.device), len(reqs),
                           spec.max_new_tokens, int(s["block_num"]), int(s["mcmc_steps"]), set(ctx.eos))
-    t_first = ctx.first_token(t0)
-    ctx.decode_done(t_first, max(len(c.gen) for c in chains))
+    # the output is known only when the chain ends: first-token time is the batch's, per-token time its share
+    now, steps = ctx.first_token(t0), max(len(c.gen) for c in chains)
+    ctx.stats.steps += steps
+    ctx.stats.step_ms.append(1000 * (now - t0) / max(steps, 1))
     ex = ctx.stats.extra
     ex["mh_attempts"] = ex.get("mh_attempts", 0) + sum(c.attempts for c in chains)
     ex["mh_accepts"] = ex.get("mh_accepts", 0) + sum(c.accepts for c in chains)
