@@ -87,6 +87,20 @@ StrategyConfig = make_dataclass("StrategyConfig", [
     ("assistant", AssistantConfig, field(default_factory=AssistantConfig)),  # speculative decoding's draft
     ("num_assistant_tokens", int, field(default=5)),
     ("num_assistant_tokens_schedule", str, field(default="constant")),  # or heuristic
+    # CoT-decoding (decoding/cot_decoding.py)
+    ("cot_k", int, field(default=10)),  # branches on the first token (optillm's k)
+    ("aggregate_paths", bool, field(default=False)),  # sum branch confidences per answer text
+    # DeepConf (decoding/deepconf.py; selector=deepconf): facebookresearch/deepconf's names
+    ("deepconf_mode", str, field(default="offline")),  # or online (warmup traces set a bar; weak traces stop)
+    ("warmup_traces", int, field(default=16)),
+    ("confidence_percentile", float, field(default=90.0)),  # online bar: percentile 100 - this of warmup min_conf
+    ("window_size", int, field(default=2048)),  # tokens per sliding confidence window
+    ("conf_topk", int, field(default=20)),  # top log-probs per token confidence
+    ("deepconf_vote", str, field(default="top10_bottom_window_filtered")),
+    # power sampling (decoding/power_sampling.py): reasoning-with-sampling's names (its temperature = 1/alpha)
+    ("power_alpha", float, field(default=4.0)),  # the target is p^power_alpha
+    ("mcmc_steps", int, field(default=10)),  # MH proposals per block
+    ("block_num", int, field(default=16)),  # blocks of max_new_tokens / block_num tokens
 ], namespace={"__module__": __name__})
 
 

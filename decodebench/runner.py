@@ -188,6 +188,7 @@ def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict
 
 
 def run_metrics(stats, wall: float, device: str, mark: Optional[MemoryMark] = None) -> dict:
+    from decodebench.decoding.power_sampling import power_metrics
     from decodebench.decoding.speculative import speculative_metrics
 
     gen_s = max(stats.decode_s, 1e-9)
@@ -207,6 +208,7 @@ def run_metrics(stats, wall: float, device: str, mark: Optional[MemoryMark] = No
         "generation_time_s": stats.decode_s,
         "wall_time_s": wall,
         **speculative_metrics(getattr(stats, "extra", {})),
+        **power_metrics(getattr(stats, "extra", {})),
     }
 
 

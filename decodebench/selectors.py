@@ -9,6 +9,8 @@
     mbr               minimum Bayes risk (Kumar & Byrne 2004; Eikema & Aziz 2020): the sample with the highest
                       expected utility against all the samples as pseudo-references, utility chrF or BLEU from
                       the `mbrs` library (Deguchi et al. 2024).
+    deepconf          DeepConf's confidence-filtered, confidence-weighted vote (`deepconf_vote`) over the answers
+                      of `strategy=deepconf`'s traces (decoding/deepconf.py); answers as for self_consistency.
 
 A run with a selector writes `selected.jsonl` (one record per prompt: the chosen sample's record, with
 `sample_index` 0, `selected_sample_index` and the selector's evidence) next to generations.jsonl, and the
@@ -34,7 +36,7 @@ from decodebench.registry import Registry
 
 EXTRACTORS: Registry = Registry("answer extractor")
 REWARDS: Registry = Registry("reward function")
-SELECTORS = ("self_consistency", "best_of_n", "mbr")
+SELECTORS = ("self_consistency", "best_of_n", "mbr", "deepconf")
 UTILITIES = ("chrf", "bleu")
 PREFIX = "selected_"
 
@@ -80,9 +82,12 @@ def check_selector(spec) -> None:
     if spec.num_return_sequences < 2:
         raise ValueError(f"num_return_sequences must be > 1 for selector={name} (it chooses among a prompt's "
                          f"samples), got {spec.num_return_sequences}")
-    if name == "self_consistency":
+    if name == "deepconf" and spec.method != "deepconf":
+        raise ValueError(f"selector=deepconf votes with the token confidences of method deepconf, not "
+                         f"{spec.method!r}; set strategy=deepconf or another selector")
+    if name in ("self_consistency", "deepconf"):
         if (s.get("extractor") is None) == (s.get("answer_pattern") is None):
-            raise ValueError("answer_pattern or extractor must be set for selector=self_consistency: a regex or "
+            raise ValueError(f"answer_pattern or extractor must be set for selector={name}: a regex or "
                              "a registered extractor's name, exactly one of them")
         if s.get("extractor") is not None and s["extractor"] not in EXTRACTORS:
             raise ValueError("extractor names an " + EXTRACTORS.unknown_message(s["extractor"]))
@@ -168,6 +173,8 @@ def choose(records: list[dict], search: dict, model=None, tokenizer=None) -> tup
         answers = [answer_of(t, search) for t in texts]
         i, info = majority(answers)
         return i, {**info, "answers": answers}
+    if name == "deepconf":
+        return deepconf_choice(records, [answer_of(t, search) for t in texts], search)
     if name == "best_of_n":
         if search.get("reward") is not None:
             fn = REWARDS.get(search["reward"])
@@ -179,6 +186,19 @@ def choose(records: list[dict], search: dict, model=None, tokenizer=None) -> tup
     scores = mbr_expected_utility(texts, search.get("mbr_utility", "chrf"))
     i = max(range(len(scores)), key=lambda k: (scores[k], -k))
     return i, {"expected_utility": scores}
+
+
+def deepconf_choice(records: list[dict], answers: list[Optional[str]], search: dict) -> tuple[int, dict]:
+    """DeepConf's vote: online, only the traces whose min_conf reaches the bar take part (the code's
+    `all_voting_traces`); the selected sample is the first voting trace with the elected answer."""
+    from decodebench.decoding.deepconf import vote
+
+    voters = [i for i, r in enumerate(records)
+              if r.get("deepconf_conf_bar") is None or r["deepconf_min_conf"] >= r["deepconf_conf_bar"]]
+    answer = vote([answers[i] for i in voters], [records[i]["deepconf_confs"] for i in voters],
+                  search["deepconf_vote"], int(search["window_size"]))
+    i = next((i for i in voters if answers[i] == answer), 0)
+    return i, {"answer": answer, "vote": search["deepconf_vote"], "voters": len(voters), "answers": answers}
 
 
 def select_records(records: list[dict], search: dict, model=None, tokenizer=None) -> list[dict]:

@@ -133,6 +133,11 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "amateur": None, "amateur_layers": None, "cd_alpha": 0.1, "cd_beta": None, "amateur_temperature": 1.0,
     "dola_layers": None, "assistant": {}, "num_assistant_tokens": 5,
     "num_assistant_tokens_schedule": "constant",
+    # CoT-decoding (cot_decoding.py), DeepConf (deepconf.py), power sampling (power_sampling.py)
+    "cot_k": 10, "aggregate_paths": False,
+    "deepconf_mode": "offline", "warmup_traces": 16, "confidence_percentile": 90, "window_size": 2048,
+    "conf_topk": 20, "deepconf_vote": "top10_bottom_window_filtered",
+    "power_alpha": 4.0, "mcmc_steps": 10, "block_num": 16,
 }
 
 
@@ -173,3 +178,4 @@ def load_builtin_methods() -> None:
     """Import the search-method modules so they register (late: they import the engine, which imports us)."""
     from decodebench.decoding import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
     from decodebench.decoding import contrastive_decoding, dola, speculative  # noqa: F401
+    from decodebench.decoding import cot_decoding, deepconf, power_sampling  # noqa: F401
