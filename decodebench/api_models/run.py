@@ -1,0 +1,235 @@
+"""One run on an API model: checks before any request, the requests (concurrent, resumable), records on
+disk, metrics (streaming ones beside the usual throughput), scorers.
+
+The run directory is the usual one (config.yaml, run.json, generations.jsonl, metrics.json last) plus
+api_responses.jsonl, every response as it arrived: a rerun into the same directory requests only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from decodebench import results
+from decodebench.api_models import client as C
+from decodebench.api_models.jobs import LOGPROBS_KIND, build_jobs, make_records
+from decodebench.api_models.metrics import api_metrics, perplexity_from_logprobs
+from decodebench.api_models.params import refused
+from decodebench.api_models.settings import api_key, check_settings
+from decodebench.api_models.store import RESPONSES, ResponseStore
+from decodebench.config import ConfigError
+
+RECORDABLE = ("entropy", "logprob")
+
+
+class ApiRunError(ConfigError):
+    """The endpoint failed during the run; str() is one line naming the URL and what is saved."""
+
+
+def _model_scorers(plan):
+    return [(s, o) for s, o in plan.entries if "model" in s.needs_for(o) and not o.get("model")]
+
+
+def check_api_run(cfg, prep) -> None:
+    """Everything an API run can check before its first request: ConfigError with one line."""
+    m, spec = cfg.model, prep.spec
+    try:
+        check_settings(m)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if spec.method != "sampling":
+        raise ConfigError(f"strategy: {spec.method} needs the model's logits at every step, which an API model "
+                          "does not give; choose a sampling strategy (the selectors self_consistency, best_of_n "
+                          "and mbr work on API samples)")
+    lines = refused(spec, m.server)
+    if lines:
+        raise ConfigError(lines[0])
+    if cfg.get("task") is not None:
+        raise ConfigError("task: lm-eval tasks score log-likelihoods under a local model; drop task for model=api")
+    if cfg.dataset.chat_template or cfg.dataset.prefix_tokens is not None:
+        key = "chat_template" if cfg.dataset.chat_template else "prefix_tokens"
+        raise ConfigError(f"dataset.{key}: needs a local tokenizer; with model=api set dataset.{key}="
+                          f"{'false' if key == 'chat_template' else 'null'} (model.endpoint=chat applies the "
+                          "server's own chat template)")
+    if m.endpoint == "completions" and cfg.dataset.system_prompt:
+        raise ConfigError("dataset.system_prompt: the completions endpoint has no system message; "
+                          "set model.endpoint=chat, or drop it")
+    for f in prep.record:
+        if f not in RECORDABLE:
+            raise ConfigError(f"record: model=api records only {' and '.join(RECORDABLE)} (from the server's "
+                              f"log-probs); drop {f}")
+    if prep.record and not (m.logprobs and (m.top_logprobs or "entropy" not in prep.record)):
+        raise ConfigError("record: needs the server's log-probs; set model.logprobs=true and model.top_logprobs>0")
+    for s, _ in _model_scorers(prep.plan):
+        if s.name != "perplexity":
+            raise ConfigError(f"scorers.{s.name}: needs a local model's weights, which an API model does not give; "
+                              f"set scorers.{s.name}.model=embedded (or another local model), or drop it")
+        if not m.logprobs:
+            raise ConfigError("scorers.perplexity: needs the generating model's log-probs; set model.logprobs=true, "
+                              "or scorers.perplexity.model=<a local model>, or drop perplexity")
+    if spec.search.get("selector") == "best_of_n" and spec.search.get("reward") is None and not m.logprobs:
+        raise ConfigError("strategy.selector=best_of_n ranks samples by their log-probs; set model.logprobs=true "
+                          "or strategy.reward=<name>")
+
+
+def prepare_api(cfg, prep):
+    """runner.prepare's plan for model=api: its device is for local scoring models only."""
+    from decodebench import models
+
+    check_api_run(cfg, prep)
+    try:
+        device = models.pick_device(str(cfg.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return replace(prep, device=device, dtype=models.pick_dtype(str(cfg.dtype), device))
+
+
+def _saved_line(store: ResponseStore, jobs, run_dir: Path) -> str:
+    rows = sum(len(j.samples) for j in jobs if j.key in store)
+    total = sum(len(j.samples) for j in jobs)
+    return (f"{rows} of {total} rows are saved in {run_dir / RESPONSES}; rerun with the same hydra.run.dir "
+            "to request only the rest")
+
+
+def _failure_line(e: BaseException, m) -> str:
+    if isinstance(e, C.ApiFailure):
+        return str(e)
+    if isinstance(e, C.openai.RateLimitError):
+        return (f"model.base_url: the server at {m.base_url} still answered 429 (rate limit) after "
+                f"{m.max_retries} retries; lower model.concurrency or set model.requests_per_minute")
+    what = "timed out" if isinstance(e, C.openai.APITimeoutError) else "stopped answering"
+    return (f"model.base_url: the server at {m.base_url} {what} ({type(e).__name__}) after {m.max_retries} "
+            "retries")
+
+
+async def _fetch_all(jobs, m, store: ResponseStore, bar, counts: dict) -> None:
+    client = C.make_client(m.base_url, api_key(m), float(m.timeout))
+    sem = asyncio.Semaphore(int(m.concurrency))
+    limit = C.RateLimit(m.get("requests_per_minute"), m.get("tokens_per_minute"))
+    backoff = C.Backoff(float(m.retry_base_s), float(m.retry_max_s), random.Random())
+    t0 = time.perf_counter()
+
+    async def one(job):
+        async with sem:
+            res = await C.send_with_retries(client, m.endpoint, job.body, bool(m.stream), m, backoff, limit, counts)
+        store.add(job.key, res)  # on disk before anything else happens
+        bar.update(len(job.samples))
+        bar.set_postfix_str(f"{counts['requests'] / max(time.perf_counter() - t0, 1e-9):.2f} req/s", refresh=False)
+
+    tasks = [asyncio.ensure_future(one(j)) for j in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+
+
+def request_missing(cfg, jobs, store: ResponseStore, run_dir: Path) -> dict:
+    """Send the jobs whose responses are not on disk; ApiRunError (one line) when the endpoint fails."""
+    from tqdm.auto import tqdm
+
+    m = cfg.model
+    todo = [j for j in jobs if j.key not in store]
+    counts = {"requests": 0, "retries": 0, "cached": len(jobs) - len(todo), "sent": len(todo), "wall_s": 0.0}
+    rows = sum(len(j.samples) for j in todo)
+    t0 = time.perf_counter()
+    with tqdm(total=rows, desc=f"{cfg.strategy.name} @ {m.name}", unit="seq", disable=not cfg.progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            asyncio.run(_fetch_all(todo, m, store, bar, counts))
+        except (C.ApiFailure, *C.RETRYABLE) as e:
+            raise ApiRunError(f"{_failure_line(e, m)}; {_saved_line(store, jobs, run_dir)}") from None
+    counts["wall_s"] = time.perf_counter() - t0
+    counts["new_tokens"] = sum(int((store.get(j.key).get("usage") or {}).get("completion_tokens") or 0) for j in todo)
+    return counts
+
+
+def execute(cfg, run_dir, prep) -> dict:
+    """runner.execute for model=api: {"run_dir", "metrics", "num_records", "strategy"}."""
+    from decodebench.dirlock import DirLock
+    from decodebench.runner import load_prompts, run_info
+
+    t_start = time.perf_counter()
+    spec, run_dir = prep.spec, Path(run_dir)
+    with DirLock(run_dir, "hydra.run.dir"):
+        prompts = load_prompts(cfg, prep, None)
+        results.write_text(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        jobs = build_jobs(cfg.model, spec, prompts, int(cfg.seed), cfg.dataset.system_prompt)
+        rows = sum(len(j.samples) for j in jobs)
+        info = run_info(cfg, prep, spec, prompts, rows, 0)
+        info.update(model=f"api:{cfg.model.name}", api=api_info(cfg.model))
+        results.write_json_atomic(run_dir / results.RUN_INFO, info)
+        store = ResponseStore(run_dir)
+        try:
+            results.note_kept(f"every finished response is in {run_dir / RESPONSES}; rerun with the same "
+                              "hydra.run.dir to request only the rest")
+            counts = request_missing(cfg, jobs, store, run_dir)
+        finally:
+            store.close()
+        return finish(cfg, run_dir, prep, info, jobs, store, prompts, counts, t_start)
+
+
+def api_info(m) -> dict:
+    return {"base_url": m.base_url, "name": m.name, "server": m.server, "endpoint": m.endpoint,
+            "stream": bool(m.stream), "logprobs_kind": LOGPROBS_KIND[m.server] if m.logprobs else None}
+
+
+def finish(cfg, run_dir: Path, prep, info: dict, jobs, store, prompts, counts: dict, t_start: float) -> dict:
+    by_id = {p.id: p for p in prompts}
+    records = [r for j in jobs for r in make_records(j, store.get(j.key), by_id[j.prompt_id], prep.spec, cfg.model,
+                                                       tuple(prep.record))]
+    writer = results.GenerationsWriter(run_dir)
+    writer.write(records)
+    order = {p.id: k for k, p in enumerate(prompts)}
+    writer.close(sort_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
+    info["strategy"]["chain"] = []  # the server applied its own chain
+    results.write_json_atomic(run_dir / results.RUN_INFO, info)
+    metrics = api_metrics([store.get(j.key) for j in jobs], counts)
+    metrics.update(score(cfg, prep, run_dir, results.read_generations(run_dir)))
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    (run_dir / "error.json").unlink(missing_ok=True)
+    results.write_json_atomic(run_dir / results.METRICS, metrics)
+    results.note_kept(f"the run is complete in {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "num_records": len(records), "strategy": spec_name(prep)}
+
+
+def spec_name(prep) -> str:
+    return prep.spec.name
+
+
+def score(cfg, prep, run_dir: Path, records: list) -> dict:
+    """The scorers: perplexity from the server's log-probs, the rest as for local runs (their own local
+    scoring models where `scorers.<name>.model` names one)."""
+    from decodebench.run_state import scoring_models
+    from decodebench.scorers.plan import ScorerPlan
+
+    own = _model_scorers(prep.plan)
+    plan = ScorerPlan(entries=tuple(e for e in prep.plan.entries if e not in own), bootstrap=prep.plan.bootstrap)
+    out = {}
+    if own:
+        out.update(perplexity_from_logprobs(records, cfg.model.base_url))
+    models = scoring_models(plan.scoring_models(), prep.device, prep.dtype)
+    out.update(plan.score(records, model=None, tokenizer=None, device=prep.device, seed=int(cfg.seed),
+                          progress=bool(cfg.progress), models=models))
+    if prep.spec.search.get("selector") is not None:
+        from decodebench.api_models.metrics import select
+
+        chosen = select(records, prep.spec.search)
+        writer = results.GenerationsWriter(run_dir, name="selected.jsonl")
+        writer.write(chosen)
+        writer.close()
+        from decodebench.selectors import PREFIX
+
+        m = plan.score(chosen, model=None, tokenizer=None, device=prep.device, seed=int(cfg.seed),
+                       progress=bool(cfg.progress), models=models)
+        out.update({PREFIX + k: v for k, v in m.items()})
+    return out
