@@ -35,8 +35,9 @@ def serve(port: int, parallel: int) -> None:
     p.port = port
     p.n_parallel = parallel
     p.n_ctx = 1024 * parallel
-    p.cpuparams.n_threads = 2
-    p.cpuparams_batch.n_threads = 2
+    for cpu in (p.cpuparams, p.cpuparams_batch):
+        cpu.n_threads = 1  # a shared, loaded test machine: more threads only contend
+        cpu.poll = 0  # sleep while waiting, do not spin
     p.cache_prompt = False  # a cached prefix must not change a later request's numbers
     server = x.Server(p)
     print(f"listening {server.listening_address}", flush=True)
