@@ -45,6 +45,21 @@ def serve(port: int, parallel: int) -> None:
         time.sleep(3600)
 
 
+def base(url: str, *overrides) -> list[str]:
+    """A small model=api run's overrides against `url` (2 prompts, 6 tokens, cheap scorers)."""
+    return ["model=api", f"model.base_url={url}", f"model.name={ALIAS}", "model.server=llamacpp", "logger=none",
+            "progress=false", "dataset.limit=2", "strategy.max_new_tokens=6", "scorers.names=[gen_length,perplexity]",
+            "scorers.bootstrap.samples=0", *overrides]
+
+
+def api_run(url, run_dir, *overrides) -> dict:
+    """One run in this process, as the command line would run it (decodebench.cli.entry.run)."""
+    from decodebench.cli.entry import run
+    from tests.conftest import compose
+
+    return run(compose(base(url, *overrides)), str(run_dir))
+
+
 class LlamaServer:
     """`with LlamaServer() as s:` s.url is the /v1 base URL; s.kill() ends it as a crash would."""
 

@@ -14,8 +14,8 @@ import pytest
 
 from decodebench import results
 from decodebench.api_models.jobs import derive_seed
-from tests.api_server import LlamaServer
-from tests.conftest import ROOT, compose
+from tests.api_server import LlamaServer, api_run, base
+from tests.conftest import ROOT
 
 pytest.importorskip("xllamacpp", reason="the llama.cpp server wheel (pip install xllamacpp; scripts/setup.sh)")
 pytest.importorskip("openai")
@@ -25,18 +25,6 @@ pytest.importorskip("openai")
 def server():
     with LlamaServer(parallel=2) as s:
         yield s
-
-
-def base(url: str, *overrides) -> list[str]:
-    return [f"model=api", f"model.base_url={url}", "model.name=smollm2", "model.server=llamacpp", "logger=none",
-            "progress=false", "dataset.limit=2", "strategy.max_new_tokens=6", "scorers.names=[gen_length,perplexity]",
-            "scorers.bootstrap.samples=0", *overrides]
-
-
-def api_run(url, run_dir, *overrides) -> dict:
-    from decodebench.cli.entry import run
-
-    return run(compose(base(url, *overrides)), str(run_dir))
 
 
 def texts(res) -> list[str]:

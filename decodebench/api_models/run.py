@@ -116,9 +116,18 @@ async def _fetch_all(jobs, m, store: ResponseStore, bar, counts: dict) -> None:
     backoff = C.Backoff(float(m.retry_base_s), float(m.retry_max_s), random.Random())
     t0 = time.perf_counter()
 
+    failed: list = []  # after a fatal error no request starts (no storm of refused requests)
+
     async def one(job):
         async with sem:
-            res = await C.send_with_retries(client, m.endpoint, job.body, bool(m.stream), m, backoff, limit, counts)
+            if failed:
+                return
+            try:
+                res = await C.send_with_retries(client, m.endpoint, job.body, bool(m.stream), m, backoff, limit,
+                                                counts)
+            except BaseException as e:
+                failed.append(e)
+                raise
         store.add(job.key, res)  # on disk before anything else happens
         bar.update(len(job.samples))
         bar.set_postfix_str(f"{counts['requests'] / max(time.perf_counter() - t0, 1e-9):.2f} req/s", refresh=False)
