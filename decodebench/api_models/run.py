@@ -165,17 +165,18 @@ def request_missing(cfg, jobs, store: ResponseStore, run_dir: Path) -> dict:
 def execute(cfg, run_dir, prep) -> dict:
     """runner.execute for model=api: {"run_dir", "metrics", "num_records", "strategy"}."""
     from decodebench.dirlock import DirLock
-    from decodebench.runner import load_prompts, run_info
 
     t_start = time.perf_counter()
     spec, run_dir = prep.spec, Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):
-        prompts = load_prompts(cfg, prep, None)
+        prompts = load_prompts(cfg, prep)
         results.write_text(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         jobs = build_jobs(cfg.model, spec, prompts, int(cfg.seed), cfg.dataset.system_prompt)
         rows = sum(len(j.samples) for j in jobs)
-        info = run_info(cfg, prep, spec, prompts, rows, 0)
-        info.update(model=f"api:{cfg.model.name}", api=api_info(cfg.model))
+        info = {"strategy": spec.describe(), "model": f"api:{cfg.model.name}", "device": prep.device,
+                "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(cfg.model.concurrency),
+                "batch_size_setting": "model.concurrency", "num_prompts": len(prompts), "num_rows": rows,
+                "empty_prompts_skipped": prep.empty_skipped, "api": api_info(cfg.model)}
         results.write_json_atomic(run_dir / results.RUN_INFO, info)
         store = ResponseStore(run_dir)
         try:
@@ -185,6 +186,20 @@ def execute(cfg, run_dir, prep) -> dict:
         finally:
             store.close()
         return finish(cfg, run_dir, prep, info, jobs, store, prompts, counts, t_start)
+
+
+def load_prompts(cfg, prep) -> list:
+    """The dataset's prompts as the server will get them (no local tokenizer: no chat template here)."""
+    from decodebench import data
+    from decodebench.config import prefix_key
+
+    try:
+        prompts = data.to_prompts(prep.table, cfg.dataset, None)
+    except ValueError as e:
+        raise ConfigError(prefix_key("dataset", str(e))) from None
+    if not prompts:
+        raise ConfigError("dataset: no prompts left after loading; check dataset.limit")
+    return prompts
 
 
 def api_info(m) -> dict:
