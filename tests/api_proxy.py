@@ -17,6 +17,7 @@ class FaultProxy:
     def __init__(self, upstream: str, fault):
         self.upstream, self.fault = upstream.rstrip("/"), fault
         self.log: list[tuple] = []
+        self.spans: list[tuple] = []  # (arrival, answer ready) of every POST
         self.lock = threading.Lock()
         proxy = self
 
@@ -33,8 +34,11 @@ class FaultProxy:
                     answer = proxy.fault(i, self.path, self.headers)
                     proxy.log.append((time.monotonic(), self.path, self.headers.get("authorization"),
                                       answer[0] if answer else "forwarded"))
+                t_in = time.monotonic()
                 if answer is None:
                     answer = proxy.forward(self.path, body, self.headers)
+                with proxy.lock:
+                    proxy.spans.append((t_in, time.monotonic()))
                 status, headers, data = answer
                 try:
                     self.send_response(status)

@@ -9,11 +9,13 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from decodebench import results
 from decodebench.api_models.jobs import derive_seed
+from tests.api_proxy import FaultProxy
 from tests.api_server import LlamaServer, api_run, base
 from tests.conftest import ROOT
 
@@ -131,6 +133,25 @@ def test_api_log_probs_agree_with_the_local_model_on_the_same_tokens(server, tmp
     local = [logp[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(r.token_ids)]
     diffs = [abs(a - b) for a, b in zip(local, r.extra["logprobs"])]
     assert max(diffs) < 0.5 and sum(diffs) / len(diffs) < 0.2, (local, r.extra["logprobs"])
+
+
+def test_a_sweep_fans_its_points_out_into_concurrent_requests_and_resumes(server, tmp_path):
+    from decodebench.sweep.verb import main as sweep_main
+
+    argv = ["strategy=topp", *base(server.url, "dataset.limit=1", "strategy.max_new_tokens=4", "model.concurrency=4"),
+            "sweep.grid.top_p=[0.5,0.9]", "sweep.grid.temperature=[0.7,1.0]", f"sweep.dir={tmp_path}"]
+    with FaultProxy(server.url, lambda *a: None) as px:
+        argv[2] = f"model.base_url={px.url}"
+        res = sweep_main(argv)
+        again = sweep_main(argv)  # the same command again: every point is complete, nothing is requested
+    assert again["skipped"] == 4 and not again["complete"] and len(px.spans) == 4
+    assert len(res["complete"]) == 4 and not res["failed"] and res["leaderboard"]
+    assert len(px.spans) == 4
+    first_done = min(end for _, end in px.spans)
+    assert sum(start < first_done for start, _ in px.spans) >= 2  # points' requests were in flight together
+    for d in res["complete"]:
+        (row,) = results.read_jsonl(Path(d) / "generations.jsonl")
+        assert f"top_p={row['api_request']['top_p']}" in Path(d).name
 
 
 def test_a_multirun_grid_runs_every_point_on_the_api_model(server, tmp_path):

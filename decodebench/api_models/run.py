@@ -12,7 +12,7 @@ import asyncio
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -109,30 +109,45 @@ def _failure_line(e: BaseException, m) -> str:
             "retries")
 
 
-async def _fetch_all(jobs, m, store: ResponseStore, bar, counts: dict) -> None:
+@dataclass
+class Target:
+    """One run directory's requests: its jobs, its response file, its counts."""
+
+    run_dir: Path
+    jobs: list
+    store: ResponseStore
+    counts: dict = field(default_factory=dict)
+
+    def todo(self) -> list:
+        return [j for j in self.jobs if j.key not in self.store]
+
+
+async def _fetch_all(items: list, m, bar) -> None:
+    """Every (target, job) through one client, one concurrency limit and one rate limit: a sweep's points
+    fan out into the same pool of concurrent requests."""
     client = C.make_client(m.base_url, api_key(m), float(m.timeout))
     sem = asyncio.Semaphore(int(m.concurrency))
     limit = C.RateLimit(m.get("requests_per_minute"), m.get("tokens_per_minute"))
     backoff = C.Backoff(float(m.retry_base_s), float(m.retry_max_s), random.Random())
-    t0 = time.perf_counter()
-
+    t0, sent = time.perf_counter(), {"requests": 0}
     failed: list = []  # after a fatal error no request starts (no storm of refused requests)
 
-    async def one(job):
+    async def one(target, job):
         async with sem:
             if failed:
                 return
             try:
                 res = await C.send_with_retries(client, m.endpoint, job.body, bool(m.stream), m, backoff, limit,
-                                                counts)
+                                                target.counts)
             except BaseException as e:
                 failed.append(e)
                 raise
-        store.add(job.key, res)  # on disk before anything else happens
+        target.store.add(job.key, res)  # on disk before anything else happens
+        sent["requests"] += 1
         bar.update(len(job.samples))
-        bar.set_postfix_str(f"{counts['requests'] / max(time.perf_counter() - t0, 1e-9):.2f} req/s", refresh=False)
+        bar.set_postfix_str(f"{sent['requests'] / max(time.perf_counter() - t0, 1e-9):.2f} req/s", refresh=False)
 
-    tasks = [asyncio.ensure_future(one(j)) for j in jobs]
+    tasks = [asyncio.ensure_future(one(t, j)) for t, j in items]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -142,24 +157,43 @@ async def _fetch_all(jobs, m, store: ResponseStore, bar, counts: dict) -> None:
         await client.close()
 
 
-def request_missing(cfg, jobs, store: ResponseStore, run_dir: Path) -> dict:
-    """Send the jobs whose responses are not on disk; ApiRunError (one line) when the endpoint fails."""
+def request_missing(cfg, targets: list) -> None:
+    """Send every target's jobs whose responses are not on disk; ApiRunError (one line) when the endpoint
+    fails, naming what each directory has saved."""
     from tqdm.auto import tqdm
 
     m = cfg.model
-    todo = [j for j in jobs if j.key not in store]
-    counts = {"requests": 0, "retries": 0, "cached": len(jobs) - len(todo), "sent": len(todo), "wall_s": 0.0}
-    rows = sum(len(j.samples) for j in todo)
+    items = [(t, j) for t in targets for j in t.todo()]
+    for t in targets:
+        todo = t.todo()
+        t.counts.update(requests=0, retries=0, cached=len(t.jobs) - len(todo), sent=len(todo), wall_s=0.0)
     t0 = time.perf_counter()
-    with tqdm(total=rows, desc=f"{cfg.strategy.name} @ {m.name}", unit="seq", disable=not cfg.progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=sum(len(j.samples) for _, j in items), desc=f"{cfg.strategy.name} @ {m.name}", unit="seq",
+              disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True) as bar:
         try:
-            asyncio.run(_fetch_all(todo, m, store, bar, counts))
+            asyncio.run(_fetch_all(items, m, bar))
         except (C.ApiFailure, *C.RETRYABLE) as e:
-            raise ApiRunError(f"{_failure_line(e, m)}; {_saved_line(store, jobs, run_dir)}") from None
-    counts["wall_s"] = time.perf_counter() - t0
-    counts["new_tokens"] = sum(int((store.get(j.key).get("usage") or {}).get("completion_tokens") or 0) for j in todo)
-    return counts
+            saved = "; ".join(_saved_line(t.store, t.jobs, t.run_dir) for t in targets)
+            raise ApiRunError(f"{_failure_line(e, m)}; {saved}") from None
+    for t in targets:
+        t.counts["wall_s"] = time.perf_counter() - t0
+        t.counts["new_tokens"] = sum(int((t.store.get(j.key).get("usage") or {}).get("completion_tokens") or 0)
+                                     for owner, j in items if owner is t)
+
+
+def start(cfg, run_dir: Path, prep, prompts) -> tuple[Target, dict]:
+    """A run directory's config.yaml, run.json and requests, its response file opened."""
+    spec = prep.spec
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results.write_text(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    jobs = build_jobs(cfg.model, spec, prompts, int(cfg.seed), cfg.dataset.system_prompt)
+    info = {"strategy": spec.describe(), "model": f"api:{cfg.model.name}", "device": prep.device,
+            "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(cfg.model.concurrency),
+            "batch_size_setting": "model.concurrency", "num_prompts": len(prompts),
+            "num_rows": sum(len(j.samples) for j in jobs), "empty_prompts_skipped": prep.empty_skipped,
+            "api": api_info(cfg.model)}
+    results.write_json_atomic(run_dir / results.RUN_INFO, info)
+    return Target(run_dir, jobs, ResponseStore(run_dir)), info
 
 
 def execute(cfg, run_dir, prep) -> dict:
@@ -167,25 +201,17 @@ def execute(cfg, run_dir, prep) -> dict:
     from decodebench.dirlock import DirLock
 
     t_start = time.perf_counter()
-    spec, run_dir = prep.spec, Path(run_dir)
+    run_dir = Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):
         prompts = load_prompts(cfg, prep)
-        results.write_text(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-        jobs = build_jobs(cfg.model, spec, prompts, int(cfg.seed), cfg.dataset.system_prompt)
-        rows = sum(len(j.samples) for j in jobs)
-        info = {"strategy": spec.describe(), "model": f"api:{cfg.model.name}", "device": prep.device,
-                "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(cfg.model.concurrency),
-                "batch_size_setting": "model.concurrency", "num_prompts": len(prompts), "num_rows": rows,
-                "empty_prompts_skipped": prep.empty_skipped, "api": api_info(cfg.model)}
-        results.write_json_atomic(run_dir / results.RUN_INFO, info)
-        store = ResponseStore(run_dir)
+        target, info = start(cfg, run_dir, prep, prompts)
         try:
             results.note_kept(f"every finished response is in {run_dir / RESPONSES}; rerun with the same "
                               "hydra.run.dir to request only the rest")
-            counts = request_missing(cfg, jobs, store, run_dir)
+            request_missing(cfg, [target])
         finally:
-            store.close()
-        return finish(cfg, run_dir, prep, info, jobs, store, prompts, counts, t_start)
+            target.store.close()
+        return finish(cfg, run_dir, prep, info, target.jobs, target.store, prompts, target.counts, t_start)
 
 
 def load_prompts(cfg, prep) -> list:
