@@ -46,8 +46,11 @@ def serve(port: int, parallel: int) -> None:
 
 
 def base(url: str, *overrides) -> list[str]:
-    """A small model=api run's overrides against `url` (2 prompts, 6 tokens, cheap scorers)."""
-    return ["model=api", f"model.base_url={url}", f"model.name={ALIAS}", "model.server=llamacpp", "logger=none",
+    """A small model=api run's overrides against `url` (2 prompts, 6 tokens, cheap scorers), one request at
+    a time unless told otherwise: llama.cpp's batched decoding is not batch-invariant, so a near-tie can
+    go either way when two requests share a batch."""
+    one = [] if any(o.startswith("model.concurrency=") for o in overrides) else ["model.concurrency=1"]
+    return ["model=api", *one, f"model.base_url={url}", f"model.name={ALIAS}", "model.server=llamacpp", "logger=none",
             "progress=false", "dataset.limit=2", "strategy.max_new_tokens=6", "scorers.names=[gen_length,perplexity]",
             "scorers.bootstrap.samples=0", *overrides]
 
