@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 
 import pytest
@@ -149,3 +150,53 @@ def test_entropy_lower_bound_counts_the_unseen_mass():
 def test_local_configs_are_unchanged_by_the_api_schema():
     cfg = compose(["logger=none"])
     assert "base_url" not in cfg.model
+
+
+def test_tokens_per_minute_waits_for_the_window_to_free(monkeypatch):
+    clock = [0.0]
+    slept = []
+
+    async def fake_sleep(s):
+        slept.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    limit = RateLimit(rpm=None, tpm=100, clock=lambda: clock[0])
+
+    async def go():
+        await limit.acquire()
+        limit.spend(60)
+        clock[0] += 1.0
+        await limit.acquire()  # 60 of 100 used: goes at once
+        limit.spend(50)
+        await limit.acquire()  # 110 used: waits until the first 60 leave the window
+
+    asyncio.run(go())
+    assert slept and clock[0] >= 60.0 and sum(slept) == pytest.approx(59.0)
+
+
+def test_perplexity_without_server_log_probs_says_so_in_one_line():
+    from decodebench.api_models.metrics import perplexity_from_logprobs
+    from decodebench.config import ConfigError
+    from decodebench.results import GenerationRecord
+
+    recs = [GenerationRecord(prompt_id="a", text="x", extra={"logprobs": [-1.0, -2.0]}),
+            GenerationRecord(prompt_id="b", text="y")]
+    with pytest.raises(ConfigError, match=r"^scorers.perplexity: the server at http://h/v1 returned no log-probs "
+                                          r"for 1 of 2 rows; set scorers.perplexity.model="):
+        perplexity_from_logprobs(recs, "http://h/v1")
+    assert perplexity_from_logprobs(recs[:1], "u")["perplexity"] == pytest.approx(math.exp(1.5))
+
+
+def test_the_command_line_refuses_in_one_line_with_exit_code_2():
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    p = subprocess.run([sys.executable, "-m", "decodebench", *API, "model.server=openai", "strategy=minp"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["error: strategy.min_p: the OpenAI API has no min_p; set "
+                                             "model.server=vllm, sglang or llamacpp, or drop it"]
