@@ -28,6 +28,9 @@ def run_api_points(cfg, prep, plan, sweep_dir, ctx) -> None:
     finally:
         for _, t, _ in started:
             t.store.close()
+    from decodebench.sweep.execute import log_point
+
     for p, t, info in started:
         res = finish(p.cfg, t.run_dir, preps[p.name], info, t.jobs, t.store, prompts, t.counts, t_start)
+        log_point(ctx, p, res)  # one W&B run per point, as for local sweeps
         ctx.done.append(res)
