@@ -184,6 +184,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="score_schema", node=ScoreConfig)
+    from decodebench.api_models.settings import register as register_api  # model=api's schema
+
+    register_api(cs)
 
 
 SEED_LIMIT = 2**63  # seeds are hashed as unsigned 64-bit counters, and numpy takes them too

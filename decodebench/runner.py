@@ -20,6 +20,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import data, distributed, models, results
+from decodebench.api_models.settings import is_api
 from decodebench.config import ConfigError, prefix_key, validate
 from decodebench.decoding.engine import Request
 from decodebench.decoding.recorder import check_fields
@@ -132,6 +133,11 @@ def prepare(cfg: DictConfig) -> RunPlan:
         plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
     except ValueError as e:
         raise ConfigError(prefix_key("scorers", str(e))) from None
+    if is_api(cfg.model):  # an endpoint instead of weights (decodebench/api_models/)
+        from decodebench.api_models.run import prepare_api
+
+        return prepare_api(cfg, RunPlan(spec=spec, record=record, table=table, plan=plan, device="cpu",
+                                        dtype="float32", empty_skipped=len(skipped)))
     try:
         models.resolve_source(cfg.model)
         check_scoring_models(plan)  # scorers.<name>.model=...: checked now, loaded after generation
@@ -336,6 +342,10 @@ def check_with_model(spec, model) -> None:
 
 def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
     """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
+    if is_api(cfg.model):
+        from decodebench.api_models.run import execute as execute_api
+
+        return execute_api(cfg, run_dir, prep or prepare(cfg))
     t_start = time.perf_counter()
     prep = prep or prepare(cfg)
     prep = dc_replace(prep, memory=MemoryMark(prep.device))

@@ -25,6 +25,8 @@ def test_every_group_option_composes_and_validates():
                 ov += extra.get(opt, [])
             if group == "model" and opt == "hub":
                 ov += ["model.name_or_path=org/some-model"]
+            if group == "model" and opt == "api":  # an endpoint's address and model are required
+                ov += ["model.base_url=http://127.0.0.1:9/v1", "model.name=m"]
             cfg = compose(ov)
             assert cfg[group] is not None
             if group != "dataset" or opt != "hub":

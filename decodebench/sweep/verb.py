@@ -27,6 +27,7 @@ from typing import NoReturn, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results, runner
+from decodebench.api_models.settings import is_api
 from decodebench.cli import preflight
 from decodebench.config import ConfigError
 from decodebench.dirlock import DirLock
@@ -106,20 +107,32 @@ def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None,
     prep, plan = prepared or _prepare_and_plan(cfg)
     sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
     with DirLock(sdir, "sweep.dir"):  # one writer per directory: a second sweep here is refused at once
-        # Checked against the model's config before its weights load; a fused batch holds every point's rows.
-        rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
-                                       max(int(p.cfg.strategy.num_beams) for p in plan.points))
-        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
-        claim_dir(sdir, plan)
-        log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
-        model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
-        ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
-        run_points(ctx, cfg.sweep.fuse)
+        if is_api(cfg.model):  # an endpoint: every point's requests in one concurrent pool (api_models/sweep.py)
+            from decodebench.api_models.sweep import run_api_points
+
+            claim_dir(sdir, plan)
+            ctx = Context(plan, sdir, prep, None, None, [], {}, group_name=f"sweep-{sdir.name}")
+            run_api_points(cfg, prep, plan, sdir, ctx)
+        else:
+            ctx = _run_local(cfg, prep, plan, sdir)
         board = write_board(ctx) if cfg.sweep.leaderboard else None
     return {"sweep_dir": str(sdir), "strategy": plan.strategy, "points": len(plan.points),
             "complete": [r["run_dir"] for r in ctx.done], "failed": ctx.failed,
             "skipped": len(plan.points) - len(ctx.done) - len(ctx.failed), "leaderboard": board,
             "wall_time_s": time.perf_counter() - t0}
+
+
+def _run_local(cfg: DictConfig, prep, plan: Plan, sdir: Path) -> Context:
+    # Checked against the model's config before its weights load; a fused batch holds every point's rows.
+    rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
+                                   max(int(p.cfg.strategy.num_beams) for p in plan.points))
+    prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
+    claim_dir(sdir, plan)
+    log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
+    model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
+    ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
+    run_points(ctx, cfg.sweep.fuse)
+    return ctx
 
 
 def write_board(ctx: Context) -> Optional[dict]:
