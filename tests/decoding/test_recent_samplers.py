@@ -200,6 +200,19 @@ def test_min_k_per_row_settings_equal_each_row_alone():
     assert _kept(got[3]).sum() > 1  # the flat row's fallback: floor(5 / 0.05) tokens
 
 
+@pytest.mark.parametrize("candidates", [2, 8, 64])
+def test_min_k_candidate_path_equals_the_full_sort(candidates):
+    """topk(candidates) with the exact per-row check, and the full sort for the rows it cannot settle."""
+    x = torch.cat([_cliff_logits(8, 400, torch.float32, seed=6), make_logits(4, 400, seed=7, ties=True),
+                   make_logits(4, 400, seed=8, neg_inf=0.95)])
+    x[0] = torch.linspace(10.0, 9.0, 400)
+    x[0, 100:] -= 60.0  # a cliff at rank 100, deeper than the candidates
+    x[1] = torch.linspace(0.0, 0.05, 400)  # flat: the fallback keeps hundreds
+    for tau in (0.0, 3.0, torch.tensor([0.0, 5.0] * 8)):
+        assert torch.equal(min_k(x, tau, candidates=candidates), min_k(x, tau, candidates=0))
+    assert _kept(min_k(x, 0.0))[0].sum() == 100
+
+
 def test_min_k_tau_is_checked():
     with pytest.raises(ValueError, match="min_k_tau must be in"):
         SamplingParams(do_sample=True, min_k=True, min_k_tau=-1.0)
