@@ -150,3 +150,27 @@ def test_recent_samplers_on_the_embedded_model_do_not_depend_on_batch_mates(embe
     for i in range(len(rows)):
         alone, _ = generate(model, tok, prompts[i:i + 1], rows[i:i + 1], max_new=8, seed=5)
         assert together[i] == alone[0] and len(alone[0]) > 0, rows[i]
+
+
+@pytest.mark.parametrize("params", [dict(p_less=True), dict(p_less_norm=True), dict(min_k=True, temperature=2.0),
+                                    dict(adaptive_target=0.3, adaptive_decay=0.8)])
+def test_continuous_batching_equals_each_request_alone(tiny, params):
+    """Rows leave and join a running batch of 3 (their chains rebuilt, adaptive-P's state carried): every
+    request's tokens equal the request run alone."""
+    import copy
+
+    from decodebench.decoding.engine import Request, generate
+    from decodebench.decoding.strategies import build_strategy
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # peaked distributions: adaptive-P's moving average then decides
+        model.lm_head.weight[tok.eos_token_id] += 2.0  # rows end early, at different times
+    spec = build_strategy({"name": "x", "do_sample": True, "max_new_tokens": 24, **params})
+    reqs = [Request(prompt_id=str(i), prompt_ids=tok(("abc" * (i % 5 + 1))[: i % 9 + 1])["input_ids"],
+                    params=spec.params, seed=4) for i in range(10)]
+    alone = [generate(model, tok, [r], spec, batch_size=1)[0][0].token_ids for r in reqs]
+    outs, _ = generate(model, tok, reqs, spec, batch_size=3, continuous=True)
+    assert [o.token_ids for o in outs] == alone
+    assert len({len(a) for a in alone}) > 1  # rows did end at different times
