@@ -11,7 +11,7 @@ Usable on any logits tensor, with no model, Hydra or W&B::
 
 The engine packs per-request `SamplingParams` once into a `LogitsChain` (see chain.py). Modules:
 params.py (the parameter table), processors.py (filtering transforms), penalties.py (history-dependent
-ones), samplers_llamacpp.py, dry.py, samplers_misc.py, watermark.py, grammar.py, constraints.py (the newer
+ones), samplers_llamacpp.py, dry.py, samplers_misc.py, p_less.py, min_k.py, adaptive_p.py, watermark.py, grammar.py, constraints.py (the newer
 samplers and constraints), transforms.py (registry, named orders, `register_transform`), bindings*.py
 (packing), chain.py, api.py, sampling.py.
 """
@@ -34,6 +34,9 @@ from .dry import dry
 from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
 from .samplers_llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
 from .samplers_misc import cfg_combine, sequence_bias, smoothing, top_h
+from .p_less import p_less, p_less_norm
+from .min_k import min_k
+from .adaptive_p import adaptive_p, adapted_target
 from .sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
 from .strategies import register_search
 from .transforms import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
@@ -47,4 +50,5 @@ __all__ = [
     "logit_bias", "ban_tokens", "token_counts", "row_uniform", "StatefulStep", "register_prefix_fn",
     "top_h", "top_n_sigma", "tail_free", "xtc", "dynatemp", "mirostat_v1", "mirostat_v2", "smoothing", "dry",
     "sequence_bias", "cfg_combine", "register_search",
+    "p_less", "p_less_norm", "min_k", "adaptive_p", "adapted_target",
 ]

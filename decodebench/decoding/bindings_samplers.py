@@ -11,12 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import adaptive_p as AP
 from . import dry as D
 from . import samplers_llamacpp as L
 from . import samplers_misc as M
 from .bindings import _check_ids, _mtk, _on_rows_only, _pick, _sub, builtin
 from .constraints import PREFIX_FNS, prefix_allowed
 from .grammar import GrammarStep, apply_bitmask
+from .min_k import min_k
+from .p_less import p_less, p_less_norm
 from .sampling import row_uniform
 from .transforms import PackContext, StatefulStep, Step
 from .watermark import WatermarkKey, watermark
@@ -120,6 +123,34 @@ class MirostatStep(StatefulStep):
 @builtin("mirostat", L.mirostat_v2)
 def _mirostat(ctx: PackContext, on: list[bool]) -> Step:
     return MirostatStep(ctx, on)
+
+
+# p-less, min-k, adaptive-P: per-row switches and settings packed here, once; the steps build no host tensors
+def _on_col(ctx: PackContext, on: list[bool]) -> Tensor:
+    return torch.tensor(on, dtype=torch.bool, device=ctx.device)
+
+
+@builtin("p_less", p_less)
+def _p_less(ctx: PackContext, on: list[bool]) -> Step:
+    rows = _on_col(ctx, on)
+    return lambda x, tables: p_less(x, rows)
+
+
+@builtin("p_less_norm", p_less_norm)
+def _p_less_norm(ctx: PackContext, on: list[bool]) -> Step:
+    rows = _on_col(ctx, on)
+    return lambda x, tables: p_less_norm(x, rows)
+
+
+@builtin("min_k", min_k)
+def _min_k(ctx: PackContext, on: list[bool]) -> Step:
+    tau, rows = _col(ctx, on, "min_k_tau", 0.0).float(), _on_col(ctx, on)
+    return lambda x, tables: min_k(x, tau, rows)
+
+
+@builtin("adaptive_p", AP.adaptive_p)
+def _adaptive_p(ctx: PackContext, on: list[bool]) -> Step:
+    return AP.AdaptivePStep(ctx, on)
 
 
 # ----------------------------------------------------------------------------------------- processors

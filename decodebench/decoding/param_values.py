@@ -21,6 +21,16 @@ def fail(name: str, rule: str, value) -> None:
     raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
+def no_threshold(name: str):
+    """A p-less switch's check: a bool, never a number (p-less derives its threshold from the distribution)."""
+    def check(value):
+        if not isinstance(value, bool):
+            fail(name, "true or false (p-less takes no threshold: it keeps tokens with p >= sum of p^2)", value)
+        return value
+
+    return check
+
+
 def check_number(name: str, value, lo: float, hi: float, lo_open: bool, hi_open: bool, hint: str = "") -> None:
     ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)

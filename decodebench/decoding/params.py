@@ -129,6 +129,17 @@ PARAMS: tuple[Param, ...] = (
     # --- text-generation-webui's quadratic sampling
     _f("smoothing_factor", hint=" (0 = off)", off=(0.0,), transform="smoothing_factor"),
     _f("smoothing_curve", default=1.0, lo=1.0, transform="smoothing_factor", switch=False),
+    # --- 2025-2026: p-less (Tan et al., ICLR 2026), min-k (arXiv 2604.11012), adaptive-P (llama.cpp PR 17927)
+    Param("p_less", "value", default=False, off=(False,), check=PV.no_threshold("p_less"), transform="p_less",
+          sweep=False, config_type=Any),
+    Param("p_less_norm", "value", default=False, off=(False,), check=PV.no_threshold("p_less_norm"),
+          transform="p_less_norm", sweep=False, config_type=Any),
+    Param("min_k", "bool", default=False, off=(False,), transform="min_k", sweep=False),
+    _f("min_k_tau", default=3.0, hint=" (the flat-row fallback keeps floor(tau / logit range) tokens)",
+       transform="min_k", switch=False),
+    _f("adaptive_target", lo=-1.0, hi=1.0, hi_open=False, hint=" (-1 = off)", off=(-1.0,), transform="adaptive_p",
+       on=lambda v: v >= 0),
+    _f("adaptive_decay", default=0.9, hi=0.99, hi_open=False, transform="adaptive_p", switch=False),
     _i("min_tokens_to_keep", lo=1, default=1, switch=False),
     # --- processors: penalties, bans, biases (also on greedy rows)
     _f("repetition_penalty", lo_open=True, hint=" (1 = off)", off=(1.0,), transform="repetition_penalty",
@@ -197,6 +208,9 @@ def off_value(name: str):
 def _post_init(self) -> None:
     for p in PARAMS:
         object.__setattr__(self, p.name, p.validate(getattr(self, p.name)))  # normalise lists -> tuples
+    if BY_NAME["adaptive_target"].is_set(self.adaptive_target) and BY_NAME["mirostat"].is_set(self.mirostat):
+        raise ValueError("adaptive_target: adaptive-P and mirostat both pick the token; set adaptive_target=-1 "
+                         "or mirostat=0")
 
 
 def _replace(self, **changes) -> "SamplingParams":

@@ -5,7 +5,8 @@ Every transform a chain can run is a `TransformSpec` in `TRANSFORMS`, registered
 "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty",
 "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "min_new_tokens", "logit_bias",
 "bad_words_ids"; and "top_h", "top_n_sigma", "tfs_z", "xtc", "dynatemp", "mirostat", "smoothing_factor",
-"dry", "sequence_bias", "grammar", "prefix_allowed_tokens_fn", "watermark").
+"dry", "sequence_bias", "grammar", "prefix_allowed_tokens_fn", "watermark", "p_less", "p_less_norm", "min_k",
+"adaptive_p").
 
 Your own transform: a pure batched function `[B, V] -> [B, V]` whose parameters arrive as `[B]` tensors
 (logits dtype, one value per row, `neutral` for rows that leave it unset)::
@@ -86,20 +87,23 @@ _USER_ORDER: list[str] = []  # user transforms in registration order (the Regist
 ORDERS: dict[str, tuple[str, ...]] = {
     # HF: sequence bias first, then penalties, bans, constraints, warpers (top_h right after temperature);
     # the watermark after every other transform (transformers #34630). Non-HF samplers sit by their kin;
-    # mirostat last, since its update reads the distribution the token is drawn from.
+    # mirostat last, since its update reads the distribution the token is drawn from; adaptive-P, the final
+    # selector, after it (the two never share a row). min-k before temperature, so its cut reads raw logits.
     "hf": (
         "logit_bias", "sequence_bias", "repetition_penalty", "frequency_penalty", "presence_penalty", "dry",
         "no_repeat_ngram_size", "bad_words_ids", "min_new_tokens", "prefix_allowed_tokens_fn", "grammar",
-        "temperature", "dynatemp", "smoothing_factor", "top_h", "top_k", "top_p", "min_p", "typical_p",
-        "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "tfs_z", "xtc", "watermark", "mirostat",
+        "min_k", "temperature", "dynatemp", "smoothing_factor", "top_h", "top_k", "top_p", "min_p",
+        "p_less", "p_less_norm", "typical_p",
+        "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "tfs_z", "xtc", "watermark", "mirostat", "adaptive_p",
     ),
     # vLLM: the structured-output bitmask before everything, then bans, min tokens, bias, penalties,
     # temperature, min_p, top_k/top_p
     "vllm": (
         "grammar", "bad_words_ids", "min_new_tokens", "logit_bias", "sequence_bias", "prefix_allowed_tokens_fn",
-        "repetition_penalty", "frequency_penalty", "presence_penalty", "dry", "no_repeat_ngram_size",
-        "temperature", "dynatemp", "smoothing_factor", "min_p", "top_k", "top_p", "typical_p", "epsilon_cutoff",
-        "eta_cutoff", "top_h", "top_n_sigma", "tfs_z", "xtc", "watermark", "mirostat",
+        "repetition_penalty", "frequency_penalty", "presence_penalty", "dry", "no_repeat_ngram_size", "min_k",
+        "temperature", "dynatemp", "smoothing_factor", "min_p", "p_less", "p_less_norm", "top_k", "top_p",
+        "typical_p", "epsilon_cutoff",
+        "eta_cutoff", "top_h", "top_n_sigma", "tfs_z", "xtc", "watermark", "mirostat", "adaptive_p",
     ),
     # llama.cpp's default chain (common/common.h): penalties, dry, top_n_sigma, top_k, (tfs_z, in releases
     # that had it), typical, top_p, min_p, xtc, temperature (temp_ext = dynatemp); mirostat replaces the
@@ -107,8 +111,9 @@ ORDERS: dict[str, tuple[str, ...]] = {
     "llamacpp": (
         "logit_bias", "sequence_bias", "bad_words_ids", "min_new_tokens", "prefix_allowed_tokens_fn", "grammar",
         "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "dry",
-        "top_n_sigma", "top_k", "tfs_z", "typical_p", "top_p", "min_p", "xtc", "epsilon_cutoff", "eta_cutoff",
-        "top_h", "temperature", "dynatemp", "smoothing_factor", "watermark", "mirostat",
+        "top_n_sigma", "min_k", "top_k", "tfs_z", "typical_p", "top_p", "min_p", "p_less", "p_less_norm", "xtc",
+        "epsilon_cutoff", "eta_cutoff",
+        "top_h", "temperature", "dynatemp", "smoothing_factor", "watermark", "mirostat", "adaptive_p",
     ),
 }
 
