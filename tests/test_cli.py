@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from decodebench import results
 from decodebench.cli.entry import run
 from tests.conftest import ROOT, compose
@@ -61,12 +63,12 @@ def test_scoring_failure_keeps_generations(tmp_path, monkeypatch):
     monkeypatch.setattr(plan.ScorerPlan, "score", boom)
     cfg = compose(["model=tiny", "dataset.limit=2", "strategy.max_new_tokens=3", "logger=none", "progress=false"])
     out = tmp_path / "run"
-    try:
+    with pytest.raises(RuntimeError, match="scorer crashed"):
         run(cfg, str(out))
-    except RuntimeError:
-        pass
     assert len(results.read_generations(out)) == 2
     assert (out / "metrics.partial.json").is_file() and not results.is_complete(out)
+    kept = json.loads((out / "metrics.partial.json").read_text())
+    assert kept["generated_tokens"] == sum(r.num_tokens for r in results.read_generations(out)) > 0
 
 
 def test_wandb_failure_never_costs_results(tmp_path, monkeypatch):
