@@ -49,6 +49,10 @@ def test_cli_subprocess_writes_results_and_wandb_offline(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     last = json.loads(p.stdout.strip().splitlines()[-1])
     assert last["run_dir"] == str(out) and "diversity" in last["metrics"]
+    # a person reads the table on stderr; stdout is for programs
+    assert f"results: {out}  (generations.jsonl, metrics.json)" in p.stderr.splitlines()
+    speed = [ln.split()[2] for ln in p.stderr.splitlines() if ln.startswith("  generation speed ")]
+    assert speed == [f"{last['metrics']['tokens_per_s']:.4g}"] and "generation speed" not in p.stdout
     assert results.is_complete(out)
     assert list((out / "wandb").glob("offline-run-*")), "the offline W&B run is under the run directory"
     assert (out / ".hydra" / "config.yaml").is_file()
