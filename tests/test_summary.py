@@ -36,7 +36,7 @@ def test_offline_wandb_run_says_how_to_upload_it_and_goes_to_stderr(capsys):
     summary.print_summary(res_with({"tokens_per_s": 1.0}, wandb_dir=d))
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines()[-1] == f"W&B run: {d}  (upload it with: wandb sync {d})"
+    assert err.splitlines()[-1] == f"W&B offline run; upload it with: wandb sync {d}"
     buf = io.StringIO()
     summary.print_summary(res_with({"tokens_per_s": 1.0}, wandb_dir="/runs/online-dir"), file=buf)
     assert buf.getvalue().splitlines()[-1] == "W&B run: /runs/online-dir"

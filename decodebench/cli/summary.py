@@ -72,7 +72,7 @@ def table(res: dict) -> str:
     wandb_dir: Optional[str] = res.get("wandb_dir")
     if wandb_dir:
         offline = "offline-run-" in str(wandb_dir)
-        lines.append(f"W&B run: {wandb_dir}" + (f"  (upload it with: wandb sync {wandb_dir})" if offline else ""))
+        lines.append(f"W&B offline run; upload it with: wandb sync {wandb_dir}" if offline else f"W&B run: {wandb_dir}")
     return "\n".join(lines)
 
 

@@ -48,3 +48,9 @@ __all__ = [
     "top_h", "top_n_sigma", "tail_free", "xtc", "dynatemp", "mirostat_v1", "mirostat_v2", "smoothing", "dry",
     "sequence_bias", "cfg_combine", "register_search",
 ]
+
+# the engine's face: generate requests with a model (the README's library example)
+from .engine import Request, generate  # noqa: E402
+from .strategies import build_strategy  # noqa: E402
+
+__all__ += ["generate", "Request", "build_strategy"]
