@@ -50,7 +50,7 @@ def show(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:g}"
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
     if isinstance(value, (tuple, list, dict)):
         return json.dumps(value, ensure_ascii=False, default=list)
     return str(value)
@@ -78,8 +78,8 @@ def accepts(p) -> str:
     if p.choices:
         return "one of " + ", ".join(show(c) for c in p.choices)
     if p.kind == "float":
-        lo, hi = ("(" if p.lo_open else "[") + show(p.lo), show(p.hi) + (")" if p.hi_open else "]")
-        return f"{lo}, {hi}"
+        lo, hi = (show(v) if math.isinf(v) else f"{v:g}" for v in (p.lo, p.hi))
+        return ("(" if p.lo_open else "[") + f"{lo}, {hi}" + (")" if p.hi_open else "]")
     if p.kind == "int":
         return f"integer >= {int(p.lo)}"
     if p.kind in ("bool", "str"):

@@ -26,7 +26,19 @@ def gen_docs():
 
 
 def code_blocks(text: str, lang: str) -> list[str]:
-    return [textwrap.dedent(b) for b in re.findall(rf"^ *```{lang}\n(.*?)^ *```", text, flags=re.S | re.M)]
+    """The bodies of the fenced blocks opened with ```lang (lang "" for plain fences), dedented."""
+    blocks, body, opened = [], None, None
+    for line in text.splitlines():
+        fence = line.strip().startswith("```")
+        if body is None and fence:
+            body, opened = [], line.strip()[3:]
+        elif body is not None and fence:
+            if opened == lang:
+                blocks.append(textwrap.dedent("\n".join(body) + "\n"))
+            body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
 
 
 def test_generated_tables_equal_the_parameter_table_and_the_strategy_files():
@@ -87,6 +99,12 @@ def test_every_module_the_architecture_names_exists_and_every_module_is_named():
                and not {"lm_eval_tasks", "hf_evaluate"} & set(p.parts)]
     unnamed = sorted(str(p.relative_to(ROOT)) for p in package if p.name not in said)
     assert unnamed == [], f"docs/architecture.md does not say what these modules hold: {unnamed}"
+
+
+def test_the_readme_and_the_architecture_page_draw_the_same_picture():
+    picture = lambda text: next(b for b in code_blocks(text, "") if "command line" in b)  # noqa: E731
+    readme, page = (p.read_text(encoding="utf-8") for p in (README, ROOT / "docs" / "architecture.md"))
+    assert picture(readme) == picture(page)
 
 
 def test_readme_library_example_runs_and_rows_do_not_depend_on_the_batch(embedded, monkeypatch, capsys):
