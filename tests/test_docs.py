@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
@@ -162,3 +164,12 @@ def test_contributing_scorer_registers_and_scores(tmp_path):
     p = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert float(p.stdout.strip().splitlines()[-1]) == 4.0
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """Broken links or anchors between pages fail (`mkdocs build --strict`, as CI runs it)."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert (tmp_path / "parameters" / "index.html").is_file()
