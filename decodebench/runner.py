@@ -385,13 +385,5 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 
-def summarize(res: dict) -> str:
-    m = res["metrics"]
-    keys = [k for k in ("tokens_per_s", "diversity", "distinct_2", "rep_2", "perplexity", "gen_length") if k in m]
-    parts = ", ".join(f"{k}={m[k]:.4g}" for k in keys)
-    return (f"decodebench: {res['num_records']} generations ({res['strategy']}) in {m['wall_time_s']:.1f} s; "
-            f"{parts}\nresults: {res['run_dir']}")
-
-
 def machine_line(res: dict) -> str:
     return json.dumps(results.clean({"run_dir": res["run_dir"], "metrics": res["metrics"]}), sort_keys=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from decodebench import results
 from decodebench.cli.entry import run
 from tests.conftest import ROOT, compose
@@ -47,6 +49,10 @@ def test_cli_subprocess_writes_results_and_wandb_offline(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     last = json.loads(p.stdout.strip().splitlines()[-1])
     assert last["run_dir"] == str(out) and "diversity" in last["metrics"]
+    # a person reads the table on stderr; stdout is for programs
+    assert f"results: {out}  (generations.jsonl, metrics.json)" in p.stderr.splitlines()
+    speed = [ln.split()[2] for ln in p.stderr.splitlines() if ln.startswith("  generation speed ")]
+    assert speed == [f"{last['metrics']['tokens_per_s']:.4g}"] and "generation speed" not in p.stdout
     assert results.is_complete(out)
     assert list((out / "wandb").glob("offline-run-*")), "the offline W&B run is under the run directory"
     assert (out / ".hydra" / "config.yaml").is_file()
@@ -61,12 +67,12 @@ def test_scoring_failure_keeps_generations(tmp_path, monkeypatch):
     monkeypatch.setattr(plan.ScorerPlan, "score", boom)
     cfg = compose(["model=tiny", "dataset.limit=2", "strategy.max_new_tokens=3", "logger=none", "progress=false"])
     out = tmp_path / "run"
-    try:
+    with pytest.raises(RuntimeError, match="scorer crashed"):
         run(cfg, str(out))
-    except RuntimeError:
-        pass
     assert len(results.read_generations(out)) == 2
     assert (out / "metrics.partial.json").is_file() and not results.is_complete(out)
+    kept = json.loads((out / "metrics.partial.json").read_text())
+    assert kept["generated_tokens"] == sum(r.num_tokens for r in results.read_generations(out)) > 0
 
 
 def test_wandb_failure_never_costs_results(tmp_path, monkeypatch):

@@ -7,28 +7,47 @@ import sys
 import time
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 from decodebench.cli.preflight import compose_checked, group_options
+from decodebench.config import conf_dir
 from tests.conftest import ROOT, compose
 
 
+def _option_overrides(group: str, opt: str) -> dict:
+    """The keys a test must set for an option to be usable here (a required path, a Hub id)."""
+    prompts = str(ROOT / "decodebench/data/prompts.jsonl")
+    return {("dataset", "file"): {"path": prompts}, ("dataset", "hub"): {"path": prompts},
+            ("model", "hub"): {"name_or_path": "org/some-model"},
+            ("model", "api"): {"base_url": "http://127.0.0.1:9/v1", "name": "m"}}.get((group, opt), {})
+
+
+def assert_within(composed, written, where: str) -> None:
+    """`written` arrives in `composed`: equal values; a mapping's keys may be completed by the schema."""
+    if isinstance(written, dict):
+        assert isinstance(composed, dict), where
+        for k, v in written.items():
+            assert_within(composed[k], v, f"{where}.{k}")
+    else:
+        assert composed == written, where
+
+
 def test_every_group_option_composes_and_validates():
+    """`group=opt` composes that option's own file: every key it sets arrives with its value (or the override
+    given here), and the composed config passes every check that needs no model."""
     from decodebench.runner import prepare
 
     checked = 0
     for group in ("model", "dataset", "strategy", "logger", "scorers"):
         for opt in group_options(group):
-            extra = {"file": ["dataset.path=" + str(ROOT / "decodebench/data/prompts.jsonl")],
-                     "hub": ["dataset.path=" + str(ROOT / "decodebench/data/prompts.jsonl")]}
-            ov = [f"{group}={opt}"]
-            if group == "dataset":
-                ov += extra.get(opt, [])
-            if group == "model" and opt == "hub":
-                ov += ["model.name_or_path=org/some-model"]
-            if group == "model" and opt == "api":  # an endpoint's address and model are required
-                ov += ["model.base_url=http://127.0.0.1:9/v1", "model.name=m"]
-            cfg = compose(ov)
-            assert cfg[group] is not None
+            given = _option_overrides(group, opt)
+            cfg = compose([f"{group}={opt}", *(f"{group}.{k}={v}" for k, v in given.items())])
+            written = yaml.safe_load((conf_dir() / group / f"{opt}.yaml").read_text())
+            composed = OmegaConf.to_container(cfg[group], resolve=True)
+            assert written, f"conf/{group}/{opt}.yaml sets nothing"
+            for key, value in written.items():
+                assert_within(composed[key], given.get(key, value), f"{group}={opt}: {key}")
             if group != "dataset" or opt != "hub":
                 prepare(cfg)
             checked += 1

@@ -66,9 +66,37 @@ def test_cuda_equals_cpu_greedy(gpu_model, embedded):
     assert [o.token_ids for o in gpu] == [o.token_ids for o in cpu]
 
 
-def test_beam_early_exit_and_no_sync_in_the_step(gpu_model):
+def test_beam_early_exit_and_no_sync_in_the_step(gpu_model, monkeypatch):
+    """Beam search's steps run under sync-debug "error": from the first token's timing (its one sync) to
+    the end of decoding (the other), nothing reads the device; the newline criterion still ends it early."""
+    from decodebench.decoding import beam
+    from decodebench.decoding.runtime import BatchContext
+
     model, tok = gpu_model
     spec = build_strategy({"name": "beam", "method": "beam", "num_beams": 4, "max_new_tokens": 256,
                            "stopping": ["newline"]})
-    outs, stats = generate(model, tok, reqs_for(tok, spec, n=4), spec, batch_size=4)
-    assert stats.steps < 256
+    first_token, decode_done, advance = BatchContext.first_token, BatchContext.decode_done, beam.BeamRows.advance
+    strict_steps = []
+
+    def strict_after_first_token(self, t0):
+        now = first_token(self, t0)
+        torch.cuda.set_sync_debug_mode("error")
+        return now
+
+    def lenient_from_decode_done(self, t_first, steps):
+        torch.cuda.set_sync_debug_mode(0)
+        decode_done(self, t_first, steps)
+
+    def counted_advance(self, *a, **k):
+        strict_steps.append(torch.cuda.get_sync_debug_mode() == 2)  # 2: "error"
+        return advance(self, *a, **k)
+
+    monkeypatch.setattr(BatchContext, "first_token", strict_after_first_token)
+    monkeypatch.setattr(BatchContext, "decode_done", lenient_from_decode_done)
+    monkeypatch.setattr(beam.BeamRows, "advance", counted_advance)
+    try:
+        outs, stats = generate(model, tok, reqs_for(tok, spec, n=4), spec, batch_size=4)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert strict_steps and all(strict_steps), "every beam step ran under sync-debug mode"
+    assert stats.steps < 256 and all(o.token_ids for o in outs)

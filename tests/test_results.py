@@ -55,7 +55,11 @@ def test_wandb_sink_logs_a_run_directory_offline(tmp_path, monkeypatch):
     (d / results.CONFIG).write_text(yaml.safe_dump({"strategy": {"name": "greedy"}, "seed": 0}))
     results.write_json_atomic(d / results.METRICS, {"diversity": 0.25})
     w = results.GenerationsWriter(d)
-    w.write([GenerationRecord(prompt_id=0, text="a b", num_tokens=2, finish_reason="length")])
+    recs = [GenerationRecord(prompt_id="p0", prompt="Once", prompt_token_ids=[5, 6], sample_index=0, text="a b",
+                             token_ids=[1, 2], num_tokens=2, finish_reason="length", reference="ref a"),
+            GenerationRecord(prompt_id="p1", prompt="Then", prompt_token_ids=[7], sample_index=1, text="c",
+                             token_ids=[3, 0], num_tokens=2, finish_reason="eos", reference=None)]
+    w.write(recs)
     w.close()
     logged = {}
 
@@ -80,7 +84,10 @@ def test_wandb_sink_logs_a_run_directory_offline(tmp_path, monkeypatch):
     assert seen["job_type"] == "greedy" and seen["config"] == {"strategy": {"name": "greedy"}, "seed": 0}
     assert logged["diversity"] == 0.25
     table = logged["generations"]
-    assert table.columns == list(wandb_sink.TABLE_COLUMNS) and table.data[0][table.columns.index("text")] == "a b"
+    # the readable fields of generations.jsonl, one row per line on disk; token ids stay on disk
+    assert table.columns == ["prompt_id", "prompt", "sample_index", "text", "num_tokens", "finish_reason",
+                             "reference"]
+    assert table.data == [["p0", "Once", 0, "a b", 2, "length", "ref a"], ["p1", "Then", 1, "c", 2, "eos", None]]
     assert wandb_sink.log_run({**logger, "name": "none"}, results.read_run(d)) is None
 
 

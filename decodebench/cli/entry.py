@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results, runner, wandb_sink
-from decodebench.cli import preflight
+from decodebench.cli import preflight, summary
 from decodebench.config import ConfigError, conf_dir, register_configs
 
 register_configs()
@@ -51,6 +51,6 @@ def _main(cfg: DictConfig) -> dict:
     except OSError as e:  # a full disk, a permission: one line naming the path (Hydra would print a traceback)
         print(f"error: {results.os_error_line(e)}", file=sys.stderr)
         sys.exit(1)
-    print(runner.summarize(res))
+    summary.print_summary(res)  # the table on stderr; stdout's last line stays the JSON
     print(runner.machine_line(res), flush=True)
     return res

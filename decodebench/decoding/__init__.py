@@ -52,3 +52,9 @@ __all__ = [
     "sequence_bias", "cfg_combine", "register_search",
     "p_less", "p_less_norm", "min_k", "adaptive_p", "adapted_target",
 ]
+
+# the engine's face: generate requests with a model (the README's library example)
+from .engine import Request, generate  # noqa: E402
+from .strategies import build_strategy  # noqa: E402
+
+__all__ += ["generate", "Request", "build_strategy"]
