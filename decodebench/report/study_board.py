@@ -25,6 +25,8 @@ from decodebench.report.model import BOOKKEEPING, COMPANIONS, direction
 
 OUTPUTS = {"markdown": "leaderboard.md", "csv": "leaderboard.csv", "html": "leaderboard.html"}
 STAR = "★"
+# speed and memory of a fused point are shares of the fused batches': each point's metrics.json has them
+PERF = ("latency", "memory", "forward_passes", "tokens_per", "tokens_processed", "row_step", "time_to", "_s")
 
 
 def load(study_dir: Path) -> dict:
@@ -42,7 +44,7 @@ def _num(v: Any) -> bool:
 def _metric_cols(dicts: list[dict]) -> list[str]:
     cols = list(dict.fromkeys(k for d in dicts for k, v in d.items() if _num(v)))
     return [c for c in cols if not c.endswith(COMPANIONS) and c not in BOOKKEEPING
-            and not c.endswith(("_s", "_bytes", "tokens_per_s")) and c not in ("rows", "forward_passes")]
+            and not any(k in c for k in PERF) and c not in ("rows", "num_records")]
 
 
 def summary_rows(data: dict) -> tuple[list[str], list[dict]]:
