@@ -18,7 +18,7 @@ from tests.test_sweep import no_model, one_thread  # noqa: F401  (fixtures)
 MINI = """# @package _global_
 study:
   name: mini
-  select: {metric: diversity, direction: max}
+  select: {metric: rep_w, direction: min}
   dev_fraction: 0.5
   methods:
     greedy: {strategy: greedy}
@@ -31,7 +31,8 @@ study:
 # Full-length rows (min_new_tokens) so the comparison covers every step; batch_size 5 splits the fused rows
 # over several running batches.
 BASE = ["study=mini", "model=tiny", "dataset.limit=4", "strategy.max_new_tokens=5", "strategy.min_new_tokens=5",
-        "batch_size=5", "logger=none", "progress=false", "scorers.names=[rep,gen_length,distinct]",
+        "batch_size=5", "logger=none", "progress=false", "scorers.names=[rep_w,gen_length,distinct]",
+        "scorers.rep_w.unit=token",
         "scorers.bootstrap.samples=0", "study.bootstrap=100", "study.leaderboard=false"]
 
 
@@ -94,7 +95,7 @@ def test_leaderboard_has_every_method_at_its_dev_choice(tmp_path, conf, capsys):
     assert len(out["dev_ids"]) == 2 and len(out["test_ids"]) == 2 and not set(out["dev_ids"]) & set(out["test_ids"])
     for c in out["choices"]:  # the chosen point is the best on dev among its method's points
         mine = [p for p in out["points"] if p["method"] == c["method"]]
-        assert c["point"]["dev"] == max(p["dev"] for p in mine) and c["budget"] == len(mine)
+        assert c["point"]["dev"] == min(p["dev"] for p in mine) and c["budget"] == len(mine)
     assert sum(c["best"] for c in out["choices"]) == 1
     rows = list(csv.DictReader(open(sdir / "leaderboard.csv")))
     assert [r["method"] for r in rows if r["table"] == "selected"] == [c["method"] for c in out["choices"]]
@@ -107,6 +108,7 @@ def test_leaderboard_has_every_method_at_its_dev_choice(tmp_path, conf, capsys):
 
 def test_a_killed_study_resumes_and_repeats_nothing(tmp_path, conf, capsys, monkeypatch):
     sdir = tmp_path / "s"
+    args = conf + BASE + ["batch_size=1"]  # x 9 fused points: running batches of 9 rows, 4 of them
     real = sweep_exec.generate
     delivered = []
 
@@ -119,10 +121,10 @@ def test_a_killed_study_resumes_and_repeats_nothing(tmp_path, conf, capsys, monk
         return real(*a, on_batch=hook, **k)
 
     monkeypatch.setattr(sweep_exec, "generate", interrupted)
-    code, _, err = study(conf + BASE + [f"study.dir={sdir}"], capsys)
+    code, _, err = study(args + [f"study.dir={sdir}"], capsys)
     assert code == 130 and f"study.dir={sdir}" in err
     kept = {d.name: len(sweep_exec.read_partial(d)) for d in points(sdir)}
-    assert sum(kept.values()) == sum(delivered) > 0
+    assert sum(kept.values()) == sum(delivered) > 0 and not any(results.is_complete(d) for d in points(sdir))
     generated = []
 
     def counting(*a, on_batch=None, **k):
@@ -130,16 +132,16 @@ def test_a_killed_study_resumes_and_repeats_nothing(tmp_path, conf, capsys, monk
         return real(*a, on_batch=on_batch, **k)
 
     monkeypatch.setattr(sweep_exec, "generate", counting)
-    code, res, err = study(conf + BASE + [f"study.dir={sdir}"], capsys)
+    code, res, err = study(args + [f"study.dir={sdir}"], capsys)
     assert code == 0 and len(res["complete"]) == 10, err
     assert sum(generated) == 10 * 4 - sum(kept.values())  # only the rows that were not on disk
     for d in points(sdir):
         assert json.loads((d / "run.json").read_text())["sweep"]["resumed_rows"] == kept.get(d.name, 0)
     fresh = tmp_path / "fresh"
-    assert study(conf + BASE + [f"study.dir={fresh}"], capsys)[0] == 0
+    assert study(args + [f"study.dir={fresh}"], capsys)[0] == 0
     assert {d.name: tokens(d) for d in points(sdir)} == {d.name: tokens(d) for d in points(fresh)}
     monkeypatch.setattr(sweep_exec, "generate", lambda *a, **k: pytest.fail("rows generated again"))
-    code, res, _ = study(conf + BASE + [f"study.dir={sdir}"], capsys)
+    code, res, _ = study(args + [f"study.dir={sdir}"], capsys)
     assert code == 0 and res["skipped"] == 10 and not res["complete"]
 
 
@@ -172,7 +174,7 @@ BAD = [
                                                   "parameter 'temprature'; did you mean temperature"),
     ((MINI[MINI.index("  methods:"):], "  methods: {}\n"), "study.methods is empty"),
     ("study.select.metric=mauvee", "study.select.metric: no scorer computes 'mauvee'"),
-    ("study.select.metric=selected_diversity", "needs a method with a selector"),
+    ("study.select.metric=selected_rep_w", "needs a method with a selector"),
     ("study.select.direction=up", "study.select.direction must be max or min"),
     ("study.dev_fraction=0", "study.dev_fraction must be in (0, 1)"),
     ("study.dev_fraction=1.5", "study.dev_fraction must be in (0, 1)"),

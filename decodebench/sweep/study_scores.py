@@ -103,8 +103,12 @@ class PointScorer:
         cache = run_dir / SCORES
         if cache.is_file():
             got = json.loads(cache.read_text())
-            if got.get("key") == self.key:
-                return got
+            if got.get("key") == self.key:  # JSON has no NaN: the writer stored None
+                nan = float("nan")
+                pp = got["per_prompt"]
+                return {**got, "dev": nan if got["dev"] is None else got["dev"],
+                        "test": nan if got["test"] is None else got["test"],
+                        "per_prompt": None if pp is None else {k: nan if v is None else v for k, v in pp.items()}}
         vals = self.values(run_dir, selected)
         if vals is not None:
             out = {"per_prompt": vals, "dev": _mean(vals, dev), "test": _mean(vals, test)}
