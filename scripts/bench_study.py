@@ -64,7 +64,8 @@ def main() -> None:
               "logger=none", "progress=false", "scorers.names=[gen_length]", "scorers.bootstrap.samples=0"]
     methods = study_methods(a.study)
     tmp = Path(tempfile.mkdtemp(prefix="bench_study-"))
-    times = {"fused": timed(py + [f"study={a.study}", *shared, f"study.dir={tmp / 'study'}", "study.leaderboard=false"])}
+    times = {"fused": timed(py + [f"study={a.study}", *shared, f"study.dir={tmp / 'study'}", "study.leaderboard=false",
+                                  "study.select.metric=gen_length"])}
     per_method, multirun = 0.0, 0.0
     for label, m in methods.items():
         strategy = m.get("strategy") or label

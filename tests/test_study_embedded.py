@@ -28,7 +28,8 @@ def test_open_ended_study_points_equal_points_alone_on_the_embedded_model(tmp_pa
     assert (sdir / "leaderboard.html").is_file() and "topp: top_p=" in (sdir / "leaderboard.md").read_text()
     assert len(json.loads((sdir / "minp,min_p=0.05,seed=0" / "run.json").read_text())["sweep"]["fused_with"]) == 6
     for name, ov in (("minp,min_p=0.05,seed=0", ["strategy=minp", "strategy.min_p=0.05"]),
-                     ("greedy,seed=0", ["strategy=greedy"]), ("beam,seed=0", ["strategy=beam", "strategy.num_beams=4"])):
+                     ("greedy,seed=0", ["strategy=greedy"]),
+                     ("beam,seed=0", ["strategy=beam", "strategy.num_beams=4"])):
         alone = runner.execute(compose(SHARED + ["dataset=books", "seed=0", *ov]), tmp_path / f"alone-{name}")
         got = [r.token_ids for r in results.read_generations(sdir / name)]
         assert len(got) == 4 and all(got) and got == [r.token_ids for r in results.read_generations(alone["run_dir"])]

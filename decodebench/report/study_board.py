@@ -55,6 +55,7 @@ def summary_rows(data: dict) -> tuple[list[str], list[dict]]:
     for c in res["choices"]:
         p = c["point"]
         row = {"method": c["method"], "setting": p["label"], "points tried": c["budget"],
+               "scored on": "selected answers" if p["name"] in res.get("selected", ()) else "every row",
                "dev": p["dev"], "test": p["test"], "test_ci_low": c["test_ci"][0], "test_ci_high": c["test_ci"][1],
                "diff_vs_best": 0.0 if c["best"] else c["diff"], "p_value": c["p_value"],
                "sensitivity": c["sensitivity"], "best": c["best"]}
@@ -102,7 +103,14 @@ def _cell(row: dict, c: str) -> str:
     return fmt(row.get(c))
 
 
-SUMMARY_HEAD = ["method", "setting", "points tried", "dev", "test", "diff_vs_best", "p_value", "sensitivity"]
+SUMMARY_HEAD = ["method", "setting", "scored on", "points tried", "dev", "test", "diff_vs_best", "p_value",
+                "sensitivity"]
+
+
+def summary_head(rows: list[dict]) -> list[str]:
+    """"scored on" only where a method is scored on selected answers (self-consistency)."""
+    some = any(r.get("scored on") != "every row" for r in rows)
+    return [c for c in SUMMARY_HEAD if some or c != "scored on"]
 GRID_HEAD = ["method", "setting", "chosen", "dev", "test"]
 
 
@@ -124,7 +132,7 @@ def markdown(data: dict) -> str:
     obj = (data["result"]["metric"], data["result"]["maximize"])
     cols, rows = summary_rows(data)
     lines = [f"# Study {data['result']['name']}", "", *describe(data), ""]
-    lines += _md_table(rows, SUMMARY_HEAD + cols, best_marks(rows, ["dev", "test", *cols], obj), star="best")
+    lines += _md_table(rows, summary_head(rows) + cols, best_marks(rows, ["dev", "test", *cols], obj), star="best")
     gcols, grows = grid_rows(data)
     lines += ["", "## Full grid (metrics over all prompts)", ""]
     lines += _md_table(grows, GRID_HEAD + gcols, best_marks(grows, ["dev", "test", *gcols], obj))
@@ -177,7 +185,7 @@ def page(data: dict) -> str:
              "</head><body>", f"<h1>Study {name}</h1>",
              *[f"<p class=meta>{html.escape(s)}</p>" for s in describe(data)],
              "<h2>Each method at its chosen setting (test prompts)</h2>",
-             _html_table(rows, SUMMARY_HEAD + cols, best_marks(rows, ["dev", "test", *cols], obj), star="best"),
+             _html_table(rows, summary_head(rows) + cols, best_marks(rows, ["dev", "test", *cols], obj), star="best"),
              "<h2>Plots</h2>", figs or "<p class=meta>No plots.</p>",
              "<h2>Full grid (metrics over all prompts)</h2>",
              _html_table(grows, GRID_HEAD + gcols, best_marks(grows, ["dev", "test", *gcols], obj)),

@@ -101,7 +101,8 @@ def score_and_select(ctx: Context, splan: StudyPlan) -> dict:
            "dev_fraction": float(st.dev_fraction), "dev_ids": dev, "test_ids": test, "bootstrap": int(st.bootstrap),
            "test": "paired sign-flip permutation test on per-prompt test scores, two-sided",
            "points": [asdict(s) for s in scores], "choices": [asdict(c) for c in choices],
-           "test_metrics": test_metrics, "missing": sorted({p.name for p in splan.points} - {p.name for p in done})}
+           "test_metrics": test_metrics, "selected": [n for n, v in selected.items() if v],
+           "missing": sorted({p.name for p in splan.points} - {p.name for p in done})}
     results.write_json_atomic(ctx.sweep_dir / RESULT, out)
     return out
 

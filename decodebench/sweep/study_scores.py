@@ -122,9 +122,9 @@ class PointScorer:
         return out
 
     def test_metrics(self, run_dir: Path, selected: bool, test: list) -> dict:
-        """Every scorer's metrics on the test prompts' rows (with the scorers' own bootstrap intervals)."""
+        """Every scorer's metrics on the test prompts' rows (with the scorers' own bootstrap intervals); a point
+        with a selector on its selected answers, under the same names (its rows are what it outputs)."""
         if self.task:
             return {}
         sub = [r for r in point_records(run_dir, selected) if str(r["prompt_id"]) in set(test)]
-        m = self.plan.score(sub, **self.common) if sub else {}
-        return {("selected_" + k if selected else k): v for k, v in m.items()}
+        return self.plan.score(sub, **self.common) if sub else {}
