@@ -214,3 +214,33 @@ def test_a_study_dir_of_another_configuration_is_refused(tmp_path, conf, capsys)
     more = [a for a in small if a != "~study.methods.minp"]
     code, res, err = study(conf + more + [f"study.dir={sdir}"], capsys)
     assert code == 0 and res["skipped"] == 3 and len(res["complete"]) == 2, err
+
+
+def test_wandb_one_group_per_study_with_the_summary_table(tmp_path, conf, capsys, monkeypatch):
+    import sys
+    import types
+
+    inits, logged = [], []
+
+    class FakeRun:
+        def __init__(self, kw):
+            self.kw, self.summary, self.dir = kw, {}, str(Path(kw["dir"]) / "wandb" / "run" / "files")
+
+        def log(self, d):
+            logged.append((self.kw["name"], d))
+
+        def finish(self):
+            pass
+
+    fake = types.SimpleNamespace(init=lambda **kw: inits.append(kw) or FakeRun(kw),
+                                 Table=lambda columns, data: ("table", columns, data))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    sdir = tmp_path / "s"
+    args = [a for a in BASE if a not in ("logger=none", "study.leaderboard=false")]
+    code, _, err = study(conf + args + [f"study.dir={sdir}", "~study.methods.beam", "~study.methods.typical",
+                                        "~study.methods.minp", "~study.methods.topk"], capsys)
+    assert code == 0, err
+    assert len({kw["group"] for kw in inits}) == 1 and len(inits) == 4  # 3 points and the summary
+    (table,) = [d["study_summary"] for name, d in logged if name == "mini:summary"]
+    assert table[0] == "table" and [row[0] for row in table[2]] == ["greedy", "topp"]
+    assert table[1][:2] == ["method", "setting"] and table[2][1][1].startswith("topp: top_p=")
