@@ -180,6 +180,8 @@ BAD = [
     ("study.dev_fraction=0", "study.dev_fraction must be in (0, 1)"),
     ("study.dev_fraction=1.5", "study.dev_fraction must be in (0, 1)"),
     ("study.noise=fresh", "study.noise must be shared or independent"),
+    ("study.search=optuna", "study.search: only grid is available"),
+    ("study.bootstrap=-1", "study.bootstrap must be >= 0"),
     ("study=minii", "did you mean 'mini'"),
 ]
 
