@@ -79,7 +79,7 @@ def main() -> None:
             per_method += timed(common + [f"hydra.run.dir={tmp / 'run' / label}"])
         if not a.no_multirun:
             sweeps = [f"strategy.{k}={','.join(str(x) for x in v)}" for k, v in grid.items()]
-            multirun += timed(common + ["-m", *sweeps, f"hydra.sweep.dir={tmp / 'multirun' / label}",
+            multirun += timed(py + ["-m"] + common[3:] + [*sweeps, f"hydra.sweep.dir={tmp / 'multirun' / label}",
                                         "hydra.callbacks.leaderboard.enabled=false"])
     times["sweep_per_method"] = per_method
     if not a.no_multirun:
