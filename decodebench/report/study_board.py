@@ -169,16 +169,24 @@ def _html_table(rows: list[dict], head: list[str], marks: dict, star: Optional[s
     return f"<div class=scroll><table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
-def page(data: dict) -> str:
-    from decodebench.report.study_plots import render
+def figures(data: dict) -> str:
+    try:
+        from decodebench.report.study_plots import render
 
+        plots = render(data)
+    except ImportError as e:  # matplotlib is a declared dependency; say so rather than lose the page
+        return f"<p class=meta>No plots: {html.escape(str(e))} (pip install matplotlib).</p>"
+    return "".join(f"<figure><figcaption><b>{html.escape(p.title)}</b></figcaption><img alt='{html.escape(p.title)}' "
+                   f"src='data:image/png;base64,{base64.b64encode(p.png).decode('ascii')}'>"
+                   f"<figcaption>{html.escape(p.caption)}</figcaption></figure>" for p in plots)
+
+
+def page(data: dict) -> str:
     obj = (data["result"]["metric"], data["result"]["maximize"])
     cols, rows = summary_rows(data)
     gcols, grows = grid_rows(data)
     name = html.escape(data["result"]["name"])
-    figs = "".join(f"<figure><figcaption><b>{html.escape(p.title)}</b></figcaption><img alt='{html.escape(p.title)}' "
-                   f"src='data:image/png;base64,{base64.b64encode(p.png).decode('ascii')}'>"
-                   f"<figcaption>{html.escape(p.caption)}</figcaption></figure>" for p in render(data))
+    figs = figures(data)
     parts = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
              f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">",
              f"<title>decodebench study {name}</title><style>{STYLE} td.setting .star {{ color: #bf8700; }}</style>"
