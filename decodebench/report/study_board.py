@@ -82,7 +82,7 @@ def best_marks(rows: list[dict], cols: list[str], objective: tuple[str, bool]) -
     for c in cols:
         up = objective[1] if c in ("dev", "test") else direction(c)
         vals = [(i, r.get(c)) for i, r in enumerate(rows) if _num(r.get(c))]
-        if up is None or not vals:
+        if up is None or len({v for _, v in vals}) < 2:  # nothing to tell apart (the references' own rep-n)
             continue
         best = (max if up else min)(v for _, v in vals)
         out[c] = {i for i, v in vals if v == best}
