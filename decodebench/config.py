@@ -130,6 +130,27 @@ class SweepConfig:
 
 
 @dataclass
+class StudyConfig:
+    """Schema of the `study` group: methods compared on the same prompts (conf/study/<name>.yaml, docs/studies.md).
+
+    Inert for a plain run; checked by decodebench.sweep.study_plan before any model loads."""
+
+    name: str = "study"
+    methods: Dict[str, Any] = field(default_factory=dict)  # label -> {strategy, settings, grid}
+    select: Dict[str, Any] = field(default_factory=lambda: {"metric": "???", "direction": "max"})
+    dev_fraction: float = 0.5  # share of the prompts (by id) the settings are chosen on; the rest report
+    split_seed: int = 0  # salt of the dev/test split by prompt id
+    search: str = "grid"  # grid: every point of each method's grid
+    equal_budget: bool = True  # every tuned method (one with a grid) has the same number of points
+    noise: str = "shared"  # shared: common random numbers across methods; independent: seeds salted per method
+    seeds: Optional[List[int]] = None  # one point per seed; null: the top-level seed
+    bootstrap: int = 1000  # resamples of the test prompts for intervals and the paired test
+    dir: Optional[str] = None  # the study directory; null: outputs/studies/<date>/<time>-<name>
+    fuse: Optional[int] = None  # at most this many points generated together; null: all that can be
+    leaderboard: bool = True
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -137,6 +158,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     scorers: Dict[str, Any] = field(default_factory=dict)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    study: Optional[StudyConfig] = None  # methods compared fairly on the same prompts (conf/study/)
     task: Optional[TaskConfig] = None  # an lm-eval task scored for every run (conf/task/, decodebench/tasks/)
     seed: int = 0
     batch_size: Any = "auto"  # rows in the running batch, or "auto" (what fits; README, "The engine")
@@ -180,7 +202,14 @@ def conf_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "conf"
 
 
+def shipped_data(name: str) -> str:
+    """`${decodebench_data:books.jsonl}` in a config: the path of a data file shipped in decodebench/data."""
+    return str(Path(__file__).resolve().parent / "data" / name)
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("decodebench_data"):
+        OmegaConf.register_new_resolver("decodebench_data", shipped_data)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="score_schema", node=ScoreConfig)

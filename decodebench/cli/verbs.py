@@ -83,6 +83,12 @@ def dispatch(verb: str, rest: list[str]) -> None:
 def _generate_verb(verb: str, rest: list[str]):
     from decodebench.cli import preflight
 
+    from decodebench.cli.study import wants_study
+
+    if verb == "run" and wants_study(rest):  # study=<name>: every method of conf/study/<name>.yaml (cli/study.py)
+        from decodebench.cli.study import main as study_main
+
+        return study_main(rest)
     if verb == "sweep":  # its own preflight: it plans the grid too
         from decodebench.sweep.verb import main as sweep_main
 

@@ -18,6 +18,7 @@ from typing import Mapping
 
 # importing the families registers their scorers
 from . import constraints, corpus, embedding, lm, mauve_scorer, ngrams, repetition, self_bleu  # noqa: F401
+from . import answer  # noqa: F401  (answer_match: the studies on arithmetic)
 from .inputs import Inputs
 from .plan import ScorerPlan, higher_is_better, resolve_scorers
 from .records import load_generations

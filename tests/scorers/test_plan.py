@@ -40,8 +40,9 @@ def test_names_accept_metric_names_and_all():
     plan = resolve_scorers({"names": ["diversity", "rep_3", "self_bleu_4", "perplexity"]})
     assert plan.names == ["rep", "self_bleu", "perplexity"]
     assert plan.needs_model and not plan.needs_references
-    # "all": every scorer but those that need the run's own settings (a constraint, watermark keys)
-    assert resolve_scorers({"names": "all"}).names == [n for n in SCORERS.names() if n not in ("constraint_valid", "watermark")]
+    # "all": every scorer but those that need the run's own settings (a constraint, watermark keys) or answers
+    # with integers (answer_match)
+    assert resolve_scorers({"names": "all"}).names == [n for n in SCORERS.names() if n not in ("constraint_valid", "watermark", "answer_match")]
     text_only = resolve_scorers({"names": ["mauve"]})
     assert text_only.needs_model and text_only.needs_references
 
