@@ -198,3 +198,25 @@ def test_metrics_report_acceptance_and_forwards():
     assert m["mh_acceptance_rate"] == pytest.approx(outs[0].extra["power_acceptance_ratio"])
     assert m["forward_passes_per_token"] > 1  # every proposal is a fresh prefill plus its tokens
     assert math.isfinite(m["forward_passes_per_token"])
+
+
+def test_stop_strings_cut_the_finished_chain():
+    """A stop string cuts the chain's final sequence after its first occurrence; the chain is the same."""
+    model, tok = peaky_tiny()
+    base = {"name": "p", "method": "power_sampling", "do_sample": True, "power_alpha": 2.0, "max_new_tokens": 8,
+            "block_num": 2, "mcmc_steps": 2}
+    plain = build_strategy(base)
+    reqs = [Request(str(i), tok(x)["input_ids"], 0, plain.params, 7) for i, x in enumerate(TEXTS[:3])]
+    full = [o.token_ids for o in generate(model, tok, reqs, plain, batch_size=3)[0]]
+    # a stop string from inside the first row's own text: its row must be cut there
+    text = tok.decode(full[0])
+    stop = text[len(text) // 2:len(text) // 2 + 1]
+    assert stop
+    cut, _ = generate(model, tok, reqs, build_strategy({**base, "stop": [stop]}), batch_size=3)
+    for want, o in zip(full, cut):
+        n = next((m for m in range(1, len(want) + 1) if stop in tok.decode(want[:m])), None)
+        assert o.token_ids == (want if n is None else want[:n])
+        assert o.finish_reason == ("stop" if n is not None else o.finish_reason)
+    assert cut[0].finish_reason == "stop" and len(cut[0].token_ids) < len(full[0])
+    with pytest.raises(ValueError, match="^stopping and max_time"):
+        build_strategy({**base, "max_time": 5.0})

@@ -154,8 +154,14 @@ def power_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext) -> l
     ex["mh_attempts"] = ex.get("mh_attempts", 0) + sum(c.attempts for c in chains)
     ex["mh_accepts"] = ex.get("mh_accepts", 0) + sum(c.accepts for c in chains)
     eos = set(ctx.eos)
-    return [Output(c.gen, "eos" if c.gen and c.gen[-1] in eos else "length",
-                   extra={"power_acceptance_ratio": c.accepts / max(c.attempts, 1)}) for c in chains]
+    outs = []
+    for c in chains:
+        # stop strings cut the finished chain (the chain itself targets p^alpha over whole blocks)
+        cut = ctx.stop.first_stop(c.gen) if ctx.stop is not None and ctx.stop.stops else None
+        gen = c.gen if cut is None else c.gen[:cut]
+        reason = "stop" if cut is not None else "eos" if gen and gen[-1] in eos else "length"
+        outs.append(Output(gen, reason, extra={"power_acceptance_ratio": c.accepts / max(c.attempts, 1)}))
+    return outs
 
 
 def power_metrics(extra: dict) -> dict:
@@ -179,9 +185,9 @@ def _validate(spec: StrategySpec) -> None:
         raise ValueError("temperature must be unset for power_sampling: its proposal runs at 1 / power_alpha")
     if not spec.params.do_sample:
         raise ValueError("do_sample must be true for power_sampling (the proposal samples)")
-    if spec.stop or spec.stopping or spec.max_time:
-        raise ValueError("stop must be empty for power_sampling (stop strings, stopping criteria and max_time are "
-                         "not served by it)")
+    if spec.stopping or spec.max_time:
+        raise ValueError("stopping and max_time must be empty for power_sampling (a chain ends only when its "
+                         "blocks are done; stop strings cut the finished chain)")
 
 
 METHODS.register("power_sampling", SearchMethod(name="power_sampling", run=power_batch, validate=_validate,

@@ -196,6 +196,11 @@ class StopChecker:
         """finish_reason of row i after `final_lengths` ("stop" for a stop string, else a criterion name)."""
         return self.row_reasons[i] if i < len(self.row_reasons) and self.row_reasons[i] else "stop"
 
+    def first_stop(self, ids: list[int]) -> Optional[int]:
+        """The length of the shortest prefix of `ids` whose text holds a stop string, or None (for methods
+        that cut a finished sequence, such as power sampling)."""
+        return self._string_cut(list(ids))
+
     def _string_cut(self, ids: list[int]) -> Optional[int]:
         if not ids or not self._hit(ids):
             return None
