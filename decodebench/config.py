@@ -40,6 +40,10 @@ class AssistantConfig:
 
 
 def _annotation(p: Param):
+    if p.config_type == Optional[Dict[int, float]]:
+        # OmegaConf cannot merge a mapping into a typed dict that is None (`strategy.logit_bias={5:2.0}` failed
+        # inside Hydra with an AttributeError): the node is untyped here; params.py's check validates the value
+        return Optional[Any]
     if p.config_type is not None:
         return p.config_type
     base = {"float": float, "int": int, "bool": bool, "str": str}[p.kind]
@@ -240,11 +244,16 @@ def validate(cfg: DictConfig):
     _check_top(cfg)
     _check_extra(cfg)
     try:
-        return build_strategy(strategy_dict(cfg))
+        spec = build_strategy(strategy_dict(cfg))
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(prefix_key("strategy", str(e))) from None
+    low = spec.params.min_new_tokens
+    if low and low > spec.max_new_tokens:
+        raise ConfigError(f"strategy.min_new_tokens: {low} is more than strategy.max_new_tokens={spec.max_new_tokens}, "
+                          f"so no row could ever end before the limit; set it at most {spec.max_new_tokens}")
+    return spec
 
 
 # Messages from libraries that do not know the config: the one key that leads to each.

@@ -148,9 +148,11 @@ def mkstemp_shared(directory: Path, prefix: str) -> tuple[int, str]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    from decodebench.preemption import deferred
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with naming(path):
+    with deferred(), naming(path):
         fd, tmp = mkstemp_shared(path.parent, f".{path.name}.")
         try:
             with os.fdopen(fd, "w") as f:
@@ -177,7 +179,9 @@ class GenerationsWriter:
         self.f = open(self.partial, "w", encoding="utf-8")
 
     def write(self, records: Iterable[Union[GenerationRecord, Mapping]]) -> None:
-        with naming(self.partial):
+        from decodebench.preemption import deferred
+
+        with deferred(), naming(self.partial):  # a SIGTERM waits until the batch is on disk
             for r in records:
                 line = r.to_json() if isinstance(r, GenerationRecord) else r
                 self.f.write(json.dumps(clean(line), ensure_ascii=False) + "\n")

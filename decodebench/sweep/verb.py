@@ -109,7 +109,8 @@ def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None,
         # Checked against the model's config before its weights load; a fused batch holds every point's rows.
         rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
                                        max(int(p.cfg.strategy.num_beams) for p in plan.points))
-        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
+        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
+                                                 tuple(p.spec for p in plan.points))
         claim_dir(sdir, plan)
         log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
         model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
@@ -165,6 +166,9 @@ def main(argv: list[str]) -> dict:
     err = results.check_writable_dir("sweep.dir", where)
     if err:
         _fail(err)
+    from decodebench import preemption
+
+    preemption.note_resume("sweep.dir", str(where))
     try:
         res = run_sweep(cfg, where, prepared)
     except ConfigError as e:
