@@ -30,7 +30,7 @@ class Preempted(BaseException):
         self.signum = signum
 
 
-_state: dict = {"depth": 0, "pending": None, "argv": [], "resume": None}
+_state: dict = {"depth": 0, "pending": None, "argv": None, "resume": None}
 
 
 def _handler(signum, frame) -> None:
@@ -67,6 +67,8 @@ def resume_command() -> Optional[str]:
     if _state["resume"] is None:
         return None
     key, value = _state["resume"]
+    if _state["argv"] is None:  # not started from our command line (a launcher's job): its own command
+        return f"the same command with {key}={shlex.quote(value)}"
     same = ("sweep.dir", "hydra.sweep.dir") if key == "sweep.dir" else (key,)
     args = [a for a in _state["argv"] if a.lstrip("+").split("=", 1)[0] not in same]
     return shlex.join(["python", "-m", "decodebench", *args, f"{key}={value}"])

@@ -136,7 +136,7 @@ SWEEP = [
     (["strategy=topp", "sweep", "sweep.dir=<run>"], "sweep.dir"),
     (["strategy=topp", "sweep", "model=tiny", "strategy.max_new_tokens=600"], "strategy.max_new_tokens"),
     (["strategy=topp", "sweep", "model=tiny", "dataset=file", "dataset.path=<long.jsonl>"], "strategy.max_new_tokens"),
-    (["strategy=topp", "sweep", "--config-dir", "<listgrid>"], "sweep.grid"),
+    (["strategy=topp", "sweep", "model=tiny", "--config-dir", "<listgrid>", "sweep=listgrid"], "listgrid.yaml"),
 ]
 SCORE = [
     (["score"], "generations"),
@@ -220,7 +220,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     put("deep.jsonl", '{"prompt": "a"}\n{"prompt": ' + "[" * 100000 + "]" * 100000 + "}\n")
     put("bad_utf8.jsonl", "".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(5)).encode()
         + b'{"prompt": "caf\xe9"}\n')
-    put("listgrid/sweep/topp.yaml", "grid:\n  - 0.5\n  - 0.9\n")
+    put("listgrid/sweep/listgrid.yaml", "grid:\n  - 0.5\n  - 0.9\n")
     out["<listgrid>"] = str(d / "listgrid")
     bad_runs(d, out)
     put("boom_plugin_xyz.py", "raise RuntimeError('boom at import')\n")

@@ -25,7 +25,7 @@ BASE = ["model=tiny", "logger=none", "progress=false", "dataset.limit=24", "batc
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
 def _rows(path: Path) -> list[dict]:
