@@ -21,7 +21,10 @@ class SettingError(ValueError):
 
 
 def scan_data_file(path: Path, builder: str, sep: str = ",") -> None:
-    """ValueError 'dataset.path: FILE:LINE: ...' for a file no parser should be handed."""
+    """ValueError 'dataset.path: FILE:LINE: ...' for a file no parser should be handed (text formats only:
+    a parquet file is binary, its reader checks it)."""
+    if builder not in ("json", "csv", "text"):
+        return
     try:
         if builder == "json" and path.suffix.lower() == ".json":
             untrusted.scan_jsonl(path, whole=True)

@@ -74,8 +74,9 @@ def _gguf_shape(path: Path) -> Shape:
 
     heads, hidden = num("attention.head_count"), num("embedding_length")
     tokens = fields.get("tokenizer.ggml.tokens")
+    vocab = num("vocab_size") or (len(tokens.data) if tokens else None)
     return Shape(num("context_length"), num("block_count"), num("attention.head_count_kv") or heads,
-                 hidden // heads if hidden and heads else None, num("vocab_size") or (len(tokens.data) if tokens else None))
+                 hidden // heads if hidden and heads else None, vocab)
 
 
 def model_shape(mcfg) -> Optional[Shape]:
@@ -209,7 +210,8 @@ def check_vocab(params: list, shape: Optional[Shape], model_name: str) -> None:
                               f"set strategy.top_k to at most {vocab} (0 = off)")
         for key, ids in (("logit_bias", [t for t, _ in p.logit_bias or ()]),
                          ("sequence_bias", [t for seq, _ in p.sequence_bias or () for t in seq]),
-                         ("bad_words_ids", [t for b in p.bad_words_ids or () for t in (b if isinstance(b, tuple) else (b,))])):
+                         ("bad_words_ids", [t for b in p.bad_words_ids or ()
+                                            for t in (b if isinstance(b, tuple) else (b,))])):
             bad = next((t for t in ids if t >= vocab), None)
             if bad is not None:
                 raise ConfigError(f"strategy.{key}: token id {bad} is not in the vocabulary of model {model_name} "

@@ -132,8 +132,8 @@ def jsonl_lines(path: str | os.PathLike, root: Optional[Path] = None) -> Iterato
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise ValueError(f"{path}:{n + line_of(data, e.start)}: not UTF-8 text (byte "
-                                     f"{data[e.start]:#04x}); convert the file to UTF-8, e.g. with iconv -t UTF-8") from None
+                    raise ValueError(f"{path}:{n + line_of(data, e.start)}: not UTF-8 text (byte {data[e.start]:#04x}); "
+                                     f"convert the file to UTF-8, e.g. with iconv -t UTF-8") from None
                 for line in text.splitlines():
                     n += 1
                     if line.strip():

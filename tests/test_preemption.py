@@ -102,13 +102,14 @@ def test_sigusr1_mid_sweep_keeps_points_and_rows_and_the_resume_matches(tmp_path
     code, err = _interrupt([*args, f"sweep.dir={sdir}"], first, signal.SIGUSR1, tmp_path)
     line = _last_line(err)
     assert code == 143, err[-3000:]
-    assert line.startswith("sweep preempted (SIGUSR1): ") and f"sweep.dir={sdir}" in line, line
+    assert line.startswith("sweep preempted (SIGUSR1): every complete point and the finished rows of "), line
+    assert f"sweep.dir={sdir}" in line
     kept = _tokens(first)
     assert kept
 
     _resume(line, tmp_path)
     _reference([*args, f"sweep.dir={tmp_path / 'whole'}"], tmp_path)
-    for point in ("temperature=0.7,seed=7", "temperature=1.0,seed=7"):
+    for point in ("temperature=0.7,seed=7", "temperature=1,seed=7"):
         resumed = _tokens(sdir / point / "generations.jsonl")
         assert len(resumed) == 24 and resumed == _tokens(tmp_path / "whole" / point / "generations.jsonl")
     assert all(_tokens(sdir / "temperature=0.7,seed=7" / "generations.jsonl")[k] == v for k, v in kept.items())

@@ -122,6 +122,7 @@ def run_group(ctx: Context, group: list[Point]) -> None:
     gets its error.json and the others are still written."""
     names = [p.name for p in group]
     runs = [start_point(ctx, p, [n for n in names if n != p.name]) for p in group]
+    results.note_kept(f"every complete point and the finished rows of {', '.join(names)} are in {ctx.sweep_dir}")
     mark = runner.MemoryMark(ctx.prep["device"])  # the fused points share one generation, so one peak
     for pr in runs:
         pr.prep = replace(pr.prep, memory=mark)
