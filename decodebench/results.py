@@ -220,12 +220,11 @@ def iter_generations(run_dir: str | os.PathLike) -> Iterator[GenerationRecord]:
     from decodebench.untrusted import read_jsonl as read_checked
 
     path = Path(run_dir) / GENERATIONS
-    n = 0
-    for n, d in enumerate(read_checked(path, root=Path(run_dir)), 1):
+    for n, d in read_checked(path, root=Path(run_dir)):
         try:
             yield GenerationRecord.from_json(d)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: record {n}: {e}") from None
+            raise ValueError(f"{path}:{n}: {e}") from None
 
 
 def read_generations(run_dir: str | os.PathLike) -> list[GenerationRecord]:

@@ -142,10 +142,12 @@ def jsonl_lines(path: str | os.PathLike, root: Optional[Path] = None) -> Iterato
                 return
 
 
-def read_jsonl(path: str | os.PathLike, root: Optional[Path] = None, expect: Optional[type] = dict) -> Iterator[Any]:
-    """Each line of a JSONL file, parsed and shape-checked; errors name the file and line."""
+def read_jsonl(path: str | os.PathLike, root: Optional[Path] = None,
+               expect: Optional[type] = dict) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line of a JSONL file, parsed and shape-checked; errors name the file and
+    line."""
     for n, line in jsonl_lines(path, root):
-        yield _shape(loads_json(line, str(path), n), expect, f"{path}:{n}", " per line")
+        yield n, _shape(loads_json(line, str(path), n), expect, f"{path}:{n}", " per line")
 
 
 def scan_jsonl(path: str | os.PathLike, whole: bool = False) -> None:
