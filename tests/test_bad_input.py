@@ -149,6 +149,8 @@ SCORE = [
     (["score", "generations=<gens.jsonl>", "model.name_or_path=/nonexistent/model-dir"], "model.name_or_path"),
     (["score", "generations=<crafted>"], "model.trust_remote_code"),
     (["score", "generations=<zero.jsonl>"], "generations"),
+    (["score", "generations=<deep.jsonl>"], "deep.jsonl:2"),
+    (["score", "generations=<bad_utf8.jsonl>"], "bad_utf8.jsonl:6"),
 ]
 REPORT = [
     (["report"], "report"),
