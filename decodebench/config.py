@@ -244,16 +244,20 @@ def validate(cfg: DictConfig):
     _check_top(cfg)
     _check_extra(cfg)
     try:
-        spec = build_strategy(strategy_dict(cfg))
+        return build_strategy(strategy_dict(cfg))
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(prefix_key("strategy", str(e))) from None
+
+
+def check_min_new_tokens(spec) -> None:
+    """A run's (or a sweep's base) min_new_tokens above its max_new_tokens is a mistake; a sweep point whose
+    grid lowers max_new_tokens keeps the base's min_new_tokens (its rows run to full length)."""
     low = spec.params.min_new_tokens
     if low and low > spec.max_new_tokens:
         raise ConfigError(f"strategy.min_new_tokens: {low} is more than strategy.max_new_tokens={spec.max_new_tokens}, "
-                          f"so no row could ever end before the limit; set it at most {spec.max_new_tokens}")
-    return spec
+                          f"so EOS could never be generated; set it at most {spec.max_new_tokens}")
 
 
 # Messages from libraries that do not know the config: the one key that leads to each.

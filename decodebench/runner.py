@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench import data, distributed, models, preemption, results, resume
-from decodebench.config import ConfigError, prefix_key, validate
+from decodebench.config import ConfigError, check_min_new_tokens, prefix_key, validate
 from decodebench.data_files import SettingError
 from decodebench.decoding.engine import BatchStats, Request
 from decodebench.decoding.recorder import check_fields
@@ -119,6 +119,7 @@ def prepare(cfg: DictConfig) -> RunPlan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     spec = validate(cfg)
+    check_min_new_tokens(spec)
     try:
         record = check_fields(cfg.record)
     except ValueError as e:
