@@ -252,8 +252,8 @@ def validate(cfg: DictConfig):
 
 
 def check_min_new_tokens(spec) -> None:
-    """A run's (or a sweep's base) min_new_tokens above its max_new_tokens is a mistake; a sweep point whose
-    grid lowers max_new_tokens keeps the base's min_new_tokens (its rows run to full length)."""
+    """A run's min_new_tokens above its max_new_tokens is a mistake (a sweep may set it so, for full-length
+    rows over a grid of max_new_tokens)."""
     low = spec.params.min_new_tokens
     if low and low > spec.max_new_tokens:
         raise ConfigError(f"strategy.min_new_tokens: {low} is more than strategy.max_new_tokens={spec.max_new_tokens}, "

@@ -109,8 +109,10 @@ class RunPlan:
         return getattr(self, name, default)
 
 
-def prepare(cfg: DictConfig) -> RunPlan:
-    """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source."""
+def prepare(cfg: DictConfig, sweep: bool = False) -> RunPlan:
+    """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source.
+    `sweep`: for a sweep's base settings (its points may set min_new_tokens above max_new_tokens to get
+    full-length rows)."""
     from decodebench.plugins import load_plugins
     from decodebench.scorers import resolve_scorers
 
@@ -119,7 +121,8 @@ def prepare(cfg: DictConfig) -> RunPlan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     spec = validate(cfg)
-    check_min_new_tokens(spec)
+    if not sweep:
+        check_min_new_tokens(spec)
     try:
         record = check_fields(cfg.record)
     except ValueError as e:

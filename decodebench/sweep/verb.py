@@ -88,7 +88,7 @@ def sweep_args(argv: list[str]) -> tuple[list[str], Optional[str]]:
 
 
 def _prepare_and_plan(cfg: DictConfig) -> tuple[dict, Plan]:
-    prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a point may use
+    prep = runner.prepare(cfg, sweep=True)  # first: it loads plugins, whose transforms a point may use
     return prep, make_plan(cfg)
 
 
