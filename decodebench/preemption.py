@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_CODE = 143
@@ -74,17 +74,16 @@ def resume_command() -> Optional[str]:
     return shlex.join(["python", "-m", "decodebench", *args, f"{key}={value}"])
 
 
-def message(verb: str, signame: str) -> str:
-    from decodebench.results import kept
-
+def message(verb: str, signame: str, kept: str) -> str:
     cmd = resume_command()
     tail = f"; resume with: {cmd}" if cmd else "; nothing to resume: start it again"
-    return f"{verb} preempted ({signame}): {kept()}{tail}"
+    return f"{verb} preempted ({signame}): {kept}{tail}"
 
 
 @contextlib.contextmanager
-def preemptible(verb: str) -> Iterator[None]:
-    """Run a verb with SIGTERM/SIGUSR1 as preemption (see the module docstring); exit 143 with one line."""
+def preemptible(verb: str, kept: Callable[[], str]) -> Iterator[None]:
+    """Run a verb with SIGTERM/SIGUSR1 as preemption (see the module docstring); exit 143 with one line.
+    `kept()`: what is on disk now (results.kept)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread (e.g. an in-process test runner's worker)
         return
@@ -93,7 +92,7 @@ def preemptible(verb: str) -> Iterator[None]:
     try:
         yield
     except Preempted as p:
-        print(message(verb, str(p)), file=sys.stderr, flush=True)
+        print(message(verb, str(p), kept()), file=sys.stderr, flush=True)
         sys.exit(EXIT_CODE)
     finally:
         for s, h in old.items():

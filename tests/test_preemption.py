@@ -120,7 +120,7 @@ def test_a_signal_during_a_write_waits_for_it_then_exits_143_with_one_line(capsy
     preemption.note_resume("hydra.run.dir", "out/r")
     done = []
     with pytest.raises(SystemExit) as exc:
-        with preemption.preemptible("run"):
+        with preemption.preemptible("run", lambda: "the finished rows are on disk"):
             with preemption.deferred():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)  # the handler has run: it only noted the signal
@@ -128,7 +128,7 @@ def test_a_signal_during_a_write_waits_for_it_then_exits_143_with_one_line(capsy
             done.append("after the write")  # never reached: the signal is raised as the write ends
     assert exc.value.code == 143 and done == ["write finished"]
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("run preempted (SIGTERM): ")
+    assert len(err) == 1 and err[0].startswith("run preempted (SIGTERM): the finished rows are on disk; ")
     assert err[0].endswith("resume with: python -m decodebench model=tiny hydra.run.dir=out/r")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 

@@ -46,7 +46,7 @@ def _main(cfg: DictConfig) -> dict:
     from decodebench.preemption import preemptible
 
     try:
-        with preemptible("run"):  # also when a launcher's job calls this without the CLI in front
+        with preemptible("run", results.kept):  # also when a launcher's job calls this without the CLI in front
             res = run(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
