@@ -40,6 +40,10 @@ class AssistantConfig:
 
 
 def _annotation(p: Param):
+    if p.config_type == Optional[Dict[int, float]]:
+        # OmegaConf cannot merge a mapping into a typed dict that is None (`strategy.logit_bias={5:2.0}` failed
+        # inside Hydra with an AttributeError): the node is untyped here; params.py's check validates the value
+        return Optional[Any]
     if p.config_type is not None:
         return p.config_type
     base = {"float": float, "int": int, "bool": bool, "str": str}[p.kind]
@@ -291,6 +295,15 @@ def validate(cfg: DictConfig):
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(prefix_key("strategy", str(e))) from None
+
+
+def check_min_new_tokens(spec) -> None:
+    """A run's min_new_tokens above its max_new_tokens is a mistake (a sweep may set it so, for full-length
+    rows over a grid of max_new_tokens)."""
+    low = spec.params.min_new_tokens
+    if low and low > spec.max_new_tokens:
+        raise ConfigError(f"strategy.min_new_tokens: {low} is more than strategy.max_new_tokens={spec.max_new_tokens}, "
+                          f"so EOS could never be generated; set it at most {spec.max_new_tokens}")
 
 
 # Messages from libraries that do not know the config: the one key that leads to each.

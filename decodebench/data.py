@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 
+from decodebench.data_files import check_datasets_cache, scan_data_file
 from decodebench.registry import did_you_mean
 
 if TYPE_CHECKING:  # `datasets` takes ~1.5 s to import; config.py imports this module for the schema
@@ -192,9 +193,9 @@ def to_prompts(table: "datasets.Dataset", cfg: Any, tokenizer: Any = None) -> Li
 
 def empty_rows(table: "datasets.Dataset", cfg: Any) -> List[int]:
     """Rows whose prompt is the empty string: a ValueError naming the first, unless empty_prompts=skip."""
-    rows = [i for i, t in enumerate(table[cfg.prompt_column]) if t == ""]
+    rows = [i for i, t in enumerate(table[cfg.prompt_column]) if isinstance(t, str) and not t.strip()]
     if rows and getattr(cfg, "empty_prompts", "error") != "skip":
-        raise ValueError(f"dataset.empty_prompts: row {rows[0]} of {len(table)} has an empty prompt ({len(rows)} "
+        raise ValueError(f"dataset.empty_prompts: row {rows[0]} of {len(table)} has an empty (or only whitespace) prompt ({len(rows)} "
                          "such rows); fill or remove them, or set dataset.empty_prompts=skip to leave them out")
     return rows
 
@@ -253,6 +254,8 @@ def _load_file(path: Path) -> "datasets.Dataset":
         raise ValueError(f"dataset.path: file is empty: {path}")
     builder = FILE_BUILDERS[suffix]
     kwargs: dict = {}
+    scan_data_file(path, builder, sep="\t" if suffix == ".tsv" else ",")  # UTF-8, depth, header: name the line
+    check_datasets_cache()
     try:
         if builder == "csv":
             kwargs = _csv_kwargs(path, sep="\t" if suffix == ".tsv" else ",")

@@ -34,6 +34,7 @@ class Shape:
     layers: Optional[int] = None
     kv_heads: Optional[int] = None
     head_dim: Optional[int] = None
+    vocab: Optional[int] = None  # rows of the output layer: every token id must be below it
 
     def kv_bytes_per_position(self, dtype: str) -> Optional[int]:
         if None in (self.layers, self.kv_heads, self.head_dim):
@@ -53,7 +54,7 @@ def shape_from_json(d: dict) -> Shape:
     heads, hidden = _first(d, _HEADS), _first(d, _HIDDEN)
     kv = _first(d, ("num_key_value_heads",)) or (1 if d.get("multi_query") else heads)
     head_dim = _first(d, ("head_dim",)) or (hidden // heads if hidden and heads else None)
-    return Shape(_first(d, _POSITIONS), _first(d, _LAYERS), kv, head_dim)
+    return Shape(_first(d, _POSITIONS), _first(d, _LAYERS), kv, head_dim, _first(d, ("vocab_size", "n_vocab")))
 
 
 def _gguf_shape(path: Path) -> Shape:
@@ -72,8 +73,10 @@ def _gguf_shape(path: Path) -> Shape:
         return None if v is None else int(v[0])
 
     heads, hidden = num("attention.head_count"), num("embedding_length")
+    tokens = fields.get("tokenizer.ggml.tokens")
+    vocab = num("vocab_size") or (len(tokens.data) if tokens else None)
     return Shape(num("context_length"), num("block_count"), num("attention.head_count_kv") or heads,
-                 hidden // heads if hidden and heads else None)
+                 hidden // heads if hidden and heads else None, vocab)
 
 
 def model_shape(mcfg) -> Optional[Shape]:
@@ -146,14 +149,27 @@ def fit_prompts(ids: dict[str, list[int]], max_new_tokens: int, shape: Optional[
     return {k: t[-room:] for k, t in ids.items()}
 
 
+# What a beam row holds beside its KV cache and logits (its candidates, sequences, the chain's per-row
+# state), measured as peak RSS on the CPU with model=tiny, 1 prompt, 8 new tokens: 250 beams 551 MB, 1000
+# beams 679 MB, 4000 beams 1140 MB, so about 155 KB a beam; rounded up.
+BEAM_ROW_BYTES = 160_000
+
+
 def check_kv_memory(rows: int, width: int, shape: Optional[Shape], dtype: str, device: str,
-                    available: Optional[int] = None) -> Optional[int]:
-    """Refuse a KV cache of `rows` x `width` positions that cannot fit in free memory; returns its bytes."""
+                    available: Optional[int] = None, beams: int = 1) -> Optional[int]:
+    """Refuse a KV cache of `rows` x `width` positions that cannot fit in free memory; returns its bytes.
+    With `beams` > 1 the rows are beams: their float32 logits and scores (4 vocabulary-sized buffers a row,
+    as the engine's batch sizing counts them) are counted too, and the message names strategy.num_beams."""
     per = shape.kv_bytes_per_position(dtype) if shape else None
     if per is None:
         return None
-    need = per * rows * width
+    need = per * rows * width + (rows * (4 * 4 * (shape.vocab or 0) + BEAM_ROW_BYTES) if beams > 1 else 0)
     have = available_bytes(device) if available is None else available
+    if need > have and beams > 1:
+        raise ConfigError(
+            f"strategy.num_beams: {rows} rows ({beams} beams a prompt) x {width} positions need {need} bytes "
+            f"({_human(need)}) of KV cache and logits, but {device} has {have} bytes ({_human(have)}) free; lower "
+            f"strategy.num_beams, or set batch_size (1 runs one prompt's beams at a time)")
     if need > have:
         raise ConfigError(
             f"strategy.max_new_tokens: the KV cache for {rows} rows x {width} positions needs {need} bytes "
@@ -163,12 +179,59 @@ def check_kv_memory(rows: int, width: int, shape: Optional[Shape], dtype: str, d
 
 
 def check(cfg, mcfg, ids: dict[str, list[int]], max_new_tokens: int, rows: Optional[int], device: str,
-          dtype: str) -> dict[str, list[int]]:
+          dtype: str, specs: tuple = (), per_prompt: int = 1) -> dict[str, list[int]]:
     """All model-dependent checks of one run or sweep; returns the prompt ids to feed (maybe cut).
-    `rows`: KV cache rows of a running batch; None (batch_size=auto) leaves the memory to the engine."""
+    `rows`: KV cache rows of a running batch; None (batch_size=auto) leaves the memory to the engine.
+    `specs`: the strategy specs to run (their token ids and top_k against the vocabulary); `per_prompt`:
+    output rows a prompt makes (num_return_sequences, times a sweep's points)."""
     shape = model_shape(mcfg)
+    check_vocab([s.params for s in specs], shape, str(mcfg.name_or_path))
     ids = fit_prompts(ids, max_new_tokens, shape, str(mcfg.name_or_path), cfg.dataset.get("truncate"))
+    width = max((len(t) for t in ids.values()), default=0) + max_new_tokens
+    check_rows_memory(len(ids), per_prompt, width)
     if rows is not None:
-        width = max((len(t) for t in ids.values()), default=0) + max_new_tokens
-        check_kv_memory(rows, width, shape, dtype, device)
+        if str(cfg.batch_size) == "auto":  # rows is one prompt's beams; the engine's auto batch holds up to
+            from decodebench.decoding.engine import CPU_AUTO_BATCH, CUDA_AUTO_CAP  # its cap of prompts
+
+            rows *= min(len(ids), CUDA_AUTO_CAP if device.startswith("cuda") else CPU_AUTO_BATCH)
+        beams = max([int(cfg.strategy.get("num_beams") or 1)] + [int(s.search.get("num_beams") or 1) for s in specs])
+        check_kv_memory(rows, width, shape, dtype, device, beams=beams)
     return ids
+
+
+def check_vocab(params: list, shape: Optional[Shape], model_name: str) -> None:
+    """top_k and every token id in the settings against the model's vocabulary (from its config)."""
+    vocab = shape.vocab if shape else None
+    if not vocab:
+        return
+    for p in params:
+        if p.top_k is not None and p.top_k > vocab:
+            raise ConfigError(f"strategy.top_k: {p.top_k} is more than the {vocab} tokens of model {model_name}; "
+                              f"set strategy.top_k to at most {vocab} (0 = off)")
+        for key, ids in (("logit_bias", [t for t, _ in p.logit_bias or ()]),
+                         ("sequence_bias", [t for seq, _ in p.sequence_bias or () for t in seq]),
+                         ("bad_words_ids", [t for b in p.bad_words_ids or ()
+                                            for t in (b if isinstance(b, tuple) else (b,))])):
+            bad = next((t for t in ids if t >= vocab), None)
+            if bad is not None:
+                raise ConfigError(f"strategy.{key}: token id {bad} is not in the vocabulary of model {model_name} "
+                                  f"(ids 0 to {vocab - 1}); use ids the model's tokenizer gives")
+
+
+# Host memory one output row holds until its run is scored: its request (a copy of the prompt's ids), the
+# record written and read back (ids as Python ints, the texts), and their objects. Measured with
+# tracemalloc (tests/test_preemption.py checks the bound holds): about 1.1 KB + 45 B per token.
+ROW_BYTES, TOKEN_BYTES = 2048, 96
+
+
+def check_rows_memory(num_prompts: int, per_prompt: int, width: int, available: Optional[int] = None) -> int:
+    """Refuse a run whose rows (num_prompts x per_prompt outputs) cannot be held in host memory."""
+    rows = num_prompts * per_prompt
+    need = rows * (ROW_BYTES + TOKEN_BYTES * width)
+    have = available_bytes("cpu") if available is None else available
+    if need > have:
+        raise ConfigError(
+            f"strategy.num_return_sequences: {rows} rows ({num_prompts} prompts x {per_prompt}) need about "
+            f"{_human(need)} of host memory for their requests and records, {_human(have)} is available; lower "
+            f"strategy.num_return_sequences or dataset.limit")
+    return need

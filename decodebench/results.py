@@ -148,9 +148,11 @@ def mkstemp_shared(directory: Path, prefix: str) -> tuple[int, str]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    from decodebench.preemption import deferred
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with naming(path):
+    with deferred(), naming(path):
         fd, tmp = mkstemp_shared(path.parent, f".{path.name}.")
         try:
             with os.fdopen(fd, "w") as f:
@@ -177,7 +179,9 @@ class GenerationsWriter:
         self.f = open(self.partial, "w", encoding="utf-8")
 
     def write(self, records: Iterable[Union[GenerationRecord, Mapping]]) -> None:
-        with naming(self.partial):
+        from decodebench.preemption import deferred
+
+        with deferred(), naming(self.partial):  # a SIGTERM waits until the batch is on disk
             for r in records:
                 line = r.to_json() if isinstance(r, GenerationRecord) else r
                 self.f.write(json.dumps(clean(line), ensure_ascii=False) + "\n")
@@ -211,15 +215,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def iter_generations(run_dir: str | os.PathLike) -> Iterator[GenerationRecord]:
-    """A run's records one by one (a report reads a few samples of a large file)."""
+    """A run's records one by one (a report reads a few samples of a large file); each line is checked
+    (decodebench/untrusted.py) and a bad one is a ValueError naming the file and line."""
+    from decodebench.untrusted import read_jsonl as read_checked
+
     path = Path(run_dir) / GENERATIONS
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield GenerationRecord.from_json(json.loads(line))
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: {e}") from None
+    for n, d in read_checked(path, root=Path(run_dir)):
+        try:
+            yield GenerationRecord.from_json(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: {e}") from None
 
 
 def read_generations(run_dir: str | os.PathLike) -> list[GenerationRecord]:
@@ -227,8 +232,9 @@ def read_generations(run_dir: str | os.PathLike) -> list[GenerationRecord]:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:
-    with open(Path(run_dir) / METRICS, encoding="utf-8") as f:
-        return json.load(f)
+    from decodebench.untrusted import read_json
+
+    return read_json(Path(run_dir) / METRICS, root=Path(run_dir), what=" of metric names and values")
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
@@ -270,17 +276,28 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def read_run(path: str | os.PathLike) -> RunDir:
-    """Everything small in a result directory; the generations are read on demand."""
-    import yaml
+    """Everything small in a result directory; the generations are read on demand. Each file is data from
+    whoever wrote the directory: checked for shape, encoding, depth and links out (decodebench/untrusted.py);
+    a bad one is a ValueError naming the file."""
+    from decodebench.untrusted import read_json, read_yaml
 
     d = Path(path)
 
     def load(name: str) -> Any:
         f = d / name
-        if not f.is_file():
+        if not (f.is_file() or f.is_symlink()):
             return None
-        with open(f, encoding="utf-8") as fh:
-            return yaml.safe_load(fh) if name == CONFIG else json.load(fh)
+        obj = read_yaml(f, root=d) if name == CONFIG else read_json(f, root=d)
+        for key, kind in _NESTED.get(name, {}).items():
+            if isinstance(obj, dict) and obj.get(key) is not None and not isinstance(obj[key], kind):
+                raise ValueError(f"{f}: {key!r} must be {_KIND[kind]}, got {type(obj[key]).__name__}; this is not a "
+                                 f"file decodebench wrote (restore it, or remove the directory from the report)")
+        return obj
 
-    config = load(CONFIG)
-    return RunDir(d, config if isinstance(config, dict) else None, load(RUN_INFO) or {}, load(METRICS), load(ERROR))
+    return RunDir(d, load(CONFIG), load(RUN_INFO) or {}, load(METRICS), load(ERROR))
+
+
+# The parts of a result file that readers look into: anything else in them is only displayed.
+_NESTED = {CONFIG: {"strategy": dict, "model": dict, "dataset": dict},
+           RUN_INFO: {"strategy": dict}, ERROR: {"point": dict, "error": str}}
+_KIND = {dict: "a mapping", str: "a string"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from decodebench import data, distributed, models, results
+from decodebench import data, distributed, models, preemption, results, resume
 from decodebench.api_models.settings import is_api
-from decodebench.config import ConfigError, prefix_key, validate
-from decodebench.decoding.engine import Request
+from decodebench.config import ConfigError, check_min_new_tokens, prefix_key, validate
+from decodebench.data_files import SettingError
+from decodebench.decoding.engine import BatchStats, Request
 from decodebench.decoding.recorder import check_fields
 from decodebench.decoding.strategies import METHODS
 from decodebench.dirlock import DirLock
@@ -31,6 +31,7 @@ from decodebench.run_state import (  # noqa: F401  (re-exported: the run's model
     get_tokenizer, lifetime_peak_mb, record_fields, scoring_models,
 )
 from decodebench.run_state import get_model as _load_model
+from decodebench.run_metrics import run_metrics  # noqa: F401  (re-exported)
 
 log = logging.getLogger("decodebench")
 
@@ -40,21 +41,26 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
 
 
 def rows_per_forward(cfg: DictConfig, points: int = 1, num_beams: int = 1) -> Optional[int]:
-    """KV cache rows a running batch may hold (None for batch_size=auto: the engine sizes it to fit)."""
+    """KV cache rows a running batch may hold (for batch_size=auto: None, the engine sizes it to fit, except
+    for beams: one prompt's beams, the smallest batch the engine can run)."""
+    beams = max(int(cfg.strategy.num_beams), num_beams, 1)
     if str(cfg.batch_size) == "auto":
-        return None
-    return int(cfg.batch_size) * points * max(int(cfg.strategy.num_beams), num_beams, 1)
+        return points * beams if beams > 1 else None
+    return int(cfg.batch_size) * points * beams
 
 
-def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_tokens: int):
-    """Prompts and their token ids, checked against the model's config (positions, KV memory) before its
-    weights load: (prompts, ids, tokenizer). `rows`: KV cache rows of a running batch (None: not checked)."""
+def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_tokens: int, specs: tuple = ()):
+    """Prompts and their token ids, checked against the model's config (positions, vocabulary, memory) before
+    its weights load: (prompts, ids, tokenizer). `rows`: KV cache rows of a running batch (None: not
+    checked); `specs`: the strategies to run (default: the run's)."""
     from decodebench import limits
 
     tok = get_tokenizer(cfg.model, prep["device"], prep["dtype"])
     prompts = load_prompts(cfg, prep, tok)
     ids = encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
-    ids = limits.check(cfg, cfg.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"])
+    specs = tuple(specs) or (prep["spec"],)
+    ids = limits.check(cfg, cfg.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"], specs,
+                       sum(s.num_return_sequences for s in specs))
     check_negatives(cfg, prep["spec"], prompts, tok, ids, max_new_tokens)
     return prompts, ids, tok
 
@@ -104,8 +110,10 @@ class RunPlan:
         return getattr(self, name, default)
 
 
-def prepare(cfg: DictConfig) -> RunPlan:
-    """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source."""
+def prepare(cfg: DictConfig, sweep: bool = False) -> RunPlan:
+    """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source.
+    `sweep`: for a sweep's base settings (its points may set min_new_tokens above max_new_tokens to get
+    full-length rows)."""
     from decodebench.plugins import load_plugins
     from decodebench.scorers import resolve_scorers
 
@@ -114,6 +122,8 @@ def prepare(cfg: DictConfig) -> RunPlan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     spec = validate(cfg)
+    if not sweep:
+        check_min_new_tokens(spec)
     try:
         record = check_fields(cfg.record)
     except ValueError as e:
@@ -128,7 +138,7 @@ def prepare(cfg: DictConfig) -> RunPlan:
         table = data.load_table(cfg.dataset)
         skipped = data.empty_rows(table, cfg.dataset) if cfg.dataset.prefix_tokens is None else []
     except ValueError as e:
-        raise ConfigError(prefix_key("dataset", str(e))) from None
+        raise ConfigError(str(e) if isinstance(e, SettingError) else prefix_key("dataset", str(e))) from None
     try:
         plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
     except ValueError as e:
@@ -191,31 +201,6 @@ def build_requests(prompts, tok, spec, seed: int, chat: bool, ids: Optional[dict
             reqs.append(Request(prompt_id=p.id, prompt_ids=list(ids[p.id]), sample_index=s, params=spec.params,
                                 seed=seed, negative_prompt_ids=negs.get(neg) if cfg_on else None))
     return reqs
-
-
-def run_metrics(stats, wall: float, device: str, mark: Optional[MemoryMark] = None) -> dict:
-    from decodebench.decoding.power_sampling import power_metrics
-    from decodebench.decoding.speculative import speculative_metrics
-
-    gen_s = max(stats.decode_s, 1e-9)
-    ttft_total = sum(stats.ttft_s)
-    peak = mark.peak_mb() if mark is not None else lifetime_peak_mb(device)
-    return {
-        "tokens_per_s": stats.generated_tokens / gen_s,
-        "prefill_tokens_per_s": stats.prompt_tokens / ttft_total if ttft_total else 0.0,
-        "time_to_first_token_s": statistics.median(stats.ttft_s) if stats.ttft_s else 0.0,
-        "per_token_latency_ms": statistics.median(stats.step_ms) if stats.step_ms else 0.0,
-        "peak_memory_mb": peak,
-        "forward_passes_per_token": stats.forward_passes / max(stats.generated_tokens, 1),
-        "row_step_efficiency": stats.generated_tokens / stats.row_steps if stats.row_steps else 1.0,
-        "compile_time_s": stats.compile_s,
-        "tokens_processed_per_token": stats.tokens_processed / max(stats.generated_tokens, 1),
-        "generated_tokens": float(stats.generated_tokens),
-        "generation_time_s": stats.decode_s,
-        "wall_time_s": wall,
-        **speculative_metrics(getattr(stats, "extra", {})),
-        **power_metrics(getattr(stats, "extra", {})),
-    }
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -354,6 +339,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = 
     run_dir = Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):  # one writer per directory
         prompts, ids, _ = checked_prompts(cfg, prep, rows_per_forward(cfg), spec.max_new_tokens)
+        resume.check_same_run(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        preemption.note_resume("hydra.run.dir", str(run_dir))
         results.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         results.note_kept(f"{run_dir} holds only config.yaml; nothing was generated yet")
         model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
@@ -366,22 +353,26 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
     reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids,
                           cfg.dataset.system_prompt)
     by_id = {p.id: p for p in prompts}
-    bs = batch_size_for(cfg, model, reqs, spec)
+    keep, todo = resume.split_done(run_dir, reqs)  # a run started again in its directory: the missing rows
+    bs = batch_size_for(cfg, model, todo or reqs, spec)
     info = run_info(cfg, prep, spec, prompts, len(reqs), bs)
+    info["resumed_rows"] = len(keep)
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
-    writer = results.GenerationsWriter(run_dir)
-    results.note_kept(f"the finished batches are in {writer.partial}; metrics.json was not written")
+    writer = resume.ResumeWriter(run_dir, keep) if keep else results.GenerationsWriter(run_dir)
+    results.note_kept(f"the finished rows are in {writer.partial}; metrics.json was not written")
 
     def on_batch(idx, outs):
-        writer.write([make_record(reqs[i], by_id[reqs[i].prompt_id], o, tok, prep["gen_lp"])
+        writer.write([make_record(todo[i], by_id[todo[i].prompt_id], o, tok, prep["gen_lp"])
                       for i, o in zip(idx, outs)])
 
-    with _progress(len(reqs), bool(cfg.progress), f"{spec.name}") as bar:
-        _, stats = distributed.generate(model, tok, reqs, spec, model_cfg=cfg.model, dtype=prep["dtype"],
-                                        plugins=cfg.get("plugins") or (),
-                                        batch_size=bs, record=record_fields(prep), progress=bar,
-                                        on_batch=on_batch, **engine_options(cfg))
+    stats = BatchStats()
+    with _progress(len(todo), bool(cfg.progress), f"{spec.name}") as bar:
+        if todo:
+            _, stats = distributed.generate(model, tok, todo, spec, model_cfg=cfg.model, dtype=prep["dtype"],
+                                            plugins=cfg.get("plugins") or (), batch_size=bs,
+                                            record=record_fields(prep), progress=bar, on_batch=on_batch,
+                                            **engine_options(cfg))
     return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 

@@ -99,6 +99,22 @@ RUN = [
     (["scorers.bootstrap.nope=1"], "scorers.bootstrap"),
     (["scorers.nope_key=1"], "scorers"),
     (["scorers.perplexity.model=a/b/c"], "scorers.perplexity.model"),
+    # issue 19: limits from the model's config and memory, before its weights
+    (["model=tiny", "strategy=topk", "strategy.top_k=99999999999999999999"], "strategy.top_k"),
+    (["model=tiny", "strategy=topk", "strategy.top_k=100000"], "strategy.top_k"),
+    (["model=tiny", "strategy.bad_words_ids=[[99999999]]"], "strategy.bad_words_ids"),
+    (["model=tiny", "strategy.logit_bias={99999999:1.0}"], "strategy.logit_bias"),
+    (["model=tiny", "strategy.logit_bias={5:abc}"], "strategy.logit_bias"),
+    (["model=tiny", "strategy.logit_bias=[5]"], "strategy.logit_bias"),
+    (["model=tiny", "strategy=beam", "strategy.num_beams=10000000"], "strategy.num_beams"),
+    (["model=tiny", "strategy=beam", "strategy.num_beams=10000000", "batch_size=4"], "strategy.num_beams"),
+    (["model=tiny", "strategy.num_return_sequences=1000000000000"], "strategy.num_return_sequences"),
+    (["model=tiny", "strategy.max_time=nan"], "strategy.max_time"),
+    (["model=tiny", "strategy.min_new_tokens=1000", "strategy.max_new_tokens=8"], "strategy.min_new_tokens"),
+    (["model=tiny", "dataset=file", "dataset.path=<space_prompt.csv>"], "dataset.empty_prompts"),
+    (["model=tiny", "dataset=file", "dataset.path=<two_prompts.csv>"], "two_prompts.csv:1"),
+    (["model=tiny", "dataset=file", "dataset.path=<deep.jsonl>"], "deep.jsonl:2"),
+    (["model=tiny", "dataset=file", "dataset.path=<bad_utf8.jsonl>"], "bad_utf8.jsonl:6"),
 ]
 SWEEP = [
     (["strategy=greedy", "sweep"], "sweep.grid"),
@@ -120,6 +136,7 @@ SWEEP = [
     (["strategy=topp", "sweep", "sweep.dir=<run>"], "sweep.dir"),
     (["strategy=topp", "sweep", "model=tiny", "strategy.max_new_tokens=600"], "strategy.max_new_tokens"),
     (["strategy=topp", "sweep", "model=tiny", "dataset=file", "dataset.path=<long.jsonl>"], "strategy.max_new_tokens"),
+    (["strategy=topp", "sweep", "model=tiny", "--config-dir", "<listgrid>", "sweep=listgrid"], "listgrid.yaml"),
 ]
 SCORE = [
     (["score"], "generations"),
@@ -132,6 +149,8 @@ SCORE = [
     (["score", "generations=<gens.jsonl>", "model.name_or_path=/nonexistent/model-dir"], "model.name_or_path"),
     (["score", "generations=<crafted>"], "model.trust_remote_code"),
     (["score", "generations=<zero.jsonl>"], "generations"),
+    (["score", "generations=<deep.jsonl>"], "deep.jsonl:2"),
+    (["score", "generations=<bad_utf8.jsonl>"], "bad_utf8.jsonl:6"),
 ]
 REPORT = [
     (["report"], "report"),
@@ -143,6 +162,17 @@ REPORT = [
     (["report", "<run>", "--samples", "x"], "--samples"),
     (["report", "<run>", "--out", "<file>"], "--out"),
     (["report", "<run>", "--bogus"], "--bogus"),
+    # issue 19: run directories are data; each file's shape is checked and named
+    (["report", "<metrics_list>"], "metrics_list/metrics.json"),
+    (["report", "<metrics_str>"], "metrics_str/metrics.json"),
+    (["report", "<error_list>"], "error_list/error.json"),
+    (["report", "<info_list>"], "info_list/run.json"),
+    (["report", "<yaml_tag>"], "yaml_tag/config.yaml:1"),
+    (["report", "<config_list>"], "config_list/config.yaml"),
+    (["report", "<bad_json>"], "bad_json/metrics.json:1"),
+    (["report", "<latin1_json>"], "latin1_json/metrics.json"),
+    (["report", "<deep_json>"], "deep_json/metrics.json"),
+    (["report", "<link_out>"], "link_out/metrics.json"),
 ]
 CASES = RUN + SWEEP + SCORE + REPORT
 
@@ -173,6 +203,7 @@ def files(tmp_path_factory) -> dict[str, str]:
 
     def put(name: str, data: bytes | str) -> None:
         p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data if isinstance(data, bytes) else data.encode())
         out[f"<{name}>"] = str(p)
 
@@ -186,6 +217,14 @@ def files(tmp_path_factory) -> dict[str, str]:
     put("numbers.jsonl", '{"prompt": 1}\n{"prompt": 2}\n')
     put("gens.jsonl", json.dumps({"prompt_id": "a", "prompt": "p", "sample_index": 0, "text": "t u v"}) + "\n")
     put("file", "not a directory")
+    put("space_prompt.csv", 'prompt\nhello\n"  \t "\n')
+    put("two_prompts.csv", "prompt,prompt\na,b\n")
+    put("deep.jsonl", '{"prompt": "a"}\n{"prompt": ' + "[" * 100000 + "]" * 100000 + "}\n")
+    put("bad_utf8.jsonl", "".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(5)).encode()
+        + b'{"prompt": "caf\xe9"}\n')
+    put("listgrid/sweep/listgrid.yaml", "grid:\n  - 0.5\n  - 0.9\n")
+    out["<listgrid>"] = str(d / "listgrid")
+    bad_runs(d, out)
     put("boom_plugin_xyz.py", "raise RuntimeError('boom at import')\n")
     (d / "dir").mkdir()
     out["<dir>"] = str(d / "dir")
@@ -197,6 +236,31 @@ def files(tmp_path_factory) -> dict[str, str]:
     out["<crafted>"] = str(crafted_run_dir(d / "crafted", d / "marker"))
     out["marker"] = str(d / "marker")
     return out
+
+
+def bad_runs(d: Path, out: dict) -> None:
+    """Run directories whose files are not what a run writes: each is refused naming the file."""
+    def bad(name: str, file: str, data: bytes | str) -> None:
+        run = write_run(d / name, metrics=m(0.5, 5.0))
+        (run / file).unlink(missing_ok=True)
+        (run / file).write_bytes(data if isinstance(data, bytes) else data.encode())
+        out[f"<{name}>"] = str(run)
+
+    bad("metrics_list", "metrics.json", "[1, 2]")
+    bad("metrics_str", "metrics.json", '"fast"')
+    bad("info_list", "run.json", "[]")
+    bad("yaml_tag", "config.yaml", "!!python/object/apply:os.system ['true']\n")
+    bad("config_list", "config.yaml", "- a\n- b\n")
+    bad("bad_json", "metrics.json", "{nope")
+    bad("latin1_json", "metrics.json", b'{"caf\xe9": 1}')
+    bad("deep_json", "metrics.json", "[" * 100000 + "]" * 100000)
+    run = write_run(d / "error_list", error="x")
+    (run / "error.json").write_text("[]")
+    out["<error_list>"] = str(run)
+    run = write_run(d / "link_out", metrics=m(0.5, 5.0))
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").symlink_to("/etc/hostname")
+    out["<link_out>"] = str(run)
 
 
 def crafted_run_dir(run: Path, marker: Path) -> Path:

@@ -202,6 +202,85 @@ def test_model_shape_from_gguf_metadata_equals_the_dequantized_config():
     from decodebench.models import ModelConfig, embedded_gguf
 
     gguf = limits._gguf_shape(embedded_gguf())
-    assert gguf == limits.Shape(max_positions=8192, layers=30, kv_heads=3, head_dim=64)
+    assert gguf == limits.Shape(max_positions=8192, layers=30, kv_heads=3, head_dim=64, vocab=49152)
     assert limits.model_shape(ModelConfig()) == gguf
     assert limits.model_shape(ModelConfig(name_or_path="tiny-random")).max_positions == 512
+
+
+def test_the_issue_beam_case_needs_more_than_a_24_gb_machine_and_a_small_beam_fits():
+    """num_beams=100000 on model=tiny with dataset.limit=4 and batch_size=auto (killed by the OOM killer at
+    about 24 GB before): the auto batch may hold the 4 prompts' beams, 400000 rows; refused with 24 GB free.
+    4 beams fit in 100 MB."""
+    shape = limits.model_shape(compose(["model=tiny"]).model)
+    assert shape.vocab == 259
+    with pytest.raises(ConfigError, match=r"^strategy.num_beams: 400000 rows \(100000 beams a prompt\)"):
+        limits.check_kv_memory(400000, 40, shape, "float32", "cpu", available=24 * 10**9, beams=100000)
+    assert limits.check_kv_memory(4, 40, shape, "float32", "cpu", available=10**8, beams=4) < 10**8
+
+
+def test_row_memory_bound_holds_what_rows_really_take():
+    """limits.ROW_BYTES/TOKEN_BYTES bound the host memory a row holds (its request and its record read back),
+    as tracemalloc measures it; and not by more than 4x (a bound, not a guess)."""
+    import tracemalloc
+
+    from decodebench.decoding.engine import Request
+
+    n, prompt_len, new = 2000, 30, 20
+    line = json.dumps({"prompt_id": "0001", "prompt": "word " * prompt_len, "prompt_token_ids": list(range(300, 330)),
+                       "sample_index": 0, "text": "word " * new, "token_ids": list(range(1000, 1000 + new)),
+                       "num_tokens": new, "finish_reason": "length", "reference": None, "category": None})
+    ids = list(range(300, 330))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    held = [(Request(prompt_id="0001", prompt_ids=list(ids), sample_index=i, params=None, seed=0),
+             results.GenerationRecord.from_json(json.loads(line))) for i in range(n)]
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    bound = n * (limits.ROW_BYTES + limits.TOKEN_BYTES * (prompt_len + new))
+    assert len(held) == n and used <= bound <= 4 * used, (used, bound)
+    with pytest.raises(ConfigError, match=r"^strategy.num_return_sequences: 4000000 rows \(4 prompts x 1000000\)"):
+        limits.check_rows_memory(4, 1000000, 50, available=8 * 10**9)
+
+
+def test_deep_json_never_crashes_a_reader(tmp_path):
+    """100,000 brackets: each reader refuses in one line naming the file and line (a parser's recursion
+    could otherwise end the process)."""
+    from decodebench import untrusted
+
+    deep = "[" * 100000 + "]" * 100000
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "generations.jsonl").write_text('{"prompt_id": "a", "text": "t"}\n' + deep + "\n")
+    with pytest.raises(ValueError, match=r"run/generations.jsonl:2: JSON nested more than 200 levels"):
+        results.read_generations(run)
+    (run / "metrics.json").write_text('{"a": "[[[[ in a string is not nesting"}')
+    assert results.read_metrics(run) == {"a": "[[[[ in a string is not nesting"}
+    assert untrusted.too_deep("[" * 201 + "]" * 201) == 200 and untrusted.too_deep("[" * 200 + "]" * 200) is None
+
+
+def test_logit_bias_from_the_command_line_changes_the_tokens(tmp_path):
+    """README's form, through the CLI: a large bias on one token makes greedy decoding emit only it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    base = ["model=tiny", "logger=none", "progress=false", "dataset.limit=2", "strategy=greedy",
+            "strategy.max_new_tokens=6", "scorers=text", "scorers.bootstrap.samples=0"]
+
+    def run(name: str, *extra: str) -> list:
+        done = subprocess.run([sys.executable, "-m", "decodebench", *base, *extra, f"hydra.run.dir={tmp_path / name}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [r.token_ids for r in results.read_generations(tmp_path / name)]
+
+    plain, biased = run("plain"), run("biased", "strategy.logit_bias={65:100.0}")
+    assert all(t == [65] * 6 for t in biased) and plain != biased
+
+
+def test_an_unwritable_datasets_cache_is_named_not_dataset_path(tmp_path, monkeypatch):
+    import datasets
+
+    from decodebench.cli.preflight import compose_checked
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", blocker / "cache")
+    err = compose_checked(["model=tiny"])[1]
+    assert err.startswith(f"HF_DATASETS_CACHE: cannot write the datasets cache in {blocker / 'cache'}"), err

@@ -43,8 +43,11 @@ def main(cfg: DictConfig) -> Optional[dict]:
 
 
 def _main(cfg: DictConfig) -> dict:
+    from decodebench.preemption import preemptible
+
     try:
-        res = run(cfg)
+        with preemptible("run", results.kept):  # also when a launcher's job calls this without the CLI in front
+            res = run(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

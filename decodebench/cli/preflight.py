@@ -109,6 +109,26 @@ def explain(e: BaseException) -> str:
     return " ".join(str(chain[-1]).split())
 
 
+def composition_error(e: BaseException, dirs: Optional[list[Path]]) -> Optional[str]:
+    """Hydra's "In 'group/name': ... raised while composing config" without a key: one line naming the
+    config file (and, for a sweep file, what its grid must be)."""
+    import re
+
+    m = re.match(r"In '([\w/.-]+)': \w+ raised while composing config:\s*(.*)", str(e), re.S)
+    if m is None:
+        return None
+    name, why = m.group(1), " ".join(m.group(2).splitlines()[0].split())
+    from decodebench.config import conf_dir
+
+    found = [d / f"{name}.yaml" for d in [*(dirs or []), conf_dir()] if (d / f"{name}.yaml").is_file()]
+    where = found[0] if found else f"{name}.yaml"
+    group = name.split("/", 1)[0]
+    if group == "sweep":
+        return (f"sweep.grid: {where} does not hold a grid mapping ({why}); write grid: as parameter: [values], "
+                f"e.g. grid: {{top_p: [0.8, 0.9]}}")
+    return f"{group}: {where}: {why}; its keys and value types must match the {group} settings (README)"
+
+
 def _compose(overrides: list[str], config_name: str = "config"):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -171,8 +191,8 @@ def prepare_checked(args: list[str], config_name: str = "config", prepare=None):
     except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
         from decodebench.config import ConfigError
 
-        msg = str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else explain(e)
-        return None, None, msg
+        msg = str(e) if isinstance(e, (ConfigError, ValueError)) and "\n" not in str(e) else None
+        return None, None, msg or composition_error(e, dirs) or explain(e)
     if err := output_dirs_error(args, multirun):
         return None, None, err
     return cfg, prepared, None

@@ -42,14 +42,22 @@ def fail(msg: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Every verb ends in one line on stderr when it does not succeed: bad input (exit 2), a file that cannot
-    be written (exit 1, naming the path), Ctrl-C (exit 130, saying what was kept)."""
+    be written (exit 1, naming the path), Ctrl-C (exit 130, saying what was kept), SIGTERM or SIGUSR1 (exit
+    143, saying what was kept and the command that resumes: decodebench/preemption.py)."""
+    from decodebench import preemption, results
+
     argv = list(sys.argv[1:] if argv is None else argv)
     verb, rest = split_verb(argv)
+    preemption.set_command(argv)
     try:
         from decodebench.tasks.config import expand_overrides
 
-        # task=<lm-eval task name> -> task=lm_eval task.name=<name>
-        return dispatch(verb, expand_overrides(open_keys(rest)))
+        from decodebench.cli.study import wants_study
+
+        name = "study" if verb == "run" and wants_study(rest) else verb
+        with preemption.preemptible(name, results.kept):  # SIGTERM/SIGUSR1: keep every finished row, say so, exit 143
+            # task=<lm-eval task name> -> task=lm_eval task.name=<name>
+            return dispatch(verb, expand_overrides(open_keys(rest)))
     except KeyboardInterrupt:
         from decodebench.results import kept
 

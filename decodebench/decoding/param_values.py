@@ -41,7 +41,12 @@ def check_number(name: str, value, lo: float, hi: float, lo_open: bool, hi_open:
         fail(name, f"in {lb}{los}, {his}{rb}{hint}", value)
 
 
+INT64_MAX = 2**63 - 1  # what a tensor of token counts or ids can hold
+
+
 def check_integer(name: str, value, lo: int, hint: str = "", choices: tuple = ()) -> None:
+    if isinstance(value, Integral) and not isinstance(value, bool) and value > INT64_MAX:
+        fail(name, f"an integer at most {INT64_MAX}{hint}", value)
     if not isinstance(value, Integral) or isinstance(value, bool) or value < lo:
         fail(name, f"an integer >= {lo}{hint}" if not choices else f"one of {', '.join(map(str, choices))}{hint}",
              value)
@@ -59,10 +64,14 @@ def check_bias(bias):
     out = []
     for pair in items:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            fail("logit_bias", "a dict {token_id: bias} or (token_id, bias) pairs", bias)
+            fail("logit_bias", "a dict {token_id: bias} or (token_id, bias) pairs, e.g. {5: 2.0},", bias)
         tok, val = pair
-        check_number("logit_bias value", val, -math.inf, math.inf, True, True)
-        out.append((_token("logit_bias token id", tok), float(val)))
+        if not isinstance(tok, Integral) or isinstance(tok, bool) or not 0 <= tok <= INT64_MAX:
+            raise ValueError(f"logit_bias: {tok!r} is not a token id (an integer >= 0); write {{token_id: bias}}, "
+                             f"e.g. strategy.logit_bias={{5:2.0}}")
+        if not isinstance(val, Real) or isinstance(val, bool) or not math.isfinite(val):
+            raise ValueError(f"logit_bias: the bias of token {tok} must be a finite number, got {val!r}")
+        out.append((int(tok), float(val)))
     if len({t for t, _ in out}) != len(out):
         fail("logit_bias", "free of repeated token ids", bias)
     return tuple(sorted(out))

@@ -91,7 +91,7 @@ class StrategySpec:
             raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
         if any(not s for s in self.stop):
             raise ValueError("stop must not contain empty strings; remove them from strategy.stop")
-        if self.max_time is not None and self.max_time <= 0:
+        if self.max_time is not None and not self.max_time > 0:  # not `<= 0`: NaN is neither
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
         from decodebench.decoding.stopping import STOPPING
 

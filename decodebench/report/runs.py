@@ -55,12 +55,16 @@ def _settings_of(run: results.RunDir) -> tuple[str, dict[str, Any], Optional[int
     elif info:
         st = info.get("strategy") or {}
         settings.update(_flatten({k: v for k, v in st.items() if k not in ("params", "search")}, "strategy."))
-        settings.update(_flatten({**(st.get("search") or {}), **(st.get("params") or {})}, "strategy."))
+        settings.update(_flatten({**_mapping(st.get("search")), **_mapping(st.get("params"))}, "strategy."))
         settings.update({k: info[k] for k in ("device", "dtype", "batch_size") if k in info})
         if "model" in info:
             settings["model.name_or_path"] = info["model"]
     name = settings.pop("strategy.name", None) or "?"
     return str(name), settings, run.seed
+
+
+def _mapping(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
 def _point_settings(point: dict) -> dict[str, Any]:

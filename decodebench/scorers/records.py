@@ -17,7 +17,13 @@ RELEASED = {"text": "generated_result", "prompt": "prefix_text", "reference": "r
 def _read_items(path: Path) -> list:
     if not path.is_file():
         raise ValueError(f"generations file {path} does not exist")
-    raw = path.read_text(encoding="utf-8")
+    from decodebench import untrusted
+
+    raw = untrusted.read_text(path)  # not UTF-8: a ValueError naming the file and line
+    deep = untrusted.too_deep(raw)  # before any parser: deep nesting could end the process
+    if deep is not None:
+        raise ValueError(f"{path}:{untrusted.line_of(raw, deep)}: JSON nested more than {untrusted.MAX_DEPTH} levels "
+                         f"deep; expected JSON lines or a JSON list of records")
     if not raw.strip():
         raise ValueError(f"generations file {path} is empty")
     try:

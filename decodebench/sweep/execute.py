@@ -14,7 +14,6 @@ the scoring of the points that were not scored yet.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -27,40 +26,12 @@ from omegaconf import OmegaConf
 from decodebench import results, runner
 from decodebench.decoding.engine import BatchStats, Request, eos_ids
 from decodebench.distributed import generate  # the engine's, sharded over the ranks under a launcher
+from decodebench.resume import ResumeWriter, read_partial  # noqa: F401  (read_partial: re-exported)
 from decodebench.sweep.plan import Plan, Point
 
 log = logging.getLogger("decodebench")
 
 ERROR = results.ERROR
-
-
-class ResumeWriter(results.GenerationsWriter):
-    """GenerationsWriter that starts from the rows already on disk instead of an empty file."""
-
-    def __init__(self, run_dir: Path, keep: list[dict]):  # noqa: D107 - no super(): it would truncate
-        self.dir = Path(run_dir)
-        self.partial = self.dir / results.PARTIAL
-        tmp = self.dir / f".{results.PARTIAL}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:  # rewritten whole: drops a line torn by a kill
-            for r in keep:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        tmp.replace(self.partial)
-        self.f = open(self.partial, "a", encoding="utf-8")
-
-
-def read_partial(run_dir: Path) -> list[dict]:
-    """Rows of an unfinished point: generations.jsonl when it was closed but not scored, then the partial file
-    (a last line cut short by a kill is dropped). May hold a row twice; the first copy counts."""
-    out = []
-    for path in (run_dir / results.GENERATIONS, run_dir / results.PARTIAL):
-        if not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return out
 
 
 @dataclass
@@ -151,6 +122,7 @@ def run_group(ctx: Context, group: list[Point]) -> None:
     gets its error.json and the others are still written."""
     names = [p.name for p in group]
     runs = [start_point(ctx, p, [n for n in names if n != p.name]) for p in group]
+    results.note_kept(f"every complete point and the finished rows of {', '.join(names)} are in {ctx.sweep_dir}")
     mark = runner.MemoryMark(ctx.prep["device"])  # the fused points share one generation, so one peak
     for pr in runs:
         pr.prep = replace(pr.prep, memory=mark)

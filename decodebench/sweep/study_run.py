@@ -23,7 +23,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from decodebench import results, runner
+from decodebench import preemption, results, runner
 from decodebench.config import ConfigError
 from decodebench.dirlock import DirLock
 from decodebench.sweep.execute import Context, run_points
@@ -116,8 +116,10 @@ def run_study(splan: StudyPlan, sdir: Path, prep) -> dict:
     with DirLock(sdir, "study.dir"):  # one writer per directory: a second study here is refused at once
         rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.study.fuse)),
                                        max(int(p.cfg.strategy.num_beams) for p in plan.points))
-        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
+        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
+                                                 tuple(p.spec for p in plan.points))
         claim_dir(sdir, splan)
+        preemption.note_resume("study.dir", str(sdir))  # SIGTERM/SIGUSR1: the line names this resume
         log.info("study %s: %d methods, %d points -> %s (to resume: study.dir=%s)", splan.name,
                  len(splan.methods), len(plan.points), sdir, sdir)
         model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)

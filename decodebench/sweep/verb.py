@@ -89,7 +89,7 @@ def sweep_args(argv: list[str]) -> tuple[list[str], Optional[str]]:
 
 
 def _prepare_and_plan(cfg: DictConfig) -> tuple[dict, Plan]:
-    prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a point may use
+    prep = runner.prepare(cfg, sweep=True)  # first: it loads plugins, whose transforms a point may use
     return prep, make_plan(cfg)
 
 
@@ -126,7 +126,8 @@ def _run_local(cfg: DictConfig, prep, plan: Plan, sdir: Path) -> Context:
     # Checked against the model's config before its weights load; a fused batch holds every point's rows.
     rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
                                    max(int(p.cfg.strategy.num_beams) for p in plan.points))
-    prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points))
+    prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
+                                             tuple(p.spec for p in plan.points))
     claim_dir(sdir, plan)
     log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
     model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
@@ -178,6 +179,9 @@ def main(argv: list[str]) -> dict:
     err = results.check_writable_dir("sweep.dir", where)
     if err:
         _fail(err)
+    from decodebench import preemption
+
+    preemption.note_resume("sweep.dir", str(where))
     try:
         res = run_sweep(cfg, where, prepared)
     except ConfigError as e:
