@@ -1,0 +1,121 @@
+"""The sort-free paths give the full-sort reference's kept set and values, and the token sampled after.
+
+Each case compares the candidate path (small `K` so that both the fast rows and the fallback rows are
+exercised on small vocabularies) with `candidates=0` (the full sort, itself checked bit for bit against
+transformers in test_processors_hf.py), and checks that the fast path did answer some rows itself: a
+test where every row fell back would prove nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decodebench.decoding import row_keys, sample
+from decodebench.decoding.processors import top_p
+from decodebench.decoding.sortfree import top_p_cut
+from tests.decoding.helpers import make_logits
+
+ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _peaked(b: int, v: int, dtype, seed: int) -> torch.Tensor:
+    """LM-like rows: Zipf-shaped logits (`-s log rank`, s in [1.3, 2.3]) plus noise, in random order."""
+    g = torch.Generator().manual_seed(seed)
+    s = 1.3 + torch.rand(b, 1, generator=g, dtype=torch.float64)
+    rank = torch.stack([torch.randperm(v, generator=g) for _ in range(b)]).double() + 1
+    x = -s * rank.log() + 0.3 * torch.randn(b, v, generator=g, dtype=torch.float64)
+    return x.to(dtype)
+
+
+def _cases(dtype):
+    b, v = 24, 2000
+    yield "random", make_logits(b, v, dtype, seed=1)
+    yield "peaked", _peaked(b, v, dtype, seed=2)
+    yield "peaked-ties", (_peaked(b, v, dtype, seed=3) * 2).round() / 2
+    yield "peaked-inf", _peaked(b, v, dtype, seed=4).masked_fill(make_logits(b, v, seed=5).isinf(), 0)
+    x = _peaked(b, v, dtype, seed=6)
+    x[:, 100:] = float("-inf")  # fewer finite tokens than candidates in some rows' reach
+    yield "few-finite", x
+    x = _peaked(b, v, dtype, seed=7)
+    x[:3, 1:] = float("-inf")  # a single finite token
+    x[3, :] = 0.0  # flat: every token tied
+    yield "degenerate", x
+
+
+def _row_settings(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(b, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    p[::5] = float("inf")  # off rows
+    p[1::7] = 1.0
+    mtk = torch.randint(1, 4, (b,), generator=g)
+    return p, mtk
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d)[6:])
+def test_top_p_candidates_equal_full_sort(dtype):
+    answered = 0
+    for label, x in _cases(dtype):
+        for k in (16, 64, 256):
+            p, mtk = _row_settings(x.shape[0], seed=k)
+            fast, slow = top_p(x, p, mtk, candidates=k), top_p(x, p, mtk, candidates=0)
+            assert torch.equal(fast.isinf(), slow.isinf()), (label, k)
+            assert torch.equal(fast, slow), (label, k)
+            thr = (1 - p[:, None]).to(dtype)
+            answered += int(top_p_cut(x, thr, mtk[:, None], k)[1].sum())
+    assert answered > 100  # the fast path decided many rows itself
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.95, 0.99])
+def test_top_p_candidates_on_lm_like_logits_float32(p):
+    """The engine's case: float32, one p for the batch; the rows the bound lets through are most rows."""
+    x = _peaked(64, 8000, torch.float32, seed=int(p * 100))
+    thr = torch.full((64, 1), 1 - p, dtype=torch.float64).float()
+    _, ok = top_p_cut(x, thr, torch.ones(64, 1, dtype=torch.long), 512)
+    assert ok.float().mean() > 0.5
+    assert torch.equal(top_p(x, p, candidates=512), top_p(x, p, candidates=0))
+
+
+def test_sampled_token_unchanged():
+    x = _peaked(32, 3000, torch.float32, seed=11)
+    keys = row_keys(0, [str(i) for i in range(32)], [0] * 32)
+    for step in range(3):
+        fast, slow = top_p(x, 0.9, candidates=64), top_p(x, 0.9, candidates=0)
+        assert torch.equal(sample(fast, keys, step, True), sample(slow, keys, step, True))
+
+
+def test_reference_arithmetic_assumptions():
+    """The bounds assume torch's cumsum accumulates float32 in float64 and half types in float32,
+    rounding each output once; if a torch upgrade changes that, this fails before any kept set does."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 5000, generator=g).softmax(-1)
+    assert torch.equal(p.cumsum(-1), p.double().cumsum(-1).float())
+    for dtype in (torch.bfloat16, torch.float16):
+        h = p.to(dtype)[:, :300]
+        acc, outs = torch.zeros(3), []
+        for i in range(h.shape[1]):
+            acc = acc + h[:, i].float()
+            outs.append(acc.to(dtype))
+        assert torch.equal(h.cumsum(-1), torch.stack(outs, 1))
+
+
+def test_nan_and_inf_rows_fall_back():
+    x = _peaked(4, 500, torch.float32, seed=3)
+    x[0, 5] = float("nan")
+    x[1, 7] = float("inf")
+    x[2, :] = float("-inf")
+    _, ok = top_p_cut(x, torch.full((4, 1), 0.1), torch.ones(4, 1, dtype=torch.long), 16)
+    assert ok.tolist()[:3] == [False, False, False]
+    assert torch.equal(top_p(x, 0.9, candidates=16).isnan(), top_p(x, 0.9, candidates=0).isnan())
+
+
+@pytest.mark.slow
+def test_compiled_fullgraph_gives_eager_result():
+    """top-p's candidate path under torch.compile(fullgraph=True), inductor on CPU: no graph break (the
+    fallback is a torch.cond), and the eager tokens."""
+    x = _peaked(8, 4096, torch.float32, seed=5)
+    x[6:] = make_logits(2, 4096, seed=6)  # rows that need the fallback
+    p = torch.tensor([0.9, 0.95, 0.5, 0.99, 0.9, 0.95, 0.5, 0.99], dtype=torch.float64)
+    fn = torch.compile(lambda x, p: top_p(x, p, candidates=256), fullgraph=True, backend="inductor")
+    assert torch.equal(fn(x, p), top_p(x, p, candidates=0))
+    assert torch.equal(fn(x[:6] * 1.0, p[:6]), top_p(x[:6], p[:6], candidates=0))
