@@ -111,11 +111,34 @@ def test_nan_and_inf_rows_fall_back():
 
 @pytest.mark.slow
 def test_compiled_fullgraph_gives_eager_result():
-    """top-p's candidate path under torch.compile(fullgraph=True), inductor on CPU: no graph break (the
-    fallback is a torch.cond), and the eager tokens."""
+    """top-p's candidate path, min-p and typical under torch.compile(fullgraph=True), inductor on CPU:
+    no graph break (top-p's fallback is a torch.cond), and the eager results."""
+    from decodebench.decoding.processors import min_p, typical
+
     x = _peaked(8, 4096, torch.float32, seed=5)
     x[6:] = make_logits(2, 4096, seed=6)  # rows that need the fallback
     p = torch.tensor([0.9, 0.95, 0.5, 0.99, 0.9, 0.95, 0.5, 0.99], dtype=torch.float64)
-    fn = torch.compile(lambda x, p: top_p(x, p, candidates=256), fullgraph=True, backend="inductor")
-    assert torch.equal(fn(x, p), top_p(x, p, candidates=0))
-    assert torch.equal(fn(x[:6] * 1.0, p[:6]), top_p(x[:6], p[:6], candidates=0))
+
+    def chain(x, p):
+        return top_p(x, p, candidates=256), min_p(x, p / 10, keep_sizes=[1]), typical(x, p)
+
+    fn = torch.compile(chain, fullgraph=True, backend="inductor")
+    for rows in (slice(None), slice(0, 6)):  # with and without a fallback row
+        eager = (top_p(x[rows], p[rows], candidates=0), min_p(x[rows], p[rows] / 10), typical(x[rows], p[rows]))
+        for got, want in zip(fn(x[rows], p[rows]), eager):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_threshold_on_a_reference_cumsum_value(dtype):
+    """The hard case for a bound: `1 - top_p` equal to one of the reference's own rounded cumulative
+    sums, so the reference's `cum <= thr` holds with equality there. The float64 estimate alone lands on
+    either side; only the rounding bound (and the fallback it triggers) gives the reference's answer."""
+    x = _peaked(32, 3000, dtype, seed=21)
+    asc = torch.sort(x, dim=-1).values
+    ref_cum = asc.softmax(-1).cumsum(-1)  # the reference's own values
+    pos = 3000 - 1 - torch.arange(32) % 12  # a position among the top dozen: inside the candidates
+    thr = ref_cum.gather(1, pos[:, None])
+    p = 1 - thr.double()[:, 0]
+    assert torch.equal((1 - p[:, None]).to(dtype), thr)
+    assert torch.equal(top_p(x, p, candidates=64), top_p(x, p, candidates=0))
