@@ -79,7 +79,7 @@ class Candidates:
         # of the true value: counted in softmax_rel_error), summed in float64
         e_all = torch.exp(x - shift)
         self.s = e_all.sum(dim=-1, keepdim=True, dtype=torch.float64)
-        self.e = e_all.gather(1, self.ids).double()
+        self.e = (self.vals.to(om) - shift).double().exp()  # candidates: float64 exp, monotone in the logit
         self.tail = (self.s - self.e.sum(dim=-1, keepdim=True)).clamp(min=0)
         self.v, self.k = logits.shape[-1], k
         self.dtype = logits.dtype
@@ -94,7 +94,7 @@ class Candidates:
         The reference's sum of `n` positive terms reduced by `L` lanes in its own order errs by at most
         `u * (sum_i e_i * ceil(rank_i / L) + L * s)`, `rank_i` the number of partial sums term `i` sits
         in; `mass_rank` `[B, 1]` bounds `sum_i p_i * ceil(rank_i / L)`. Add 2u for exp (<= 1 ulp), u for
-        the reciprocal and u for the product; and 4u for our own float32 exp (in `e` and in `s`)."""
+        the reciprocal and u for the product; and 4u for our own float32 exp in `s`."""
         u = unit_roundoff(compute_dtype(self.dtype))
         rho = u * (mass_rank + LANES + 1)
         return 1.01 * (8 * u + rho) + 16 * self.v * _U64

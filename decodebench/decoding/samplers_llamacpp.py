@@ -20,7 +20,9 @@ import math
 import torch
 from torch import Tensor
 
+from .candidates import DEFAULT_K, resolve, usable
 from .processors import NEG_INF, column, opmath
+from .sortfree import mirostat_v2_kept
 
 
 def _finite_count(logits: Tensor) -> Tensor:
@@ -132,10 +134,22 @@ def dynatemp(logits: Tensor, temperature, dynatemp_range, dynatemp_exponent) -> 
 
 
 # ---------------------------------------------------------------------------------------------- mirostat
-def mirostat_v2(logits: Tensor, mu) -> Tensor:
+def mirostat_v2(logits: Tensor, mu, *, candidates: int = DEFAULT_K) -> Tensor:
     """Mirostat 2.0's truncation (Basu et al. 2021): keep the sorted prefix of tokens whose surprise
     `-log2 p` is at most `mu` (at least the top token). Sampling from what is left, then `mirostat_update`,
-    completes llama.cpp's `mirostat_v2` sampler."""
+    completes llama.cpp's `mirostat_v2` sampler.
+
+    Without a sort: the `candidates` best tokens decide each row they provably can (sortfree.py); the
+    other rows sort (`candidates=0`: always sort)."""
+    if not candidates or not usable(logits, 2 * candidates):
+        return _mirostat_v2_sorted(logits, mu)
+    m = column(mu, logits, opmath(logits.dtype), "mu")
+    keep, ok = mirostat_v2_kept(logits, m, candidates)
+    return resolve(torch.where(keep, logits, NEG_INF), ok, lambda i: _mirostat_v2_sorted(logits[i], m[i]),
+                   lambda: _mirostat_v2_sorted(logits, m))
+
+
+def _mirostat_v2_sorted(logits: Tensor, mu) -> Tensor:
     probs, idx = _sorted_probs(logits)
     m = column(mu, logits, probs.dtype, "mu")
     surprise = -torch.log2(probs)

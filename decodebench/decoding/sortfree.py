@@ -74,3 +74,27 @@ def top_p_cut(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor,
     off = thr == NEG_INF
     ok = c.finite & (tail_out <= thr) & (removed == maybe) & ~tie & (mtk <= k)
     return torch.where(off, NEG_INF, first_kept), (ok | off)[:, 0]
+
+
+def mirostat_v2_kept(logits: Tensor, mu: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Mirostat 2.0's kept mask `[B, V]` and `ok` `[B]`, from the `k` best candidates.
+
+    The reference (llama.cpp) sorts descending (stably), forms float32 probabilities and drops every
+    position from the first with `-log2 p > mu` on, except position 0. Surprise grows down the sorted
+    row, so that is: keep `-log2 p <= mu`, plus the first argmax. A row is ok when every candidate is
+    certainly over or certainly under `mu` and the last candidate is certainly over (every token outside
+    scores no higher). `mu` `[B, 1]` in float32 (float64 for float64 logits)."""
+    c = Candidates(logits, k)
+    # descending, candidate i sits in at most ceil((V - i) / L) + 3 partials: bound it by V / L + 3
+    rel = c.softmax_rel_error(torch.full_like(c.s, c.v // LANES + 3.0))
+    u = unit_roundoff(compute_dtype(logits.dtype))
+    p = c.e / c.s
+    s_lo = -torch.log2(p * (1 + rel)) * (1 - 4 * u) - 4 * u  # the reference's log2: within an ulp or two
+    s_hi = -torch.log2((p * (1 - rel)).clamp(min=1e-300)) * (1 + 4 * u) + 4 * u
+    m = mu.double()
+    under = (s_hi <= m).sum(-1, keepdim=True)
+    not_over = (~(s_lo > m)).sum(-1, keepdim=True)
+    ok = c.finite & (under == not_over) & (not_over < k)
+    cut = torch.where(under > 0, c.vals.gather(1, (under - 1).clamp(min=0)), math.inf)
+    first = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.argmax(dim=-1, keepdim=True), True)
+    return (logits >= cut) | first, ok[:, 0]

@@ -142,3 +142,19 @@ def test_threshold_on_a_reference_cumsum_value(dtype):
     p = 1 - thr.double()[:, 0]
     assert torch.equal((1 - p[:, None]).to(dtype), thr)
     assert torch.equal(top_p(x, p, candidates=64), top_p(x, p, candidates=0))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d)[6:])
+def test_mirostat_v2_candidates_equal_full_sort(dtype):
+    from decodebench.decoding.samplers_llamacpp import mirostat_v2
+    from decodebench.decoding.sortfree import mirostat_v2_kept
+
+    answered = 0
+    for label, x in _cases(dtype):
+        g = torch.Generator().manual_seed(len(label))
+        mu = torch.rand(x.shape[0], generator=g, dtype=torch.float64) * 12
+        for k in (16, 128):
+            assert torch.equal(mirostat_v2(x, mu, candidates=k), mirostat_v2(x, mu, candidates=0)), (label, k)
+            om = torch.float64 if dtype == torch.float64 else torch.float32
+            answered += int(mirostat_v2_kept(x, mu[:, None].to(om), k)[1].sum())
+    assert answered > 100
