@@ -89,7 +89,10 @@ def test_cutoff_filters_invariants(x, data):
     _check_distribution(W.eta(x, _rows(data.draw, b, 0.0, 0.5)), x)
     _check_distribution(L.top_n_sigma(x, _rows(data.draw, b, 0.0, 3.0)), x)
     _check_distribution(L.tail_free(x, _rows(data.draw, b, 0.0, 1.0)), x)
-    _check_distribution(L.mirostat_v2(x, _rows(data.draw, b, 0.0, 10.0)), x)
+    mu = _rows(data.draw, b, 0.0, 10.0)
+    fast = L.mirostat_v2(x, mu, candidates=data.draw(st.integers(1, max(1, x.shape[1] // 2 - 1))))
+    assert torch.equal(fast, L.mirostat_v2(x, mu, candidates=0))
+    _check_distribution(fast, x)
 
 
 @SETTINGS
