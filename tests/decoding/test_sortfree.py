@@ -158,3 +158,12 @@ def test_mirostat_v2_candidates_equal_full_sort(dtype):
             om = torch.float64 if dtype == torch.float64 else torch.float32
             answered += int(mirostat_v2_kept(x, mu[:, None].to(om), k)[1].sum())
     assert answered > 100
+
+
+def test_docstring_example():
+    import doctest
+
+    from decodebench.decoding import sortfree
+
+    result = doctest.testmod(sortfree, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
