@@ -191,11 +191,19 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
     return torch.where(do_sample.to(logits.device), sampled, logits.argmax(dim=-1))
 
 
+def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, vocab_size: int) -> Tensor:
+    """`[B]` tokens by the exponential race over candidates only: `cand_logits` `[B, K]` are the row's
+    (filtered) logits at token ids `ids` `[B, K]`. A token's noise depends on (key, step, id) alone, so
+    when every finite logit of a row is among its candidates (a sort-free filter's `ok` rows) this is
+    the token `sample` draws over the whole row; ties go to the smallest id, as there."""
+    scores = _race_scores(cand_logits, _bits(keys.to(ids.device), step, vocab_size, ids))
+    best = scores.amax(dim=-1, keepdim=True)
+    return torch.where(scores == best, ids, vocab_size).amin(dim=-1)
+
+
 def _sample_support(logits: Tensor, keys: Tensor, step, s: int, do_sample: Tensor | bool) -> Tensor:
     vals, ids = torch.topk(logits, s, dim=-1)
-    scores = _race_scores(vals, _bits(keys, step, logits.shape[-1], ids))
-    best = scores.amax(dim=-1, keepdim=True)
-    out = torch.where(scores == best, ids, logits.shape[-1]).amin(dim=-1)  # ties: smallest id, as argmax
+    out = sample_candidates(vals, ids, keys, step, logits.shape[-1])
     full = vals[:, -1] != -math.inf  # a finite logit may lie outside the top s: score the whole row
     if isinstance(do_sample, Tensor):
         full &= do_sample.to(full.device)  # greedy rows' draws are discarded anyway

@@ -167,3 +167,19 @@ def test_docstring_example():
 
     result = doctest.testmod(sortfree, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_race_over_candidates_draws_the_full_race_token():
+    """After a sort-free top-p, the race over the candidates alone gives `sample`'s token on every ok row."""
+    from decodebench.decoding.sampling import sample_candidates
+
+    x = _peaked(48, 3000, torch.float32, seed=12)
+    keys = row_keys(3, [str(i) for i in range(48)], [1] * 48)
+    thr = torch.full((48, 1), 0.1, dtype=torch.float64).float()
+    _, ok = top_p_cut(x, thr, torch.ones(48, 1, dtype=torch.long), 128)
+    out = top_p(x, 0.9, candidates=128)
+    ids = torch.topk(x, 128, dim=-1).indices
+    assert ok.sum() > 24
+    for step in (0, 7, torch.arange(48)):
+        got = sample_candidates(out.gather(1, ids), ids, keys, step, x.shape[1])
+        assert torch.equal(got[ok], sample(out, keys, step, True)[ok])
