@@ -98,3 +98,26 @@ def mirostat_v2_kept(logits: Tensor, mu: Tensor, k: int) -> tuple[Tensor, Tensor
     cut = torch.where(under > 0, c.vals.gather(1, (under - 1).clamp(min=0)), math.inf)
     first = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.argmax(dim=-1, keepdim=True), True)
     return (logits >= cut) | first, ok[:, 0]
+
+
+def xtc_removed(logits: Tensor, fires: Tensor, t: Tensor, mtk: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """XTC's removed mask `[B, V]` and `ok` `[B]`, from the `k` best candidates.
+
+    The reference (llama.cpp) sorts descending (stably), takes the leading run of float32 probabilities
+    `>= t`, and on a firing row drops all of that run but its last token. A row is ok when the run ends
+    certainly inside the candidates (each candidate certainly above or certainly below `t`) and no tie
+    straddles its last token (the stable sort would pick the smaller id). `fires` `[B, 1]`: the row's
+    coin, probability, threshold and candidate-count conditions; `t` `[B, 1]` float32."""
+    c = Candidates(logits, k)
+    rel = c.softmax_rel_error(torch.full_like(c.s, c.v // LANES + 3.0))
+    p = c.e / c.s
+    tt = t.double()
+    above = (p * (1 - rel) >= tt).int().cumprod(dim=-1).sum(-1, keepdim=True)
+    maybe = (p * (1 + rel) >= tt).int().cumprod(dim=-1).sum(-1, keepdim=True)
+    pos_last = (above - 1).clamp(min=0)
+    n = torch.isfinite(logits).sum(dim=-1, keepdim=True)
+    on = fires & (n - pos_last >= mtk) & (pos_last > 0)
+    last = c.vals.gather(1, (pos_last - 1).clamp(min=0))
+    tie = last == c.vals.gather(1, pos_last.clamp(max=k - 1))
+    ok = ~fires | (c.finite & (above == maybe) & (above < k) & ~(on & tie))
+    return on & (logits >= last), ok[:, 0]

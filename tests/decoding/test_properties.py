@@ -93,6 +93,9 @@ def test_cutoff_filters_invariants(x, data):
     fast = L.mirostat_v2(x, mu, candidates=data.draw(st.integers(1, max(1, x.shape[1] // 2 - 1))))
     assert torch.equal(fast, L.mirostat_v2(x, mu, candidates=0))
     _check_distribution(fast, x)
+    t, coin = _rows(data.draw, b, 0.0, 0.5).float(), torch.zeros(b)
+    k = data.draw(st.integers(1, max(1, x.shape[1] // 2 - 1)))
+    assert torch.equal(L.xtc(x, 1.0, t, coin, candidates=k), L.xtc(x, 1.0, t, coin, candidates=0))
 
 
 @SETTINGS

@@ -183,3 +183,19 @@ def test_race_over_candidates_draws_the_full_race_token():
     for step in (0, 7, torch.arange(48)):
         got = sample_candidates(out.gather(1, ids), ids, keys, step, x.shape[1])
         assert torch.equal(got[ok], sample(out, keys, step, True)[ok])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d)[6:])
+def test_xtc_candidates_equal_full_sort(dtype):
+    from decodebench.decoding.samplers_llamacpp import xtc
+
+    for label, x in _cases(dtype):
+        g = torch.Generator().manual_seed(len(label))
+        b = x.shape[0]
+        t = torch.rand(b, generator=g) * 0.3
+        prob, coin = torch.rand(b, generator=g), torch.rand(b, generator=g)
+        mtk = torch.randint(1, 3, (b,), generator=g)
+        for k in (16, 128):
+            fast, slow = xtc(x, prob, t, coin, mtk, candidates=k), xtc(x, prob, t, coin, mtk, candidates=0)
+            assert torch.equal(fast, slow), (label, k)
+        assert (slow != x).any()  # some rows fired
