@@ -210,13 +210,17 @@ def _patch_rows(out: Tensor, ok: Tensor, slow) -> Tensor:
     return out
 
 
-def _top_p_candidates(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> Tensor:
+def _top_p_candidates(logits: Tensor, thr: Tensor, mtk: Tensor, k: int, retry: bool = True) -> Tensor:
     if not k or not usable(logits, 2 * k):  # no gain when the candidates near the vocabulary's size
         return _top_p_sorted(logits, thr, mtk)
     cut, ok = top_p_cut(logits, thr, mtk, k)
-    # eager rows that fail retry with 4x the candidates (wide nuclei), then sort
-    return resolve(_drop(logits, logits < cut), ok, lambda i: _top_p_candidates(logits[i], thr[i], mtk[i], 4 * k),
-                   lambda: _top_p_sorted(logits, thr, mtk))
+
+    def slow(i: Tensor) -> Tensor:  # eager rows that fail retry once with 4x the candidates, then sort
+        if retry:
+            return _top_p_candidates(logits[i], thr[i], mtk[i], 4 * k, retry=False)
+        return _top_p_sorted(logits[i], thr[i], mtk[i])
+
+    return resolve(_drop(logits, logits < cut), ok, slow, lambda: _top_p_sorted(logits, thr, mtk))
 
 
 def _top_p_sorted(logits: Tensor, thr: Tensor, mtk: Tensor) -> Tensor:
