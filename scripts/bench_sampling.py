@@ -6,6 +6,7 @@ Ours (`LogitsChain` + `sample`) against two references on the same logits:
 
     python scripts/bench_sampling.py                       # batch 64, V = 49152, CPU
     python scripts/bench_sampling.py --batch 8 --repeats 50
+    python scripts/bench_sampling.py --filters [--logits saved.pt]   # each filter: sort vs candidates
 
 `time_sampling_step(batch, vocab, device, repeats)` is importable (the engine's forward-step benchmark
 uses it). The last line printed is JSON.
@@ -89,6 +90,43 @@ def time_reference_step(batch: int = 64, vocab: int = 49152, device="cpu", repea
     return _time(lambda s: torch.multinomial(procs(ids, logits).softmax(-1), 1, generator=gen), device, repeats)
 
 
+def lm_like_logits(batch: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
+    """Zipf-shaped rows (`-s log rank` plus noise, s in [1.3, 2.3]): nuclei of a few to a few thousand
+    tokens, as a real LM's (the Gaussian rows of `_logits` have nuclei of half the vocabulary)."""
+    g = torch.Generator().manual_seed(seed)
+    s = 1.3 + torch.rand(batch, 1, generator=g)
+    rank = torch.stack([torch.randperm(vocab, generator=g) for _ in range(batch)]).float() + 1
+    return (-s * rank.log() + 0.3 * torch.randn(batch, vocab, generator=g)).to(device)
+
+
+def time_filters(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 5,
+                 logits_file: str | None = None) -> dict:
+    """ms per call of each filter, full-sort reference path against the candidate path (same bits), and
+    `process_logits` with one filter (what a study of that filter runs). `logits_file`: a saved `[N, V]`
+    tensor (e.g. an LM's logits), read as data (`weights_only`), cycled to `batch` rows."""
+    from decodebench.decoding import process_logits
+    from decodebench.decoding import processors as W
+    from decodebench.decoding import samplers_llamacpp as L
+
+    if logits_file:
+        x = torch.load(logits_file, weights_only=True).float()
+        x = x[torch.arange(batch) % x.shape[0]].to(device)
+    else:
+        x = lm_like_logits(batch, vocab, device)
+    runs = {
+        "top_p=0.95 sort": lambda s: W.top_p(x, 0.95, candidates=0),
+        "top_p=0.95 candidates": lambda s: W.top_p(x, 0.95),
+        "mirostat_v2 mu=10 sort": lambda s: L.mirostat_v2(x, 10.0, candidates=0),
+        "mirostat_v2 mu=10 candidates": lambda s: L.mirostat_v2(x, 10.0),
+        "process_logits(top_p=0.95)": lambda s: process_logits(x, top_p=0.95),
+        "process_logits(min_p=0.05)": lambda s: process_logits(x, min_p=0.05),
+        "process_logits(typical_p=0.95)": lambda s: process_logits(x, typical_p=0.95),
+        "process_logits(eta_cutoff=0.0009)": lambda s: process_logits(x, eta_cutoff=0.0009),
+        "process_logits(epsilon_cutoff=0.0003)": lambda s: process_logits(x, epsilon_cutoff=0.0003),
+    }
+    return {name: _time(fn, device, repeats) * 1e3 for name, fn in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -96,7 +134,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best median counts")
+    ap.add_argument("--filters", action="store_true", help="time each filter, sort against candidates")
+    ap.add_argument("--logits", default=None, help="with --filters: a saved [N, V] logits tensor to use")
     args = ap.parse_args()
+    if args.filters:
+        ms = time_filters(args.batch, args.vocab, args.device, args.repeats, args.logits)
+        for name, t in ms.items():
+            print(f"  {name:40s} {t:8.2f} ms")
+        print(json.dumps({"filters_ms": ms, "batch": args.batch, "vocab": args.vocab, "logits": args.logits}))
+        return
     shape = dict(batch=args.batch, vocab=args.vocab, device=args.device, repeats=args.repeats)
     # Interleave the three so that a busy machine slows them alike; keep each one's best round.
     best = {"ours": [], "naive": [], "hf": []}

@@ -35,6 +35,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .candidates import DEFAULT_K, resolve, usable
+from .sortfree import top_p_cut
+
 NEG_INF = -math.inf
 
 
@@ -134,7 +137,8 @@ def _top_k_cut(kth: Tensor, on: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- top-p
-def top_p(logits: Tensor, top_p, min_tokens_to_keep=1, *, support: int | None = None) -> Tensor:
+def top_p(logits: Tensor, top_p, min_tokens_to_keep=1, *, support: int | None = None,
+          candidates: int = DEFAULT_K) -> Tensor:
     """Nucleus filtering exactly as HF's `TopPLogitsWarper`: drop the ascending-sorted prefix whose
     cumulative probability is `<= 1 - top_p`, then re-keep the `min_tokens_to_keep` most likely.
 
@@ -145,6 +149,10 @@ def top_p(logits: Tensor, top_p, min_tokens_to_keep=1, *, support: int | None = 
     tie straddles the cut (HF's unstable sort decides which tied token goes) falls back to the sort.
     Accelerators always sort: checking the shortcut per row would cost a device sync.
 
+    Otherwise no sort either, unless a row needs it: `candidates.py` takes the `candidates` largest
+    logits per row, proves per row that the reference keeps the same set, and sorts only the rows where
+    it cannot prove it (`candidates=0`: always sort).
+
     >>> top_p(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), 0.7)   # probs .64 .24 .09 .03
     tensor([[3., 2., -inf, -inf]])
     """
@@ -152,7 +160,7 @@ def top_p(logits: Tensor, top_p, min_tokens_to_keep=1, *, support: int | None = 
     mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
     thr = (1 - p).to(logits.dtype)  # HF: `cum <= (1 - top_p)`, the double rounded to the logits dtype
     if not _block_path(logits, support):
-        return _top_p_sorted(logits, thr, mtk)
+        return _top_p_candidates(logits, thr, mtk, candidates)
     asc = torch.topk(logits, support + 1, dim=-1).values.flip(-1)  # ascending: the tail of HF's sort
     cut, ok = _top_p_cut(asc, thr, mtk, logits.shape[-1])
     return _patch_rows(_drop(logits, logits < cut), ok, lambda i: _top_p_sorted(logits[i], thr[i], mtk[i]))
@@ -200,6 +208,19 @@ def _patch_rows(out: Tensor, ok: Tensor, slow) -> Tensor:
     bad = (~ok).nonzero()[:, 0]
     out[bad] = slow(bad)
     return out
+
+
+def _top_p_candidates(logits: Tensor, thr: Tensor, mtk: Tensor, k: int, retry: bool = True) -> Tensor:
+    if not k or not usable(logits, 2 * k):  # no gain when the candidates near the vocabulary's size
+        return _top_p_sorted(logits, thr, mtk)
+    cut, ok = top_p_cut(logits, thr, mtk, k)
+
+    def slow(i: Tensor) -> Tensor:  # eager rows that fail retry once with 4x the candidates, then sort
+        if retry:
+            return _top_p_candidates(logits[i], thr[i], mtk[i], 4 * k, retry=False)
+        return _top_p_sorted(logits[i], thr[i], mtk[i])
+
+    return resolve(_drop(logits, logits < cut), ok, slow, lambda: _top_p_sorted(logits, thr, mtk))
 
 
 def _top_p_sorted(logits: Tensor, thr: Tensor, mtk: Tensor) -> Tensor:

@@ -20,7 +20,9 @@ import math
 import torch
 from torch import Tensor
 
+from .candidates import DEFAULT_K, resolve, usable
 from .processors import NEG_INF, column, opmath
+from .sortfree import mirostat_v2_kept, xtc_removed
 
 
 def _finite_count(logits: Tensor) -> Tensor:
@@ -88,20 +90,33 @@ def tail_free(logits: Tensor, z, min_tokens_to_keep=1) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- XTC
-def xtc(logits: Tensor, probability, threshold, coin: Tensor, min_tokens_to_keep=1) -> Tensor:
+def xtc(logits: Tensor, probability, threshold, coin: Tensor, min_tokens_to_keep=1, *,
+        candidates: int = DEFAULT_K) -> Tensor:
     """Exclude Top Choices: with chance `probability` (the row fires when `coin <= probability`), drop every
     token with probability >= `threshold` except the least likely of them. `threshold > 0.5`, probability 0
-    or fewer than two candidates: unchanged. `coin` `[B]` is the row's uniform draw for this step."""
-    probs, idx = _sorted_probs(logits)
-    v = probs.shape[-1]
+    or fewer than two candidates: unchanged. `coin` `[B]` is the row's uniform draw for this step.
+
+    Without a sort: the `candidates` best tokens decide each row they provably can (sortfree.py); the
+    other rows sort (`candidates=0`: always sort)."""
     p = column(probability, logits, torch.float32, "xtc_probability")
     t = column(threshold, logits, torch.float32, "xtc_threshold")
     u = column(coin, logits, torch.float32, "coin")
+    mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
+    if not candidates or not usable(logits, 2 * candidates):
+        return _xtc_sorted(logits, p, t, u, mtk)
+    fires = (p > 0) & (t <= 0.5) & (_finite_count(logits) >= 2) & (u <= p)
+    remove, ok = xtc_removed(logits, fires, t, mtk, candidates)
+    return resolve(torch.where(remove, NEG_INF, logits), ok, lambda i: _xtc_sorted(logits[i], p[i], t[i], u[i], mtk[i]),
+                   lambda: _xtc_sorted(logits, p, t, u, mtk))
+
+
+def _xtc_sorted(logits: Tensor, p: Tensor, t: Tensor, u: Tensor, mtk: Tensor) -> Tensor:
+    probs, idx = _sorted_probs(logits)
+    v = probs.shape[-1]
     n = _finite_count(logits)
     fires = (p > 0) & (t <= 0.5) & (n >= 2) & (u <= p)
     above = (probs >= t.to(probs.dtype)).cumprod(dim=-1).sum(dim=-1, keepdim=True)  # the leading run
     pos_last = (above - 1).clamp(min=0)
-    mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
     fires &= (n - pos_last >= mtk) & (pos_last > 0)
     remove = (torch.arange(v, device=logits.device) < pos_last) & fires
     return _drop_sorted(logits, idx, remove)
@@ -132,10 +147,22 @@ def dynatemp(logits: Tensor, temperature, dynatemp_range, dynatemp_exponent) -> 
 
 
 # ---------------------------------------------------------------------------------------------- mirostat
-def mirostat_v2(logits: Tensor, mu) -> Tensor:
+def mirostat_v2(logits: Tensor, mu, *, candidates: int = DEFAULT_K) -> Tensor:
     """Mirostat 2.0's truncation (Basu et al. 2021): keep the sorted prefix of tokens whose surprise
     `-log2 p` is at most `mu` (at least the top token). Sampling from what is left, then `mirostat_update`,
-    completes llama.cpp's `mirostat_v2` sampler."""
+    completes llama.cpp's `mirostat_v2` sampler.
+
+    Without a sort: the `candidates` best tokens decide each row they provably can (sortfree.py); the
+    other rows sort (`candidates=0`: always sort)."""
+    if not candidates or not usable(logits, 2 * candidates):
+        return _mirostat_v2_sorted(logits, mu)
+    m = column(mu, logits, opmath(logits.dtype), "mu")
+    keep, ok = mirostat_v2_kept(logits, m, candidates)
+    return resolve(torch.where(keep, logits, NEG_INF), ok, lambda i: _mirostat_v2_sorted(logits[i], m[i]),
+                   lambda: _mirostat_v2_sorted(logits, m))
+
+
+def _mirostat_v2_sorted(logits: Tensor, mu) -> Tensor:
     probs, idx = _sorted_probs(logits)
     m = column(mu, logits, probs.dtype, "mu")
     surprise = -torch.log2(probs)

@@ -92,8 +92,10 @@ def row_keys(
 
 def _row_words(keys: Tensor, step) -> tuple[Tensor, Tensor]:
     """Two `[B, 1]` int32 words per (row key, step): the low and high halves of a splitmix64 output."""
-    step = torch.as_tensor(step, dtype=torch.long, device=keys.device)
-    z = _splitmix64(keys.long() + (step + 1) * _signed(_GOLDEN64, 64))
+    if isinstance(step, Tensor):  # a device step counter: no tensor built from Python data
+        z = _splitmix64(keys.long() + (step.long() + 1) * _signed(_GOLDEN64, 64))
+    else:  # a host int: the same wrapped product, as a Python scalar
+        z = _splitmix64(keys.long() + _signed((int(step) + 1) * _GOLDEN64, 64))
     to32 = lambda w: ((w ^ 0x80000000) - 0x80000000).to(torch.int32)[:, None]  # noqa: E731
     return to32(z & 0xFFFFFFFF), to32(_srl(z, 32, 64))
 
@@ -144,7 +146,9 @@ _HALF_ULP: dict[str, Tensor] = {}
 
 def _uniform(bits: Tensor) -> Tensor:
     """`(2m + 1) / 2**24` in one pass (convert, scale, add): exact in float32, never 0 or 1."""
-    half = _HALF_ULP.setdefault(str(bits.device), torch.tensor(2.0**-24, device=bits.device))
+    half = _HALF_ULP.get(str(bits.device))
+    if half is None:  # made once per device, not per call
+        half = _HALF_ULP[str(bits.device)] = torch.tensor(2.0**-24, device=bits.device)
     return torch.add(half, bits, alpha=2.0**-23)
 
 
@@ -186,11 +190,19 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
     return torch.where(do_sample.to(logits.device), sampled, logits.argmax(dim=-1))
 
 
+def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, vocab_size: int) -> Tensor:
+    """`[B]` tokens by the exponential race over candidates only: `cand_logits` `[B, K]` are the row's
+    (filtered) logits at token ids `ids` `[B, K]`. A token's noise depends on (key, step, id) alone, so
+    when every finite logit of a row is among its candidates (a sort-free filter's `ok` rows) this is
+    the token `sample` draws over the whole row; ties go to the smallest id, as there."""
+    scores = _race_scores(cand_logits, _bits(keys.to(ids.device), step, vocab_size, ids))
+    best = scores.amax(dim=-1, keepdim=True)
+    return torch.where(scores == best, ids, vocab_size).amin(dim=-1)
+
+
 def _sample_support(logits: Tensor, keys: Tensor, step, s: int, do_sample: Tensor | bool) -> Tensor:
     vals, ids = torch.topk(logits, s, dim=-1)
-    scores = _race_scores(vals, _bits(keys, step, logits.shape[-1], ids))
-    best = scores.amax(dim=-1, keepdim=True)
-    out = torch.where(scores == best, ids, logits.shape[-1]).amin(dim=-1)  # ties: smallest id, as argmax
+    out = sample_candidates(vals, ids, keys, step, logits.shape[-1])
     full = vals[:, -1] != -math.inf  # a finite logit may lie outside the top s: score the whole row
     if isinstance(do_sample, Tensor):
         full &= do_sample.to(full.device)  # greedy rows' draws are discarded anyway
