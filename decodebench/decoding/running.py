@@ -144,15 +144,18 @@ class RunningBatch:
         as_of = self.steps - (1 if self.flag.cuda else 0)
         return [f and as_of >= t for f, t in zip(v[: self.a].tolist(), self.trusted_from)]
 
-    def check_strings(self) -> None:
-        """Stop strings on decoded text (a host read; runs with the host work)."""
+    def check_strings(self) -> set[int]:
+        """Stop strings on decoded text (a host read; runs with the host work). Returns the slots that hit
+        one: the host knows them now, so they leave at this host work, not the next."""
         stop = self.ctx.stop
         if stop is None or not stop.stops or not self.a:
-            return
+            return set()
         a = self.a
         hit = stop.strings_hit(self.out[:a], self.lengths[:a], self.finished[:a])
-        if hit is not None:
-            self.finished[:a] |= hit
+        if hit is None:
+            return set()
+        self.finished[:a] |= hit
+        return {s for s, h in enumerate(hit.tolist()) if h}
 
     def time_up(self) -> bool:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -342,8 +345,8 @@ def run_sampling(reqs: list[Request], spec, ctx: BatchContext, order: list[int],
             rb.finished[: rb.a] = True
             rb.flag.push(rb.finished)  # the host sees it now (on CUDA: one push later)
             ctx.sync()
-        rb.check_strings()
-        done = [s for s, f in enumerate(rb.finished_host()) if f and rb.owner[s] is not None]
+        hit = rb.check_strings()
+        done = [s for s, f in enumerate(rb.finished_host()) if (f or s in hit) and rb.owner[s] is not None]
         if done:
             pairs = rb.harvest(done)
             if rb.streamer is not None:
