@@ -189,14 +189,17 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
 
     if method.unit == "row":
         check_model(model)
-        runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states, static_shapes=compile)
-        if compile:
+        runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states,
+                              static_shapes=bool(compile))
+        backend = compile if isinstance(compile, str) else None
+        if compile and not runner.whole_step_ok():  # a runtime with its own forward: compile that forward
             from decodebench.decoding.compiled import compile_decode
 
-            compile_decode(runner, backend=compile if isinstance(compile, str) else None)
-        cont = continuous and streamer_factory is None and not spec.max_time and not compile
+            compile_decode(runner, backend=backend)
+        cont = continuous and streamer_factory is None and not spec.max_time
         ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                            batch_size=batch_size, continuous=cont)
+        ctx.compile_backend = backend
         t0 = time.perf_counter()
         run_sampling(reqs, spec, ctx, length_order(reqs),
                      lambda pairs: deliver([i for i, _ in pairs], [o for _, o in pairs]),

@@ -159,7 +159,10 @@ class StopChecker:
     def reset(self, rows: torch.Tensor, batch: int) -> None:
         """Rows `rows` start a new request (continuous batching): no criterion has fired for them."""
         if self._crit_len is None:
-            return
+            if not self.criteria:
+                return
+            self._crit_len = torch.full((batch,), _NEVER, dtype=torch.long, device=rows.device)
+            self._crit_code = torch.full((batch,), -1, dtype=torch.long, device=rows.device)
         if self._crit_len.shape[0] < batch:
             grow = batch - self._crit_len.shape[0]
             self._crit_len = torch.cat([self._crit_len, self._crit_len.new_full((grow,), _NEVER)])
