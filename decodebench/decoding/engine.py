@@ -191,7 +191,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
         check_model(model)
         runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states,
                               static_shapes=bool(compile))
-        backend = compile if isinstance(compile, str) else None
+        backend = None if isinstance(compile, bool) else compile  # a backend name (or a callable, in tests)
         if compile and not runner.whole_step_ok():  # a runtime with its own forward: compile that forward
             from decodebench.decoding.compiled import compile_decode
 

@@ -92,8 +92,10 @@ def row_keys(
 
 def _row_words(keys: Tensor, step) -> tuple[Tensor, Tensor]:
     """Two `[B, 1]` int32 words per (row key, step): the low and high halves of a splitmix64 output."""
-    step = torch.as_tensor(step, dtype=torch.long, device=keys.device)
-    z = _splitmix64(keys.long() + (step + 1) * _signed(_GOLDEN64, 64))
+    if isinstance(step, Tensor):  # a device step counter: no tensor built from Python data
+        z = _splitmix64(keys.long() + (step.long() + 1) * _signed(_GOLDEN64, 64))
+    else:  # a host int: the same wrapped product, as a Python scalar
+        z = _splitmix64(keys.long() + _signed((int(step) + 1) * _GOLDEN64, 64))
     to32 = lambda w: ((w ^ 0x80000000) - 0x80000000).to(torch.int32)[:, None]  # noqa: E731
     return to32(z & 0xFFFFFFFF), to32(_srl(z, 32, 64))
 
@@ -144,7 +146,9 @@ _HALF_ULP: dict[str, Tensor] = {}
 
 def _uniform(bits: Tensor) -> Tensor:
     """`(2m + 1) / 2**24` in one pass (convert, scale, add): exact in float32, never 0 or 1."""
-    half = _HALF_ULP.setdefault(str(bits.device), torch.tensor(2.0**-24, device=bits.device))
+    half = _HALF_ULP.get(str(bits.device))
+    if half is None:  # made once per device, not per call
+        half = _HALF_ULP[str(bits.device)] = torch.tensor(2.0**-24, device=bits.device)
     return torch.add(half, bits, alpha=2.0**-23)
 
 
