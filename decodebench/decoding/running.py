@@ -35,6 +35,7 @@ from decodebench.decoding.recorder import make_recorder
 from decodebench.decoding.runtime import (AsyncFlag, BatchContext, Output, Request, guided, request_keys,
                                           unconditional_ids)
 from decodebench.decoding.samplers_misc import cfg_combine
+from decodebench.decoding.row_tracker import finish_reason
 from decodebench.decoding.step import Stepper, bucket_for, host_after
 
 _IDLE = SamplingParams()  # the settings an empty slot carries (its tokens are never read)
@@ -149,11 +150,9 @@ class RunningBatch:
         tele = self.recorder.rows(idx)
         res = []
         for j, s in enumerate(slots):
-            n, reason = lens[j], "eos" if eos[j] else "length"
-            if stop_at is not None and stop_at[j] is not None and stop_at[j] <= n:
-                n, reason = stop_at[j], ctx.stop.reason(j)
-            elif self.timed_out and not eos[j] and n < self.L:
-                reason = "time"
+            cut = stop_at[j] if stop_at is not None else None
+            n, reason = finish_reason(lens[j], eos[j], self.L, cut, ctx.stop.reason(j) if cut is not None else "",
+                                      self.timed_out)
             t = None if tele is None else {k: v[j][:n] for k, v in tele.items()}
             res.append((self.owner[s], Output(token_ids=outs_t[j][:n], finish_reason=reason, telemetry=t)))
             self.last_params[s] = self.reqs[s].params

@@ -24,6 +24,7 @@ import time
 import torch
 
 from decodebench.decoding.chain import DecodeState
+from decodebench.decoding.row_tracker import record
 from decodebench.decoding.sampling import sample
 
 log = logging.getLogger("decodebench")
@@ -60,14 +61,7 @@ def step_core(rb, a: int) -> None:
     support = None if static else rb.chain.support  # the support path reads a flag back (CPU only)
     tok = sample(processed, rb.keys[:a], n, rb.chain.sample_mode, support=support)
     rb.recorder.on_step(n, raw, processed, tok, ~fin)
-    tok = torch.where(fin, ctx.pad_id, tok)
-    rb.out[:a].scatter_(1, torch.where(fin, rb.L, n)[:, None], tok[:, None])
-    n += (~fin).long()
-    is_eos = torch.isin(tok, rb.eos) & ~fin
-    rb.hit_eos[:a] |= is_eos
-    fin |= is_eos | (n >= rb.L)
-    if ctx.stop is not None:
-        fin |= ctx.stop.update_criteria(rb.out[:a], n, fin)
+    tok = record(tok, rb.out[:a], n, fin, rb.hit_eos[:a], rb.eos, rb.L, ctx.pad_id, ctx.stop)
     rb.chain.update(tok)
     if rb.streamer is not None:  # streaming needs the host: one read per step, by its nature
         rb.streamer(rb.steps, tok, fin)
