@@ -28,10 +28,11 @@ def record(tok, out, lengths, finished, hit_eos, eos, limit: int, pad_id: int, s
     last column), count it, and mark rows that end on it. Device only, no host read. Returns the tokens
     as written (`pad_id` for rows that emitted nothing)."""
     skip = finished if active is None else finished | ~active
+    emits = ~skip
     tok = torch.where(skip, pad_id, tok)
     out.scatter_(1, torch.where(skip, out.shape[1] - 1, lengths)[:, None], tok[:, None])
-    lengths += (~skip).long()
-    is_eos = torch.isin(tok, eos) & ~skip
+    lengths += emits
+    is_eos = torch.isin(tok, eos) & emits
     hit_eos |= is_eos
     finished |= is_eos | (lengths >= limit)
     if stop is not None:  # rows that ended on this token by EOS or the limit keep that reason
