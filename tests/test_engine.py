@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from decodebench.decoding.engine import Request, generate, pack_left, positions
@@ -153,10 +154,42 @@ def test_no_telemetry_when_not_asked(tiny):
 
 
 def test_max_time_marks_rows(tiny):
-    model, tok = tiny
-    spec = build_strategy({"name": "greedy", "max_new_tokens": 400, "max_time": 1e-6})
+    model, tok = tiny  # min_new_tokens holds EOS back: only the time limit can end the row early
+    spec = build_strategy({"name": "greedy", "max_new_tokens": 400, "min_new_tokens": 400, "max_time": 1e-6})
     outs, _ = ours(model, tok, ["abc"], spec)
-    assert outs[0].finish_reason in ("time", "eos") and len(outs[0].token_ids) < 400
+    assert outs[0].finish_reason == "time" and 0 < len(outs[0].token_ids) < 400
+
+
+def stop_case(tiny, n=30):
+    """(free-running greedy outputs, a stop string from the middle of the first row's text)."""
+    model, tok = tiny
+    free, _ = ours(model, tok, PROMPTS, build_strategy({"name": "greedy", "max_new_tokens": n}))
+    return free, tok.decode(free[0].token_ids)[10:13]
+
+
+def test_a_large_host_work_interval_still_stops_at_the_stop_string(tiny):
+    """The stop-string window covers every token since the last check: with sync_every=32 a row whose
+    stop string completes at token ~12 leaves at the first host work, not at the length limit."""
+    model, tok = tiny
+    free, stop = stop_case(tiny, n=100)
+    spec = build_strategy({"name": "greedy", "max_new_tokens": 100, "stop": [stop]})
+    outs, stats = ours(model, tok, PROMPTS[:1], spec, batch_size=1, sync_every=32)
+    cut = len(outs[0].token_ids)
+    assert outs[0].finish_reason == "stop" and outs[0].token_ids == free[0].token_ids[:cut]
+    assert cut + 32 < 100 and stats.steps <= cut + 32  # left at the first host work after the stop
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7, 16])
+def test_stop_strings_do_not_depend_on_the_host_work_interval(tiny, k):
+    model, tok = tiny
+    free, stop = stop_case(tiny)
+    spec = build_strategy({"name": "greedy", "max_new_tokens": 30, "stop": [stop]})
+    ref, _ = ours(model, tok, PROMPTS, spec, batch_size=1, sync_every=1)
+    assert ref[0].finish_reason == "stop" and len(ref[0].token_ids) < 30
+    for cont in (True, False):
+        outs, _ = ours(model, tok, PROMPTS, spec, batch_size=2, sync_every=k, continuous=cont)
+        assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
+        assert [o.finish_reason for o in outs] == [o.finish_reason for o in ref]
 
 
 def test_batches_keep_a_prompts_rows_together():

@@ -40,6 +40,31 @@ def test_greedy_equals_greedy_on_tiny(assistant, k, schedule):
         assert ex["draft_proposed"] == k * ex["verify_rows"]
 
 
+@pytest.mark.parametrize("assistant", [{"early_exit": 1}, {"prompt_lookup": 2}])
+def test_stop_strings_and_criteria_end_rows_as_in_greedy_decoding(assistant):
+    """The shared finished-row component: a stop string or a criterion ends a row at the exact token,
+    even mid-round (the round's later accepted tokens are dropped), with greedy decoding's reason."""
+    model, tok = peaky_tiny()
+    free = build_strategy({"name": "g", "max_new_tokens": 16})
+    texts = [tok.decode(o.token_ids) for o in generate(model, tok, _reqs(tok, TEXTS, free), free)[0]]
+    stop = next(t[4:6] for t in texts if len(t) > 8)
+    for extra in ({"stop": [stop]}, {"stopping": ["newline"]}, {"stop": [stop], "stopping": ["newline"]}):
+        greedy = build_strategy({"name": "g", "max_new_tokens": 16, **extra})
+        ref, _ = generate(model, tok, _reqs(tok, TEXTS, greedy), greedy, batch_size=6)
+        spec = _spec(assistant, num_assistant_tokens=3, max_new_tokens=16, **extra)
+        outs, _ = generate(model, tok, _reqs(tok, TEXTS, spec), spec, batch_size=3, sync_every=7)
+        assert [o.token_ids for o in outs] == [o.token_ids for o in ref], extra
+        assert [o.finish_reason for o in outs] == [o.finish_reason for o in ref], extra
+    assert any(o.finish_reason == "stop" for o in ref)
+
+
+def test_max_time_ends_speculative_rows():
+    model, tok = peaky_tiny()
+    spec = _spec({"early_exit": 1}, num_assistant_tokens=2, max_new_tokens=300, min_new_tokens=300, max_time=1e-6)
+    outs, _ = generate(model, tok, _reqs(tok, TEXTS[:2], spec), spec, batch_size=2)
+    assert all(o.finish_reason == "time" and 0 < len(o.token_ids) < 300 for o in outs)
+
+
 def test_greedy_equals_greedy_on_the_embedded_model(embedded):
     model, tok = embedded
     texts = ["The capital of France is", "def fib(n):\n    return", "1, 2, 3, 4,"]
@@ -121,7 +146,6 @@ def test_prompt_lookup_drafts_by_hand():
     ({"assistant": {"early_exit": 0}}, "assistant.early_exit must be an integer >= 1"),
     ({"assistant": {"draft": "x"}}, "assistant.draft is not a draft source"),
     ({"assistant": {"early_exit": 1}, "num_assistant_tokens": 0}, "num_assistant_tokens must be an integer >= 1"),
-    ({"assistant": {"early_exit": 1}, "stop": ["\n"]}, "stop must be empty for speculative decoding"),
     ({"assistant": {"early_exit": 1}, "num_assistant_tokens_schedule": "dynamic"}, "must be constant or heuristic"),
 ])
 def test_bad_settings(d, msg):

@@ -72,7 +72,7 @@ class Tables:
     def counts(self) -> Tensor:
         """`[B, V]` int32 counts of generated tokens."""
         c = self.chain
-        if c._counts is None or c._counts_step != self.state.step:
+        if c._counts is None or (not c.counts_kept and c._counts_step != self.state.step):
             s = self.state
             ids, mask = s.input_ids, s.attention_mask
             if isinstance(s.prompt_width, Tensor):  # per-row prompt ends: count generated columns only
@@ -107,7 +107,11 @@ class LogitsChain:
         self.vocab_size = ctx.vocab_size
         self._counts: Tensor | None = None  # [B, V + 1] int32; column V absorbs padding
         self._counts_step: int | None = None
+        # the engine keeps the counts in step itself (update every step, `reset_rows` when a row joins),
+        # so the table is trusted without comparing step numbers: no host int inside a compiled step
+        self.counts_kept = False
         self._nan = torch.zeros((), dtype=torch.bool, device=ctx.device)
+        self._one: Tensor | None = None
         greedy = [r.greedy for r in rows]
         self.do_sample = torch.tensor([not g for g in greedy], dtype=torch.bool, device=ctx.device)
         # what to hand `sample`: a plain bool when the batch agrees, so it skips the unused path
@@ -184,8 +188,23 @@ class LogitsChain:
         v = self.vocab_size
         ids = new_tokens.reshape(-1, 1).to(self._counts.device, torch.long)
         ids = ids.masked_fill((ids < 0) | (ids >= v), v)
-        self._counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.int32))
-        self._counts_step += 1
+        self._counts.scatter_add_(1, ids, self._ones(ids.shape[0]))
+        if not self.counts_kept:
+            self._counts_step += 1
+
+    def _ones(self, b: int) -> Tensor:
+        """`[b, 1]` int32 ones for `update`'s scatter_add_, made once per batch size."""
+        if self._one is None or self._one.shape[0] != b:
+            self._one = torch.ones((b, 1), dtype=torch.int32, device=self._ctx.device)
+        return self._one
+
+    def reset_rows(self, rows: Tensor) -> None:
+        """Rows `rows` start a new request with the same settings (continuous batching without a rebuild):
+        no generated token counted for them. Only for chains without stateful transforms."""
+        if self._stateful:
+            raise ValueError("a chain with stateful transforms is rebuilt when rows join, not reset")
+        if self._counts is not None:
+            self._counts.index_fill_(0, rows, 0)
 
     def select(self, index: Tensor | Sequence[int]) -> "LogitsChain":
         """The chain for rows `index` (finished-row compaction, beam reordering); keeps the tables.

@@ -1,9 +1,11 @@
-"""`compile=true`: the decode forward under `torch.compile` (CUDA graphs on CUDA, inductor on CPU).
+"""`compile=true`: the checks before a model loads, and the compiled forward of runtimes with their own.
 
-The step then has fixed shapes: the attention window is the whole static buffer, the write column a
-device tensor, the running batch keeps its size (finished rows idle until the batch ends), so a compiled
-graph (or a captured CUDA graph) serves every step. Compilation happens at the first step of each batch
-shape; its time is counted apart (`compile_time_s`) and taken out of the generation time.
+The plain runtime (sampling, greedy, classifier-free guidance) compiles its whole decode step instead
+(`step.py`: chain, sample, bookkeeping, KV write and forward in one graph per batch-size bucket).
+Runtimes with their own forward (DoLa, contrastive decoding) compile that forward here: the step has
+fixed shapes (the attention window is the whole static buffer, the write column a device tensor), so one
+graph per batch shape serves every step. Compilation happens at the first step of each shape; its time is
+counted apart (`compile_time_s`) and taken out of the generation time.
 
 If compiling fails, the engine says so once and runs eager: the tokens are the same either way (the
 compiled step computes the same operations), which `tests/test_compile.py` checks.

@@ -129,10 +129,21 @@ def make_context(model, tokenizer, runner, spec, stats, *, record=(), streamer=N
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(model, tokenizer)[0]
     vocab = model.get_output_embeddings().weight.shape[0]
     sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    stop = StopChecker.for_spec(tokenizer, spec, every=sync_every, per_step=tokens_per_step(spec))
     return BatchContext(runner=runner, eos=eos_ids(model, tokenizer), pad_id=pad, vocab_size=vocab,
-                        stop=StopChecker.for_spec(tokenizer, spec), record=tuple(record), stats=stats, sync=sync,
+                        stop=stop, record=tuple(record), stats=stats, sync=sync,
                         streamer=streamer, sync_every=sync_every, batch_size=batch_size, continuous=continuous,
                         max_new_tokens=spec.max_new_tokens, tokenizer=tokenizer)
+
+
+def tokens_per_step(spec) -> int:
+    """Tokens a row may gain in one step: 1, or speculative decoding's drafts + 1 per round."""
+    if spec.method != "speculative":
+        return 1
+    from decodebench.decoding.speculative import k_cap
+
+    k = int(spec.search.get("num_assistant_tokens") or 1)
+    return 1 + (k_cap(k) if spec.search.get("num_assistant_tokens_schedule") == "heuristic" else k)
 
 
 def check_sync_every(k) -> int:
@@ -178,14 +189,17 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
 
     if method.unit == "row":
         check_model(model)
-        runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states, static_shapes=compile)
-        if compile:
+        runner = make_runtime(method, model, spec, hidden_states=method.needs_hidden_states,
+                              static_shapes=bool(compile))
+        backend = None if isinstance(compile, bool) else compile  # a backend name (or a callable, in tests)
+        if compile and not runner.whole_step_ok():  # a runtime with its own forward: compile that forward
             from decodebench.decoding.compiled import compile_decode
 
-            compile_decode(runner, backend=compile if isinstance(compile, str) else None)
-        cont = continuous and streamer_factory is None and not spec.max_time and not compile
+            compile_decode(runner, backend=backend)
+        cont = continuous and streamer_factory is None and not spec.max_time
         ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                            batch_size=batch_size, continuous=cont)
+        ctx.compile_backend = backend
         t0 = time.perf_counter()
         run_sampling(reqs, spec, ctx, length_order(reqs),
                      lambda pairs: deliver([i for i, _ in pairs], [o for _, o in pairs]),

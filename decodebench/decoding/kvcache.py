@@ -65,10 +65,12 @@ class SlotLayer(CacheLayerMixin):
             self.values[o.rows, :, c0:o.col] = value_states if src is None else value_states[src]
 
             return key_states, value_states
-        if o.static_shapes:
-            self.keys.index_copy_(2, o.col_t, key_states)
-            self.values.index_copy_(2, o.col_t, value_states)
-            return self.keys, self.values
+        if o.static_shapes:  # the running batch is a bucket of the first `a` slots; the window is every column
+            a = key_states.shape[0]
+            keys, values = self.keys[:a], self.values[:a]
+            keys.index_copy_(2, o.col_t, key_states)
+            values.index_copy_(2, o.col_t, value_states)
+            return keys, values
         q = key_states.shape[2]  # 1, or the k candidates of contrastive search
         a = key_states.shape[0]  # the first `a` slots are the running batch
         self.keys[:a, :, o.col:o.col + q] = key_states
@@ -194,13 +196,22 @@ class Runtime:
         return m
 
     def _forward(self, ids: Tensor, pos: Tensor, mask: Tensor, keep: int = 1):
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=self.kv, use_cache=True,
-                         logits_to_keep=keep, output_hidden_states=self.hidden_states)
         self.forward_passes += 1
         self.tokens_processed += int(ids.numel())
+        return self._run(ids, pos, mask, keep)
+
+    def _run(self, ids: Tensor, pos: Tensor, mask: Tensor, keep: int = 1):
+        """The model's forward over the cache, nothing counted on the host (the compiled step's forward)."""
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=self.kv, use_cache=True,
+                         logits_to_keep=keep, output_hidden_states=self.hidden_states)
         logits = out.logits.to(torch.float32)  # float32, as transformers' generate uses for its processors
         hidden = out.hidden_states[-1] if self.hidden_states else None
         return logits, hidden
+
+    def whole_step_ok(self) -> bool:
+        """The decode step can be compiled whole (forward included): a runtime whose forward is `_run`.
+        Runtimes with their own `_forward` (DoLa, contrastive decoding, speculative) compile the forward."""
+        return type(self)._forward is Runtime._forward
 
     @torch.inference_mode()
     def prefill(self, slots: Tensor, prompts: Sequence[Sequence[int]], pad_id: int,

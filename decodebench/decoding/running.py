@@ -28,14 +28,15 @@ from typing import Callable, Optional
 
 import torch
 
-from decodebench.decoding.chain import DecodeState, LogitsChain
+from decodebench.decoding.chain import LogitsChain
 from decodebench.decoding.kvcache import Runtime
 from decodebench.decoding.params import SamplingParams
 from decodebench.decoding.recorder import make_recorder
 from decodebench.decoding.runtime import (AsyncFlag, BatchContext, Output, Request, guided, request_keys,
                                           unconditional_ids)
 from decodebench.decoding.samplers_misc import cfg_combine
-from decodebench.decoding.sampling import sample
+from decodebench.decoding.row_tracker import finish_reason
+from decodebench.decoding.step import Stepper, bucket_for, host_after
 
 _IDLE = SamplingParams()  # the settings an empty slot carries (its tokens are never read)
 
@@ -69,6 +70,7 @@ class RunningBatch:
         self.owner: list[Optional[int]] = [None] * S  # request index per slot (host)
         self.start: list[int] = [0] * R  # first real column per KV row (host)
         self.reqs: list[Optional[Request]] = [None] * S
+        self.last_params: list[Optional[SamplingParams]] = [None] * S  # per slot, its last request's
         self.a = 0
         self.chain: Optional[LogitsChain] = None
         self.chain_names: set[str] = set()
@@ -78,44 +80,18 @@ class RunningBatch:
         self.deadline, self.timed_out = deadline, False
         self.streamer = None  # streaming.Streamer over this static batch's rows (slot i = row i)
         self.trusted_from = [0] * slots  # host flags about a slot count from this step on
+        self.pads = torch.full((R,), ctx.pad_id, dtype=torch.long, device=dev)  # idle KV rows' token
+        self.kv.col_t.fill_(0)
+        self.stepper = Stepper(rt, ctx.compile_backend, enabled=rt.static_shapes)
+        self.chain_warm = False  # the chain has run one eager step since it was built
+        if ctx.stop is not None:
+            ctx.stop.reset(torch.arange(S, device=dev), S)  # the criteria's state exists before any step
 
     # ------------------------------------------------------------------------------------ the step
     def step(self) -> None:
-        """One decode step over the running slots. No host read (see the module docstring)."""
-        a, kv, ctx = self.a, self.kv, self.ctx
-        fin, n = self.finished[:a], self.lengths[:a]
-        state = DecodeState(input_ids=self.tokens[:a, kv.lo:kv.col], attention_mask=self.valid[:a, kv.lo:kv.col],
-                            prompt_width=(self.gen_start[:a] - kv.lo)[:, None], step=self.steps, row_step=n,
-                            keys=self.keys[:a])
-        raw = self.logits[:a]
-        processed = self.chain(self.guided_logits(a), state)
-        tok = sample(processed, self.keys[:a], n, self.chain.sample_mode, support=self.chain.support)
-        self.recorder.on_step(n, raw, processed, tok, ~fin)
-        tok = torch.where(fin, ctx.pad_id, tok)
-        self.out[:a].scatter_(1, torch.where(fin, self.L, n)[:, None], tok[:, None])
-        n += (~fin).long()
-        is_eos = torch.isin(tok, self.eos) & ~fin
-        self.hit_eos[:a] |= is_eos
-        fin |= is_eos | (n >= self.L)
-        if ctx.stop is not None:
-            fin |= ctx.stop.update_criteria(self.out[:a], n, fin)
-        self.chain.update(tok)
-        if self.streamer is not None:  # streaming needs the host: one read per step, by its nature
-            self.streamer(self.steps, tok, fin)
-        self.steps += 1
-        self.flag.push(self.finished)
-        # feed the token: column `col` for every running slot (and, with mirrors, every KV row: a
-        # mirror gets its row's token; idle rows get a pad, so no row is ever fully masked)
-        r = self.R if self.mirror else a
-        if self.mirror:
-            tok = torch.full((r,), ctx.pad_id, dtype=torch.long, device=tok.device).index_copy_(
-                0, self.fed_rows(a), tok.repeat(2))
-        self.tokens[:r, kv.col] = tok
-        self.valid[:r, kv.col] = True
-        logits, _ = self.rt.decode(tok[:, None], self.pos[:r, None], self.valid[:r])
-        self.logits[:r] = logits[:, -1]
-        self.pos[:r] += 1
-        kv.col += 1
+        """One decode step over the running slots (step.py): no host read, compiled whole with compile."""
+        self.stepper(self, self.a)
+        host_after(self, self.a)
 
     def guided_logits(self, a: int) -> torch.Tensor:
         """The chain's input for slots `[0, a)`: classifier-free guidance's combination for guided rows (the
@@ -144,15 +120,18 @@ class RunningBatch:
         as_of = self.steps - (1 if self.flag.cuda else 0)
         return [f and as_of >= t for f, t in zip(v[: self.a].tolist(), self.trusted_from)]
 
-    def check_strings(self) -> None:
-        """Stop strings on decoded text (a host read; runs with the host work)."""
+    def check_strings(self) -> set[int]:
+        """Stop strings on decoded text (a host read; runs with the host work). Returns the slots that hit
+        one: the host knows them now, so they leave at this host work, not the next."""
         stop = self.ctx.stop
         if stop is None or not stop.stops or not self.a:
-            return
+            return set()
         a = self.a
         hit = stop.strings_hit(self.out[:a], self.lengths[:a], self.finished[:a])
-        if hit is not None:
-            self.finished[:a] |= hit
+        if hit is None:
+            return set()
+        self.finished[:a] |= hit
+        return {s for s, h in enumerate(hit.tolist()) if h}
 
     def time_up(self) -> bool:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -171,13 +150,12 @@ class RunningBatch:
         tele = self.recorder.rows(idx)
         res = []
         for j, s in enumerate(slots):
-            n, reason = lens[j], "eos" if eos[j] else "length"
-            if stop_at is not None and stop_at[j] is not None and stop_at[j] <= n:
-                n, reason = stop_at[j], ctx.stop.reason(j)
-            elif self.timed_out and not eos[j] and n < self.L:
-                reason = "time"
+            cut = stop_at[j] if stop_at is not None else None
+            n, reason = finish_reason(lens[j], eos[j], self.L, cut, ctx.stop.reason(j) if cut is not None else "",
+                                      self.timed_out)
             t = None if tele is None else {k: v[j][:n] for k, v in tele.items()}
             res.append((self.owner[s], Output(token_ids=outs_t[j][:n], finish_reason=reason, telemetry=t)))
+            self.last_params[s] = self.reqs[s].params
             self.owner[s], self.reqs[s] = None, None
         return res
 
@@ -215,14 +193,14 @@ class RunningBatch:
             self.scale[slots] = torch.tensor([float(r.params.guidance_scale) if guided(r) else 1.0 for _, r in items],
                                              dtype=torch.float64, device=dev)
             self.guided[slots] = torch.tensor([guided(r) for _, r in items], device=dev)
-        self.a = max(self.a, max(free) + 1)
-        self.rebuild_chain()
+        self.a = self.width(max(self.a, max(free) + 1))
+        self.rebuild_chain(joined=slots)
 
     def compact(self) -> None:
         """Running slots with a request move to the front; the batch shrinks to them."""
         live = [s for s in range(self.a) if self.owner[s] is not None]
-        if len(live) == self.a or ((self.rt.static_shapes or self.mirror) and live):
-            return  # compiled steps keep one shape, mirrors their place: finished rows idle until the end
+        if len(live) == self.a or (self.mirror and live) or self.width(len(live)) == self.a:
+            return  # mirrors keep their place (finished rows idle until the end); a bucket keeps its size
         idx = torch.tensor(live, dtype=torch.long, device=self.rt.device)
         n = len(live)
         self.kv.select_slots(idx, n)
@@ -234,18 +212,29 @@ class RunningBatch:
             self.ctx.stop.select(idx, n)
         self.owner = [self.owner[s] for s in live] + [None] * (self.S - n)
         self.reqs = [self.reqs[s] for s in live] + [None] * (self.S - n)
+        self.last_params = [self.last_params[s] for s in live] + [None] * (self.S - n)
         self.start = [self.start[s] for s in live] + [0] * (self.R - n)
         self.finished[n:] = True
         self.trusted_from = [self.steps + 1] * self.S
-        self.a = n
+        self.a = self.width(n)
         self.rebuild_chain()
 
-    def rebuild_chain(self) -> None:
+    def width(self, n: int) -> int:
+        """The running batch for `n` slots: `n`, or with compiled steps the bucket holding it (a graph each)."""
+        return bucket_for(n, self.S) if self.rt.static_shapes and n else n
+
+    def rebuild_chain(self, joined: Optional[torch.Tensor] = None) -> None:
         """The chain of the running rows, after rows left or joined; per-row transform state (mirostat's
-        mu, grammar matchers, ...) follows each row that stays."""
+        mu, grammar matchers, ...) follows each row that stays. Rows that join with the settings their
+        slot's chain row already holds (an empty slot keeps its last request's) reset that row's tables
+        in place: no rebuild, and a compiled step keeps its graph."""
         ctx = self.ctx
-        rows = [r.params if r is not None else _IDLE for r in self.reqs[: self.a]]
-        if self.a:
+        rows = [r.params if r is not None else self.idle_params(s) for s, r in enumerate(self.reqs[: self.a])]
+        old = self.chain
+        if joined is not None and old is not None and not old._stateful and old.rows == rows:
+            old.reset_rows(joined)
+            self.chain_owner = list(self.owner[: self.a])
+        elif self.a:
             old, old_rows = self.chain, self.chain_owner
             self.chain = LogitsChain.from_rows(rows, vocab_size=ctx.vocab_size, eos_token_id=ctx.eos,
                                                device=self.rt.device, tokenizer=ctx.tokenizer)
@@ -253,8 +242,16 @@ class RunningBatch:
             if old is not None:
                 where = {o: i for i, o in enumerate(old_rows) if o is not None}
                 self.chain.carry_state(old, [where.get(o) if o is not None else None for o in self.chain_owner])
+            self.chain.counts_kept = True  # updated every step, reset on joins: no step numbers compared
             self.chain_names.update(self.chain.names)
+            self.chain_warm = False
         self.set_window()
+
+    def idle_params(self, s: int) -> SamplingParams:
+        """The settings an empty slot's chain row carries (its tokens are never read): its last request's,
+        so a request with the same settings joins without a rebuild; with stateful transforms, neutral."""
+        last = self.last_params[s]
+        return last if last is not None and self.chain is not None and not self.chain._stateful else _IDLE
 
     def live_rows(self) -> list[tuple[int, int]]:
         """(KV row, its prompt length) of every running row, mirrors included."""
@@ -295,6 +292,7 @@ class RunningBatch:
         self.gen_start -= d
         self.start = [max(0, s - d) for s in self.start]
         kv.col = new_col
+        kv.col_t.fill_(new_col)
         self.set_window()
 
     def room_for_step(self) -> None:
@@ -342,8 +340,8 @@ def run_sampling(reqs: list[Request], spec, ctx: BatchContext, order: list[int],
             rb.finished[: rb.a] = True
             rb.flag.push(rb.finished)  # the host sees it now (on CUDA: one push later)
             ctx.sync()
-        rb.check_strings()
-        done = [s for s, f in enumerate(rb.finished_host()) if f and rb.owner[s] is not None]
+        hit = rb.check_strings()
+        done = [s for s, f in enumerate(rb.finished_host()) if (f or s in hit) and rb.owner[s] is not None]
         if done:
             pairs = rb.harvest(done)
             if rb.streamer is not None:

@@ -148,6 +148,7 @@ class BatchContext:
     max_new_tokens: int = 0  # the strategy's limit: sizes the static state
     tokenizer: object = None  # for transforms that need text (grammars, DRY's sequence breakers)
     continuous: bool = True
+    compile_backend: object = None  # the running batch's compiled step (step.py), with compile=true
 
     def first_token(self, t0: float) -> float:
         """Record time to first token (one sync per batch); returns the time it was taken."""

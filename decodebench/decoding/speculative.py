@@ -23,8 +23,10 @@ for every row, each row's positions by its own a_b + 1. So greedy speculative de
 token for token, and sampled rows draw from the target's processed distribution.
 
 Noise is a function of (seed, prompt, sample, position): separate streams for the draft's samples, the
-acceptance tests and the target's own draws. Stop strings, user stopping criteria, max_time and streaming
-are not served by this method yet (refused up front).
+acceptance tests and the target's own draws. Finished rows go through the shared component
+(`row_tracker.RowTracker.push_many`): EOS, the length limit, stop strings and user criteria end a row at
+the exact token (a round's later tokens are dropped), and `max_time` ends the batch after the round in
+which it passes. Streaming is not served by this method.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 from decodebench.decoding.chain import DecodeState, LogitsChain
 from decodebench.decoding.kvcache import Runtime, SlotKV
 from decodebench.decoding.layer_runtime import PairedKV, TiedKV, load_second_model, num_layers
+from decodebench.decoding.row_tracker import RowTracker
 from decodebench.decoding.runtime import BatchContext, Output, Request, request_keys
 from decodebench.decoding.sampling import _bits, _uniform, sample
 from decodebench.decoding.strategies import METHODS, SearchMethod, StrategySpec
@@ -182,27 +185,18 @@ def speculative_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
     d_logits = rt.draft_logits
     n = torch.zeros(B, dtype=torch.long, device=dev)
     x0 = sample(proc(logits, width, n), keys, n, chain.sample_mode)
-    outs: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    eos = set(ctx.eos)
+    rows = RowTracker(B, spec, ctx, t0)  # finished rows: EOS, the limit, stop strings, criteria, max_time
     proposed = accepted = rounds = 0
-
-    def emit(row_tokens: list[list[int]]) -> None:
-        for b, toks in enumerate(row_tokens):
-            for t in toks:
-                if done[b]:
-                    break
-                outs[b].append(t)
-                done[b] = t in eos or len(outs[b]) >= L
-    emit([[t] for t in x0.tolist()])
-    ctx.first_token(t0)
+    all_done = rows.push_many(x0[:, None], torch.ones_like(x0))
+    rows.t_first = ctx.first_token(t0)
     n += 1
-    while not all(done):
+    while not all_done:
         col = kv.col
         tokens[:, col], valid[:, col] = x0, True
         q = torch.zeros((B, k, ctx.vocab_size), device=dev)
         if lookup is not None:
-            hist = [reqs[b].prompt_ids + outs[b] for b in range(B)]  # outs[b] ends with x0 while it runs
+            got = [o[:m] for o, m in zip(rows.out.tolist(), rows.lengths.tolist())]
+            hist = [reqs[b].prompt_ids + got[b] for b in range(B)]  # it ends with x0 while the row runs
             drafts = torch.tensor(lookup_drafts(hist, int(lookup), k, ctx.pad_id), device=dev)
             q.scatter_(2, drafts[..., None], 1.0)
             tokens[:, col + 1:col + k + 1], valid[:, col + 1:col + k + 1] = drafts, True
@@ -229,24 +223,26 @@ def speculative_batch(reqs: list[Request], spec: StrategySpec, ctx: BatchContext
         pos += acc + 1
         n += acc + 1
         kv.col = col + k + 1
-        live = [not d for d in done]
-        a_host, d_host, x_host = acc.tolist(), drafts.tolist(), nxt.tolist()
+        live = (~rows.finished).tolist()
+        a_host = acc.tolist()
         proposed += k * sum(live)
         accepted += sum(a for a, lv in zip(a_host, live) if lv)
         rounds += sum(live)
-        emit([d_host[b][:a_host[b]] + [x_host[b]] for b in range(B)])
+        seq = torch.cat([drafts, nxt[:, None]], dim=1).scatter_(1, acc[:, None], nxt[:, None])  # a_b drafts, then nxt
+        all_done = rows.push_many(seq, acc + 1)
         x0 = nxt
         if heuristic:  # transformers' schedule, on the batch: longer while every live row takes every draft
             all_in = all(a == k for a, lv in zip(a_host, live) if lv)
             k = min(k + 2, k_max) if all_in else max(k - 1, 1)
     chain.raise_if_nan()
-    ctx.decode_done(t0, rounds)
+    rows.steps = rounds
+    outs = rows.outputs(None)  # (records the decode time)
     ex = ctx.stats.extra
     for key, v in (("draft_proposed", proposed), ("draft_accepted", accepted), ("verify_rows", rounds),
                    ("draft_forward_passes", rt.draft_passes)):
         ex[key] = ex.get(key, 0) + v
     rt.draft_passes = 0
-    return [Output(token_ids=o, finish_reason="eos" if o and o[-1] in eos else "length") for o in outs]
+    return outs
 
 
 def k_cap(k: int) -> int:
@@ -303,9 +299,6 @@ def _validate(spec: StrategySpec) -> None:
     if s.get("num_assistant_tokens_schedule") not in ("constant", "heuristic"):
         raise ValueError("num_assistant_tokens_schedule must be constant or heuristic, got "
                          f"{s.get('num_assistant_tokens_schedule')!r}")
-    if spec.stop or spec.stopping or spec.max_time:
-        raise ValueError("stop must be empty for speculative decoding (stop strings, stopping criteria and "
-                         "max_time are not served by it yet)")
 
 
 METHODS.register("speculative", SearchMethod(name="speculative", run=speculative_batch, validate=_validate,

@@ -85,13 +85,18 @@ def check_names(names: Sequence[str]) -> tuple[str, ...]:
 class StopChecker:
     """Stop strings plus user criteria for one batch. `reasons[code]` names each finish_reason code."""
 
-    def __init__(self, tokenizer, stops: Sequence[str] = (), criteria: Sequence[str] = (), every: int = 4):
+    def __init__(self, tokenizer, stops: Sequence[str] = (), criteria: Sequence[str] = (), every: int = 4,
+                 per_step: int = 1):
+        """`every`: steps between stop-string checks (the engine's `sync_every`); `per_step`: tokens a row
+        may gain per step (speculative decoding: drafts + 1). The window of recent tokens each check
+        decodes covers every token generated since the last check plus the longest stop string."""
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
         self.tok = tokenizer
         self.stops = tuple(stops)
         self.every = every
-        self.window = (max(len(s) for s in stops) + every + 1) if stops else 0  # tokens carry >= 1 char
+        # tokens carry >= 1 char: a stop string completed since the last check ends inside the window
+        self.window = (max(len(s) for s in stops) + every * per_step + 1) if stops else 0
         self.names = check_names(criteria)
         self.criteria = [STOPPING.get(n)(tokenizer) for n in self.names]
         self.reasons = BASE_REASONS + self.names
@@ -100,10 +105,11 @@ class StopChecker:
         self.row_reasons: list[str] = []
 
     @classmethod
-    def for_spec(cls, tokenizer, spec) -> Optional["StopChecker"]:
-        """The checker a strategy spec asks for, or None when it sets no stop strings or criteria."""
+    def for_spec(cls, tokenizer, spec, every: int = 4, per_step: int = 1) -> Optional["StopChecker"]:
+        """The checker a strategy spec asks for, or None when it sets no stop strings or criteria;
+        `every`: the host-work interval (`sync_every`) its stop-string window must cover."""
         crit = tuple(getattr(spec, "stopping", ()) or ())
-        return cls(tokenizer, spec.stop, crit) if (spec.stop or crit) else None
+        return cls(tokenizer, spec.stop, crit, every=every, per_step=per_step) if (spec.stop or crit) else None
 
     def _hit(self, ids: list[int]) -> bool:
         text = self.tok.decode(ids, skip_special_tokens=False)
@@ -153,7 +159,10 @@ class StopChecker:
     def reset(self, rows: torch.Tensor, batch: int) -> None:
         """Rows `rows` start a new request (continuous batching): no criterion has fired for them."""
         if self._crit_len is None:
-            return
+            if not self.criteria:
+                return
+            self._crit_len = torch.full((batch,), _NEVER, dtype=torch.long, device=rows.device)
+            self._crit_code = torch.full((batch,), -1, dtype=torch.long, device=rows.device)
         if self._crit_len.shape[0] < batch:
             grow = batch - self._crit_len.shape[0]
             self._crit_len = torch.cat([self._crit_len, self._crit_len.new_full((grow,), _NEVER)])
