@@ -58,8 +58,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def usable(logits: Tensor, k: int) -> bool:
-    """Is a `k`-candidate path worth taking: the vocabulary must be larger than the candidates."""
-    return k + 1 < logits.shape[-1] and logits.dim() == 2
+    """Is a `k`-candidate path worth taking: the vocabulary must be larger than the candidates, and the
+    per-row fallback must not cost a device sync. On CPU, eager, the check reads one flag of a CPU tensor
+    (no device to wait for); compiled, the fallback is one `torch.cond`. An accelerator in eager mode sorts
+    (a GPU sort of [64, 49152] costs far less than a host read that stalls the queue)."""
+    if _compiling() or logits.device.type == "cpu":
+        return k + 1 < logits.shape[-1] and logits.dim() == 2
+    return False
 
 
 class Candidates:
