@@ -39,7 +39,7 @@ def test_run_with_my_strategy_and_dataset(how, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["decodebench"])  # the verb hands Hydra its own sys.argv; restored after
     calls = []
     real = runner.prepare
-    monkeypatch.setattr(runner, "prepare", lambda cfg: calls.append(1) or real(cfg))
+    monkeypatch.setattr(runner, "prepare", lambda cfg, **kw: calls.append(1) or real(cfg, **kw))
     main([*add, "strategy=my_topp", "dataset=mine", *TINY, "hydra.run.dir=out"])
     assert len(calls) == 1  # the preflight's RunPlan is the run's: the dataset is loaded and checked once
     info = json.loads((tmp_path / "out" / "run.json").read_text())
@@ -69,7 +69,7 @@ def test_sweep_with_my_grid_in_hydra_sweep_dir(tmp_path, monkeypatch, capsys):
     my_conf(tmp_path / "my_conf")
     calls = []
     real = runner.prepare
-    monkeypatch.setattr(runner, "prepare", lambda cfg: calls.append(1) or real(cfg))
+    monkeypatch.setattr(runner, "prepare", lambda cfg, **kw: calls.append(1) or real(cfg, **kw))
     code, res, err = sweep(["--config-dir", "my_conf", "strategy=my_topp", *TINY, "sweep.leaderboard=false",
                             f"hydra.sweep.dir={tmp_path / 'grid'}"], capsys)
     assert code == 0, err

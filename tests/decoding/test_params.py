@@ -25,7 +25,7 @@ BAD = [
     ({"min_new_tokens": -2}, "min_new_tokens must be an integer >= 0, got -2"),
     ({"min_tokens_to_keep": 0}, "min_tokens_to_keep must be an integer >= 1, got 0"),
     ({"do_sample": 1}, "do_sample must be True or False, got 1"),
-    ({"logit_bias": {-1: 2.0}}, "logit_bias token id must be an integer >= 0, got -1"),
+    ({"logit_bias": {-1: 2.0}}, "logit_bias: -1 is not a token id (an integer >= 0)"),
     ({"logit_bias": [(1, 2.0), (1, 3.0)]}, "logit_bias must be free of repeated token ids"),
     ({"bad_words_ids": [[1, 2], []]}, "bad_words_ids must be free of empty sequences"),
     ({"top_n_sigma": -0.5}, "top_n_sigma must be in [0, inf) (0 = off), got -0.5"),
