@@ -148,14 +148,15 @@ def _first_duplicate(vals: list) -> Any:
     return None
 
 
-def _point_cfg(cfg: DictConfig, values: dict[str, Any], seed: int) -> DictConfig:
+def point_cfg(cfg: DictConfig, values: dict[str, Any], seed: int, where: str = "sweep.grid") -> DictConfig:
+    """`cfg` with `strategy.<k> = v` for each value and the seed; a bad value is one line naming `where.k`."""
     pcfg = cfg.copy()
     for k, v in values.items():
         try:
             OmegaConf.update(pcfg, f"strategy.{k}", v, merge=False)
         except Exception as e:  # noqa: BLE001 - a type error of one value becomes one line
             msg = str(getattr(e, "msg", None) or e).splitlines()[0]
-            raise ConfigError(f"sweep.grid.{k}: {v!r} is not a value of strategy.{k} ({msg})") from None
+            raise ConfigError(f"{where}.{k}: {v!r} is not a value of strategy.{k} ({msg})") from None
     pcfg.seed = seed
     return pcfg
 
@@ -195,7 +196,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         values = dict(zip(grid, combo))
         for seed in seeds:
             name = point_name(values, seed)
-            pcfg = _point_cfg(cfg, values, seed)
+            pcfg = point_cfg(cfg, values, seed)
             try:
                 spec = validate(pcfg)
             except ConfigError as e:

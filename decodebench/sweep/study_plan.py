@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from decodebench.config import ConfigError, StrategyConfig, check_seed, conf_dir, validate
-from decodebench.sweep.plan import NOT_FINGERPRINTED, NOT_PARAMS, Plan, Point, _first_duplicate, fuse_key, point_name
+from decodebench.sweep.plan import (NOT_FINGERPRINTED, NOT_PARAMS, Plan, Point, _first_duplicate, fuse_key, point_cfg,
+                                    point_name)
 
 STUDY_JSON = "study.json"
 METHOD_KEYS = ("strategy", "settings", "grid")
@@ -192,28 +193,16 @@ def method_seed(label: str, seed: int, noise: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{label}:{seed}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def _point_cfg(mcfg: DictConfig, where: str, values: dict, seed: int) -> DictConfig:
-    pcfg = mcfg.copy()
-    for k, v in values.items():
-        try:
-            OmegaConf.update(pcfg, f"strategy.{k}", v, merge=False)
-        except Exception as e:  # noqa: BLE001 - a type error of one value becomes one line
-            msg = str(getattr(e, "msg", None) or e).splitlines()[0]
-            raise ConfigError(f"{where}.{k}: {v!r} is not a value of strategy.{k} ({msg})") from None
-    pcfg.seed = seed
-    return pcfg
-
-
 def method_points(m: Method, mcfg: DictConfig, file: str, seeds: list[int], noise: str) -> list[Point]:
     where = f"{file}: study.methods.{m.label}"
-    mcfg = _point_cfg(mcfg, f"{where}.settings", m.settings, int(mcfg.seed))
+    mcfg = point_cfg(mcfg, m.settings, int(mcfg.seed), f"{where}.settings")
     out = []
     for combo in itertools.product(*m.grid.values()):
         values = dict(zip(m.grid, combo))
         for s in seeds:
             seed = method_seed(m.label, s, noise)
             name = f"{m.label}," + point_name(values, seed)
-            pcfg = _point_cfg(mcfg, f"{where}.grid", values, seed)
+            pcfg = point_cfg(mcfg, values, seed, f"{where}.grid")
             try:
                 spec = validate(pcfg)
             except ConfigError as e:
