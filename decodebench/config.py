@@ -1,8 +1,8 @@
 """Dataclass schemas in Hydra's ConfigStore; every range check lives here (or in the spec it builds).
 
-Hydra rejects unknown keys and wrong types while composing; `validate()` turns a composed config into
-checked specs and raises ConfigError with one line that names the key and what to change, before any
-model loads.
+Hydra rejects unknown keys and wrong types while composing; decodebench/specs.py converts the composed
+config into a typed RunSpec once, and `validate()` turns its strategy into a checked StrategySpec; both raise
+ConfigError with one line that names the key and what to change, before any model loads.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from decodebench.data import DatasetConfig
 from decodebench.decoding.params import PARAMS, Param
@@ -250,23 +250,14 @@ def check_device(cfg: Any) -> None:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
 
 
-def _check_top(cfg: DictConfig) -> None:
-    check_seed("seed", cfg.seed)
-    check_device(cfg)
-    bs = cfg.batch_size
-    if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
-        raise ConfigError(f"batch_size must be an integer >= 1 or auto, got {bs!r}")
-    se = cfg.get("sync_every", 4)
-    if isinstance(se, bool) or not isinstance(se, int) or se < 1:
-        raise ConfigError(f"sync_every must be a positive integer (steps between host checks), got {se!r}")
-    check_logger(cfg.logger)
+def strategy_dict(run) -> dict:
+    """The strategy settings of a RunSpec (decodebench/specs.py) as a fresh dict."""
+    import copy
+
+    return copy.deepcopy(dict(run.strategy))
 
 
-def strategy_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg.strategy, resolve=True)  # type: ignore[return-value]
-
-
-def _check_extra(cfg: DictConfig) -> None:
+def _check_extra(strategy: dict) -> None:
     """strategy.extra.<p> must be a parameter of a registered (plugin) transform: the engine would find out
     only after the model loaded."""
     from decodebench.decoding import bindings  # noqa: F401  (registers the built-in transforms)
@@ -274,23 +265,22 @@ def _check_extra(cfg: DictConfig) -> None:
     from decodebench.registry import did_you_mean
 
     known = sorted(user_params())
-    for k in (cfg.strategy.get("extra") or {}):
+    for k in (strategy.get("extra") or {}):
         if k not in known:
             raise ConfigError(f"strategy.extra.{k}: {did_you_mean('transform parameter', str(k), known)}; register "
                               "a transform with that parameter in a plugin (plugins=[my_module])")
 
 
-def validate(cfg: DictConfig):
-    """Check everything that can be checked without a model; return the strategy spec.
-
-    Raises ConfigError (one line) on the first problem.
+def validate(run):
+    """The strategy spec of a RunSpec (decodebench/specs.py, whose conversion checked the top-level
+    settings): every check that needs no model. Raises ConfigError (one line) on the first problem.
     """
     from decodebench.decoding.strategies import build_strategy
 
-    _check_top(cfg)
-    _check_extra(cfg)
+    strategy = strategy_dict(run)
+    _check_extra(strategy)
     try:
-        return build_strategy(strategy_dict(cfg))
+        return build_strategy(strategy)
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError) as e:

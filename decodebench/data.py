@@ -76,7 +76,7 @@ class Prompt:
 
 
 def check_config(cfg: Any) -> None:
-    """Checks that need no data. Accepts a DatasetConfig or anything with its attributes (a DictConfig)."""
+    """Checks that need no data. Accepts a DatasetConfig or anything with its attributes."""
     name, path = cfg.name, cfg.path
     if name not in SOURCES:
         raise ValueError(f"dataset.name: {did_you_mean('dataset source', str(name), list(SOURCES))}")

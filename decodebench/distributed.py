@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import dataclasses
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
@@ -101,8 +102,6 @@ def generate(model, tok, reqs: list, spec, *, model_cfg, dtype: str, plugins=(),
         return engine_generate(model, tok, reqs, spec, on_batch=on_batch, progress=progress, **kw)
     import torch.distributed as dist
 
-    from omegaconf import OmegaConf
-
     n = dist.get_world_size()
     shards = shard(reqs, n)
     global _SAID_EMPTY
@@ -110,7 +109,7 @@ def generate(model, tok, reqs: list, spec, *, model_cfg, dtype: str, plugins=(),
         _SAID_EMPTY = True
         log.warning("distributed: %d of %d ranks have no prompts to generate (world size %d, %d requests)",
                     sum(not s for s in shards), n, n, len(reqs))
-    mcfg = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
+    mcfg = dataclasses.asdict(model_cfg) if not isinstance(model_cfg, dict) else model_cfg
     job = dict(reqs=reqs, shards=shards, spec=spec, kw=kw, model=mcfg, dtype=dtype, plugins=list(plugins))
     dist.broadcast_object_list([("generate", job)], src=0)
     mine = _run_shard(model, tok, reqs, shards[0], spec, kw, progress)

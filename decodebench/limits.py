@@ -178,23 +178,24 @@ def check_kv_memory(rows: int, width: int, shape: Optional[Shape], dtype: str, d
     return need
 
 
-def check(cfg, mcfg, ids: dict[str, list[int]], max_new_tokens: int, rows: Optional[int], device: str,
+def check(run, mcfg, ids: dict[str, list[int]], max_new_tokens: int, rows: Optional[int], device: str,
           dtype: str, specs: tuple = (), per_prompt: int = 1) -> dict[str, list[int]]:
     """All model-dependent checks of one run or sweep; returns the prompt ids to feed (maybe cut).
     `rows`: KV cache rows of a running batch; None (batch_size=auto) leaves the memory to the engine.
     `specs`: the strategy specs to run (their token ids and top_k against the vocabulary); `per_prompt`:
-    output rows a prompt makes (num_return_sequences, times a sweep's points)."""
+    output rows a prompt makes (num_return_sequences, times a sweep's points). `run`: the RunSpec
+    (decodebench/specs.py) whose dataset, batch size and strategy these are."""
     shape = model_shape(mcfg)
     check_vocab([s.params for s in specs], shape, str(mcfg.name_or_path))
-    ids = fit_prompts(ids, max_new_tokens, shape, str(mcfg.name_or_path), cfg.dataset.get("truncate"))
+    ids = fit_prompts(ids, max_new_tokens, shape, str(mcfg.name_or_path), run.dataset.truncate)
     width = max((len(t) for t in ids.values()), default=0) + max_new_tokens
     check_rows_memory(len(ids), per_prompt, width)
     if rows is not None:
-        if str(cfg.batch_size) == "auto":  # rows is one prompt's beams; the engine's auto batch holds up to
+        if str(run.batch_size) == "auto":  # rows is one prompt's beams; the engine's auto batch holds up to
             from decodebench.decoding.engine import CPU_AUTO_BATCH, CUDA_AUTO_CAP  # its cap of prompts
 
             rows *= min(len(ids), CUDA_AUTO_CAP if device.startswith("cuda") else CPU_AUTO_BATCH)
-        beams = max([int(cfg.strategy.get("num_beams") or 1)] + [int(s.search.get("num_beams") or 1) for s in specs])
+        beams = max([int(run.strategy.get("num_beams") or 1)] + [int(s.search.get("num_beams") or 1) for s in specs])
         check_kv_memory(rows, width, shape, dtype, device, beams=beams)
     return ids
 

@@ -1,4 +1,4 @@
-"""One run: validated config -> prompts -> engine -> records on disk -> scorers -> metrics -> sinks.
+"""One run: validated specs (decodebench/specs.py) -> prompts -> engine -> records on disk -> scorers -> metrics -> sinks.
 
 Everything that can be checked is checked before the model loads. Results are written as they are made:
 generations batch by batch, then metrics.json last (its presence marks a complete run).
@@ -6,6 +6,7 @@ generations batch by batch, then metrics.json last (its presence marks a complet
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -15,8 +16,6 @@ from pathlib import Path
 from dataclasses import dataclass, replace
 from dataclasses import replace as dc_replace
 from typing import Any, Optional
-
-from omegaconf import DictConfig, OmegaConf
 
 from decodebench import data, distributed, models, preemption, results, resume
 from decodebench.api_models.settings import is_api
@@ -32,6 +31,7 @@ from decodebench.run_state import (  # noqa: F401  (re-exported: the run's model
 )
 from decodebench.run_state import get_model as _load_model
 from decodebench.run_metrics import run_metrics  # noqa: F401  (re-exported)
+from decodebench.specs import RunSpec
 
 log = logging.getLogger("decodebench")
 
@@ -40,43 +40,43 @@ def get_model(mcfg: models.ModelConfig, device: str, dtype: str):
     return _load_model(mcfg, device, dtype)
 
 
-def rows_per_forward(cfg: DictConfig, points: int = 1, num_beams: int = 1) -> Optional[int]:
+def rows_per_forward(run: RunSpec, points: int = 1, num_beams: int = 1) -> Optional[int]:
     """KV cache rows a running batch may hold (for batch_size=auto: None, the engine sizes it to fit, except
     for beams: one prompt's beams, the smallest batch the engine can run)."""
-    beams = max(int(cfg.strategy.num_beams), num_beams, 1)
-    if str(cfg.batch_size) == "auto":
+    beams = max(int(run.strategy.get("num_beams") or 1), num_beams, 1)
+    if str(run.batch_size) == "auto":
         return points * beams if beams > 1 else None
-    return int(cfg.batch_size) * points * beams
+    return int(run.batch_size) * points * beams
 
 
-def checked_prompts(cfg: DictConfig, prep: dict, rows: Optional[int], max_new_tokens: int, specs: tuple = ()):
+def checked_prompts(run: RunSpec, prep: dict, rows: Optional[int], max_new_tokens: int, specs: tuple = ()):
     """Prompts and their token ids, checked against the model's config (positions, vocabulary, memory) before
     its weights load: (prompts, ids, tokenizer). `rows`: KV cache rows of a running batch (None: not
     checked); `specs`: the strategies to run (default: the run's)."""
     from decodebench import limits
 
-    tok = get_tokenizer(cfg.model, prep["device"], prep["dtype"])
-    prompts = load_prompts(cfg, prep, tok)
-    ids = encode_prompts(prompts, tok, bool(cfg.dataset.chat_template))
+    tok = get_tokenizer(run.model, prep["device"], prep["dtype"])
+    prompts = load_prompts(run, prep, tok)
+    ids = encode_prompts(prompts, tok, bool(run.dataset.chat_template))
     specs = tuple(specs) or (prep["spec"],)
-    ids = limits.check(cfg, cfg.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"], specs,
+    ids = limits.check(run, run.model, ids, max_new_tokens, rows, prep["device"], prep["dtype"], specs,
                        sum(s.num_return_sequences for s in specs))
-    check_negatives(cfg, prep["spec"], prompts, tok, ids, max_new_tokens)
+    check_negatives(run, prep["spec"], prompts, tok, ids, max_new_tokens)
     return prompts, ids, tok
 
 
-def check_negatives(cfg: DictConfig, spec, prompts, tok, ids: dict, max_new_tokens: int) -> None:
+def check_negatives(run: RunSpec, spec, prompts, tok, ids: dict, max_new_tokens: int) -> None:
     """With a guidance scale, every negative prompt has tokens and leaves room for max_new_tokens in the
     model's positions (it is never cut: dataset.truncate cuts prompts only)."""
     from decodebench import limits
 
     if spec.params.guidance_scale in (None, 1.0):
         return
-    key = "dataset.negative_prompt_column" if cfg.dataset.get("negative_prompt_column") else "strategy.negative_prompt"
-    shape = limits.model_shape(cfg.model)
+    key = "dataset.negative_prompt_column" if run.dataset.negative_prompt_column else "strategy.negative_prompt"
+    shape = limits.model_shape(run.model)
     room = shape.max_positions - max_new_tokens if shape and shape.max_positions else None
-    reqs = build_requests(prompts, tok, replace(spec, num_return_sequences=1), 0, bool(cfg.dataset.chat_template),
-                          ids, cfg.dataset.get("system_prompt"))
+    reqs = build_requests(prompts, tok, replace(spec, num_return_sequences=1), 0, bool(run.dataset.chat_template),
+                          ids, run.dataset.system_prompt)
     for r in reqs:
         n = r.negative_prompt_ids
         if n is not None and not n:
@@ -110,7 +110,7 @@ class RunPlan:
         return getattr(self, name, default)
 
 
-def prepare(cfg: DictConfig, sweep: bool = False) -> RunPlan:
+def prepare(run: RunSpec, sweep: bool = False) -> RunPlan:
     """All checks that need no model: the strategy, telemetry fields, dataset, scorers, model source.
     `sweep`: for a sweep's base settings (its points may set min_new_tokens above max_new_tokens to get
     full-length rows)."""
@@ -118,60 +118,60 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> RunPlan:
     from decodebench.scorers import resolve_scorers
 
     try:
-        load_plugins(cfg.get("plugins") or ())
+        load_plugins(run.plugins)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    spec = validate(cfg)
+    spec = validate(run)
     if not sweep:
         check_min_new_tokens(spec)
     try:
-        record = check_fields(cfg.record)
+        record = check_fields(list(run.record))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if record and not METHODS.get(spec.method).supports_record:
         raise ConfigError(f"record: strategy method {spec.method!r} has no per-step telemetry; "
                           "set record=[] or choose a sampling strategy")
-    if spec.params.negative_prompt is not None and cfg.dataset.get("negative_prompt_column") is not None:
+    if spec.params.negative_prompt is not None and run.dataset.negative_prompt_column is not None:
         raise ConfigError("strategy.negative_prompt: set either it or dataset.negative_prompt_column (one negative "
                           "prompt per row), not both")
     try:
-        table = data.load_table(cfg.dataset)
-        skipped = data.empty_rows(table, cfg.dataset) if cfg.dataset.prefix_tokens is None else []
+        table = data.load_table(run.dataset)
+        skipped = data.empty_rows(table, run.dataset) if run.dataset.prefix_tokens is None else []
     except ValueError as e:
         raise ConfigError(str(e) if isinstance(e, SettingError) else prefix_key("dataset", str(e))) from None
     try:
-        plan = resolve_scorers(OmegaConf.to_container(cfg.scorers, resolve=True))
+        plan = resolve_scorers(copy.deepcopy(dict(run.scorers)))
     except ValueError as e:
         raise ConfigError(prefix_key("scorers", str(e))) from None
-    if is_api(cfg.model):  # an endpoint instead of weights (decodebench/api_models/)
+    if is_api(run.model):  # an endpoint instead of weights (decodebench/api_models/)
         from decodebench.api_models.run import prepare_api
 
-        return prepare_api(cfg, RunPlan(spec=spec, record=record, table=table, plan=plan, device="cpu",
+        return prepare_api(run, RunPlan(spec=spec, record=record, table=table, plan=plan, device="cpu",
                                         dtype="float32", empty_skipped=len(skipped)))
     try:
-        models.resolve_source(cfg.model)
+        models.resolve_source(run.model)
         check_scoring_models(plan)  # scorers.<name>.model=...: checked now, loaded after generation
-        device = distributed.rank_device(models.pick_device(str(cfg.device)))
-        models.check_load_options(cfg.model, device)
-        if cfg.get("compile", False):
+        device = distributed.rank_device(models.pick_device(run.device))
+        models.check_load_options(run.model, device)
+        if run.compile:
             from decodebench.decoding.compiled import check_compile
 
             check_compile(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return RunPlan(spec=spec, record=record, table=table, plan=plan, device=device,
-                   dtype=models.pick_dtype(str(cfg.dtype), device), task=check_task(cfg, spec),
+                   dtype=models.pick_dtype(run.dtype, device), task=check_task(run, spec),
                    empty_skipped=len(skipped))
 
 
-def check_task(cfg: DictConfig, spec):
+def check_task(run: RunSpec, spec):
     """The `task` group's checks (decodebench/tasks/config.py); None without a task."""
-    if cfg.get("task") is None:
+    if run.task is None:
         return None  # lm-eval is imported only when a task is used
     from decodebench.tasks.config import check_task as check
 
     try:
-        return check(cfg, spec)
+        return check(run.task, spec)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -209,10 +209,10 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def load_prompts(cfg: DictConfig, prep: RunPlan, tok) -> list:
+def load_prompts(run: RunSpec, prep: RunPlan, tok) -> list:
     """The dataset's prompt records (ConfigError when none are left)."""
     try:
-        prompts = data.to_prompts(prep.table, cfg.dataset, tok)
+        prompts = data.to_prompts(prep.table, run.dataset, tok)
     except ValueError as e:
         raise ConfigError(prefix_key("dataset", str(e))) from None
     if not prompts:
@@ -220,31 +220,30 @@ def load_prompts(cfg: DictConfig, prep: RunPlan, tok) -> list:
     return prompts
 
 
-def run_info(cfg: DictConfig, prep: RunPlan, spec, prompts: list, num_rows: int, batch_size: int) -> dict:
+def run_info(run: RunSpec, prep: RunPlan, spec, prompts: list, num_rows: int, batch_size: int) -> dict:
     """The body of run.json (the applied transform chain is added when generation is done)."""
     return {
-        "strategy": spec.describe(), "model": cfg.model.name_or_path, "device": prep.device,
-        "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(batch_size),
-        "batch_size_setting": str(cfg.batch_size), "num_prompts": len(prompts), "num_rows": num_rows,
-        "empty_prompts_skipped": prep.get("empty_skipped", 0), "engine": engine_options(cfg),
+        "strategy": spec.describe(), "model": run.model.name_or_path, "device": prep.device,
+        "dtype": prep.dtype, "seed": run.seed, "batch_size": int(batch_size),
+        "batch_size_setting": str(run.batch_size), "num_prompts": len(prompts), "num_rows": num_rows,
+        "empty_prompts_skipped": prep.get("empty_skipped", 0), "engine": engine_options(run),
     }
 
 
-def engine_options(cfg: DictConfig) -> dict:
+def engine_options(run: RunSpec) -> dict:
     """The engine's settings from the top-level config (none of them changes a generated token)."""
-    return {"continuous": bool(cfg.get("continuous", True)), "sync_every": int(cfg.get("sync_every", 4)),
-            "compile": bool(cfg.get("compile", False))}
+    return {"continuous": run.continuous, "sync_every": run.sync_every, "compile": run.compile}
 
 
-def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> int:
+def batch_size_for(run: RunSpec, model, reqs: list, spec, scale: int = 1) -> int:
     """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine.py), times
     `scale` (fused sweep points); a batch whose KV state cannot fit is a ConfigError naming the bytes."""
     from decodebench.decoding import engine
 
-    cont = bool(cfg.get("continuous", True))
-    if str(cfg.batch_size) == "auto":
+    cont = run.continuous
+    if str(run.batch_size) == "auto":
         return engine.auto_batch_size(model, reqs, spec, cont)
-    bs = int(cfg.batch_size) * scale
+    bs = int(run.batch_size) * scale
     try:
         engine.check_kv_fits(model, bs, reqs, spec, cont)
     except ValueError as e:
@@ -264,7 +263,7 @@ def make_record(req: Request, prompt, out, tok, gen_lp: Optional[GenLogprobs] = 
         extra=dict(out.extra))
 
 
-def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, writer, prompts: list,
+def finish_run(run: RunSpec, run_dir: Path, prep: dict, info: dict, stats, writer, prompts: list,
                model, tok, t_start: float) -> dict:
     """Close generations.jsonl, record the applied chain, score, and write metrics.json last."""
     order = {p.id: k for k, p in enumerate(prompts)}
@@ -281,12 +280,12 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
     try:
         scoring = scoring_models(prep["plan"].scoring_models(), prep["device"], prep["dtype"])
         metrics.update(prep["plan"].score(records, model=model, tokenizer=tok, device=prep["device"],
-                                          seed=int(cfg.seed), progress=bool(cfg.progress), models=scoring))
+                                          seed=run.seed, progress=run.progress, models=scoring))
         if prep.get("task") is not None:  # an lm-eval task's metrics join the run's (decodebench/tasks/run.py)
             from decodebench.tasks.run import evaluate_task
 
-            metrics.update(evaluate_task(cfg, prep, model, tok, run_dir))
-        metrics.update(score_selected(cfg, run_dir, prep, records, model, tok, scoring))
+            metrics.update(evaluate_task(run, prep, model, tok, run_dir))
+        metrics.update(score_selected(run, run_dir, prep, records, model, tok, scoring))
     except BaseException:
         results.write_json_atomic(run_dir / "metrics.partial.json", metrics)  # keep what was measured
         raise
@@ -298,7 +297,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, prep: dict, info: dict, stats, wr
             "strategy": info["strategy"]["name"]}
 
 
-def score_selected(cfg: DictConfig, run_dir: Path, prep: dict, records: list, model, tok, scoring) -> dict:
+def score_selected(run: RunSpec, run_dir: Path, prep: dict, records: list, model, tok, scoring) -> dict:
     """With `strategy.selector`: selected.jsonl (one record per prompt) and its metrics as selected_<m>."""
     search = prep["spec"].search
     if search.get("selector") is None:
@@ -310,8 +309,8 @@ def score_selected(cfg: DictConfig, run_dir: Path, prep: dict, records: list, mo
     writer = results.GenerationsWriter(run_dir, name="selected.jsonl")
     writer.write(chosen)
     writer.close()
-    m = prep["plan"].score(chosen, model=model, tokenizer=tok, device=prep["device"], seed=int(cfg.seed),
-                           progress=bool(cfg.progress), models=scoring)
+    m = prep["plan"].score(chosen, model=model, tokenizer=tok, device=prep["device"], seed=run.seed,
+                           progress=run.progress, models=scoring)
     return {PREFIX + k: v for k, v in m.items()}
 
 
@@ -325,37 +324,37 @@ def check_with_model(spec, model) -> None:
             raise ConfigError(f"strategy.{e}") from None
 
 
-def execute(cfg: DictConfig, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
+def execute(run: RunSpec, run_dir: str | os.PathLike, prep: Optional[dict] = None) -> dict:
     """Run one configuration into `run_dir`; returns {"run_dir", "metrics", ...}."""
-    if is_api(cfg.model):
+    if is_api(run.model):
         from decodebench.api_models.run import execute as execute_api
 
-        return execute_api(cfg, run_dir, prep or prepare(cfg))
+        return execute_api(run, run_dir, prep or prepare(run))
     t_start = time.perf_counter()
-    prep = prep or prepare(cfg)
+    prep = prep or prepare(run)
     prep = dc_replace(prep, memory=MemoryMark(prep.device))
     prep = dc_replace(prep, gen_lp=gen_logprobs_for(prep))
     spec = prep["spec"]
     run_dir = Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):  # one writer per directory
-        prompts, ids, _ = checked_prompts(cfg, prep, rows_per_forward(cfg), spec.max_new_tokens)
-        resume.check_same_run(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        prompts, ids, _ = checked_prompts(run, prep, rows_per_forward(run), spec.max_new_tokens)
+        resume.check_same_run(run_dir, run.settings())
         preemption.note_resume("hydra.run.dir", str(run_dir))
-        results.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        results.write_text(run_dir / "config.yaml", run.to_yaml())
         results.note_kept(f"{run_dir} holds only config.yaml; nothing was generated yet")
-        model, tok = get_model(cfg.model, prep["device"], prep["dtype"])
-        return _generate_and_finish(cfg, run_dir, prep, prompts, ids, model, tok, t_start)
+        model, tok = get_model(run.model, prep["device"], prep["dtype"])
+        return _generate_and_finish(run, run_dir, prep, prompts, ids, model, tok, t_start)
 
 
-def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, tok, t_start: float) -> dict:
+def _generate_and_finish(run: RunSpec, run_dir: Path, prep: dict, prompts, ids, model, tok, t_start: float) -> dict:
     spec = prep["spec"]
     check_with_model(spec, model)  # limits a method reads from the model (layers, a second model's vocabulary)
-    reqs = build_requests(prompts, tok, spec, int(cfg.seed), bool(cfg.dataset.chat_template), ids,
-                          cfg.dataset.system_prompt)
+    reqs = build_requests(prompts, tok, spec, run.seed, bool(run.dataset.chat_template), ids,
+                          run.dataset.system_prompt)
     by_id = {p.id: p for p in prompts}
     keep, todo = resume.split_done(run_dir, reqs)  # a run started again in its directory: the missing rows
-    bs = batch_size_for(cfg, model, todo or reqs, spec)
-    info = run_info(cfg, prep, spec, prompts, len(reqs), bs)
+    bs = batch_size_for(run, model, todo or reqs, spec)
+    info = run_info(run, prep, spec, prompts, len(reqs), bs)
     info["resumed_rows"] = len(keep)
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
 
@@ -367,13 +366,13 @@ def _generate_and_finish(cfg, run_dir: Path, prep: dict, prompts, ids, model, to
                       for i, o in zip(idx, outs)])
 
     stats = BatchStats()
-    with _progress(len(todo), bool(cfg.progress), f"{spec.name}") as bar:
+    with _progress(len(todo), run.progress, f"{spec.name}") as bar:
         if todo:
-            _, stats = distributed.generate(model, tok, todo, spec, model_cfg=cfg.model, dtype=prep["dtype"],
-                                            plugins=cfg.get("plugins") or (), batch_size=bs,
+            _, stats = distributed.generate(model, tok, todo, spec, model_cfg=run.model, dtype=prep["dtype"],
+                                            plugins=run.plugins, batch_size=bs,
                                             record=record_fields(prep), progress=bar, on_batch=on_batch,
-                                            **engine_options(cfg))
-    return finish_run(cfg, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
+                                            **engine_options(run))
+    return finish_run(run, run_dir, prep, info, stats, writer, prompts, model, tok, t_start)
 
 
 def machine_line(res: dict) -> str:

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from decodebench import results
 from decodebench.api_models import client as C
@@ -37,9 +36,9 @@ def _model_scorers(plan):
     return [(s, o) for s, o in plan.entries if "model" in s.needs_for(o) and not o.get("model")]
 
 
-def check_api_run(cfg, prep) -> None:
-    """Everything an API run can check before its first request: ConfigError with one line."""
-    m, spec = cfg.model, prep.spec
+def check_api_run(run, prep) -> None:
+    """Everything an API run (a RunSpec) can check before its first request: ConfigError with one line."""
+    m, spec = run.model, prep.spec
     try:
         check_settings(m)
     except ValueError as e:
@@ -51,14 +50,14 @@ def check_api_run(cfg, prep) -> None:
     lines = refused(spec, m.server)
     if lines:
         raise ConfigError(lines[0])
-    if cfg.get("task") is not None:
+    if run.task is not None:
         raise ConfigError("task: lm-eval tasks score log-likelihoods under a local model; drop task for model=api")
-    if cfg.dataset.chat_template or cfg.dataset.prefix_tokens is not None:
-        key = "chat_template" if cfg.dataset.chat_template else "prefix_tokens"
+    if run.dataset.chat_template or run.dataset.prefix_tokens is not None:
+        key = "chat_template" if run.dataset.chat_template else "prefix_tokens"
         raise ConfigError(f"dataset.{key}: needs a local tokenizer; with model=api set dataset.{key}="
                           f"{'false' if key == 'chat_template' else 'null'} (model.endpoint=chat applies the "
                           "server's own chat template)")
-    if m.endpoint == "completions" and cfg.dataset.system_prompt:
+    if m.endpoint == "completions" and run.dataset.system_prompt:
         raise ConfigError("dataset.system_prompt: the completions endpoint has no system message; "
                           "set model.endpoint=chat, or drop it")
     for f in prep.record:
@@ -79,16 +78,16 @@ def check_api_run(cfg, prep) -> None:
                           "or strategy.reward=<name>")
 
 
-def prepare_api(cfg, prep):
+def prepare_api(run, prep):
     """runner.prepare's plan for model=api: its device is for local scoring models only."""
     from decodebench import models
 
-    check_api_run(cfg, prep)
+    check_api_run(run, prep)
     try:
-        device = models.pick_device(str(cfg.device))
+        device = models.pick_device(run.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return replace(prep, device=device, dtype=models.pick_dtype(str(cfg.dtype), device))
+    return replace(prep, device=device, dtype=models.pick_dtype(run.dtype, device))
 
 
 def _saved_line(store: ResponseStore, jobs, run_dir: Path) -> str:
@@ -127,7 +126,7 @@ async def _fetch_all(items: list, m, bar) -> None:
     fan out into the same pool of concurrent requests."""
     client = C.make_client(m.base_url, api_key(m), float(m.timeout))
     sem = asyncio.Semaphore(int(m.concurrency))
-    limit = C.RateLimit(m.get("requests_per_minute"), m.get("tokens_per_minute"))
+    limit = C.RateLimit(getattr(m, "requests_per_minute", None), getattr(m, "tokens_per_minute", None))
     backoff = C.Backoff(float(m.retry_base_s), float(m.retry_max_s), random.Random())
     t0, sent = time.perf_counter(), {"requests": 0}
     failed: list = []  # after a fatal error no request starts (no storm of refused requests)
@@ -157,19 +156,19 @@ async def _fetch_all(items: list, m, bar) -> None:
         await client.close()
 
 
-def request_missing(cfg, targets: list) -> None:
+def request_missing(run, targets: list) -> None:
     """Send every target's jobs whose responses are not on disk; ApiRunError (one line) when the endpoint
     fails, naming what each directory has saved."""
     from tqdm.auto import tqdm
 
-    m = cfg.model
+    m = run.model
     items = [(t, j) for t in targets for j in t.todo()]
     for t in targets:
         todo = t.todo()
         t.counts.update(requests=0, retries=0, cached=len(t.jobs) - len(todo), sent=len(todo), wall_s=0.0)
     t0 = time.perf_counter()
-    with tqdm(total=sum(len(j.samples) for _, j in items), desc=f"{cfg.strategy.name} @ {m.name}", unit="seq",
-              disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=sum(len(j.samples) for _, j in items), desc=f"{run.strategy['name']} @ {m.name}", unit="seq",
+              disable=not run.progress, file=sys.stderr, dynamic_ncols=True) as bar:
         try:
             asyncio.run(_fetch_all(items, m, bar))
         except (C.ApiFailure, *C.RETRYABLE) as e:
@@ -181,46 +180,46 @@ def request_missing(cfg, targets: list) -> None:
                                      for owner, j in items if owner is t)
 
 
-def start(cfg, run_dir: Path, prep, prompts) -> tuple[Target, dict]:
+def start(run, run_dir: Path, prep, prompts) -> tuple[Target, dict]:
     """A run directory's config.yaml, run.json and requests, its response file opened."""
     spec = prep.spec
     run_dir.mkdir(parents=True, exist_ok=True)
-    results.write_text(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    jobs = build_jobs(cfg.model, spec, prompts, int(cfg.seed), cfg.dataset.system_prompt)
-    info = {"strategy": spec.describe(), "model": f"api:{cfg.model.name}", "device": prep.device,
-            "dtype": prep.dtype, "seed": int(cfg.seed), "batch_size": int(cfg.model.concurrency),
+    results.write_text(run_dir / results.CONFIG, run.to_yaml())
+    jobs = build_jobs(run.model, spec, prompts, run.seed, run.dataset.system_prompt)
+    info = {"strategy": spec.describe(), "model": f"api:{run.model.name}", "device": prep.device,
+            "dtype": prep.dtype, "seed": run.seed, "batch_size": int(run.model.concurrency),
             "batch_size_setting": "model.concurrency", "num_prompts": len(prompts),
             "num_rows": sum(len(j.samples) for j in jobs), "empty_prompts_skipped": prep.empty_skipped,
-            "api": api_info(cfg.model)}
+            "api": api_info(run.model)}
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     return Target(run_dir, jobs, ResponseStore(run_dir)), info
 
 
-def execute(cfg, run_dir, prep) -> dict:
+def execute(run, run_dir, prep) -> dict:
     """runner.execute for model=api: {"run_dir", "metrics", "num_records", "strategy"}."""
     from decodebench.dirlock import DirLock
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     with DirLock(run_dir, "hydra.run.dir"):
-        prompts = load_prompts(cfg, prep)
-        target, info = start(cfg, run_dir, prep, prompts)
+        prompts = load_prompts(run, prep)
+        target, info = start(run, run_dir, prep, prompts)
         try:
             results.note_kept(f"every finished response is in {run_dir / RESPONSES}; rerun with the same "
                               "hydra.run.dir to request only the rest")
-            request_missing(cfg, [target])
+            request_missing(run, [target])
         finally:
             target.store.close()
-        return finish(cfg, run_dir, prep, info, target.jobs, target.store, prompts, target.counts, t_start)
+        return finish(run, run_dir, prep, info, target.jobs, target.store, prompts, target.counts, t_start)
 
 
-def load_prompts(cfg, prep) -> list:
+def load_prompts(run, prep) -> list:
     """The dataset's prompts as the server will get them (no local tokenizer: no chat template here)."""
     from decodebench import data
     from decodebench.config import prefix_key
 
     try:
-        prompts = data.to_prompts(prep.table, cfg.dataset, None)
+        prompts = data.to_prompts(prep.table, run.dataset, None)
     except ValueError as e:
         raise ConfigError(prefix_key("dataset", str(e))) from None
     if not prompts:
@@ -233,9 +232,9 @@ def api_info(m) -> dict:
             "stream": bool(m.stream), "logprobs_kind": LOGPROBS_KIND[m.server] if m.logprobs else None}
 
 
-def finish(cfg, run_dir: Path, prep, info: dict, jobs, store, prompts, counts: dict, t_start: float) -> dict:
+def finish(run, run_dir: Path, prep, info: dict, jobs, store, prompts, counts: dict, t_start: float) -> dict:
     by_id = {p.id: p for p in prompts}
-    records = [r for j in jobs for r in make_records(j, store.get(j.key), by_id[j.prompt_id], prep.spec, cfg.model,
+    records = [r for j in jobs for r in make_records(j, store.get(j.key), by_id[j.prompt_id], prep.spec, run.model,
                                                        tuple(prep.record))]
     writer = results.GenerationsWriter(run_dir)
     writer.write(records)
@@ -244,7 +243,7 @@ def finish(cfg, run_dir: Path, prep, info: dict, jobs, store, prompts, counts: d
     info["strategy"]["chain"] = []  # the server applied its own chain
     results.write_json_atomic(run_dir / results.RUN_INFO, info)
     metrics = api_metrics([store.get(j.key) for j in jobs], counts)
-    metrics.update(score(cfg, prep, run_dir, results.read_generations(run_dir)))
+    metrics.update(score(run, prep, run_dir, results.read_generations(run_dir)))
     metrics["wall_time_s"] = time.perf_counter() - t_start
     (run_dir / "error.json").unlink(missing_ok=True)
     results.write_json_atomic(run_dir / results.METRICS, metrics)
@@ -256,7 +255,7 @@ def spec_name(prep) -> str:
     return prep.spec.name
 
 
-def score(cfg, prep, run_dir: Path, records: list) -> dict:
+def score(run, prep, run_dir: Path, records: list) -> dict:
     """The scorers: perplexity from the server's log-probs, the rest as for local runs (their own local
     scoring models where `scorers.<name>.model` names one)."""
     from decodebench.run_state import scoring_models
@@ -266,10 +265,10 @@ def score(cfg, prep, run_dir: Path, records: list) -> dict:
     plan = ScorerPlan(entries=tuple(e for e in prep.plan.entries if e not in own), bootstrap=prep.plan.bootstrap)
     out = {}
     if own:
-        out.update(perplexity_from_logprobs(records, cfg.model.base_url))
+        out.update(perplexity_from_logprobs(records, run.model.base_url))
     models = scoring_models(plan.scoring_models(), prep.device, prep.dtype)
-    out.update(plan.score(records, model=None, tokenizer=None, device=prep.device, seed=int(cfg.seed),
-                          progress=bool(cfg.progress), models=models))
+    out.update(plan.score(records, model=None, tokenizer=None, device=prep.device, seed=run.seed,
+                          progress=run.progress, models=models))
     if prep.spec.search.get("selector") is not None:
         from decodebench.api_models.metrics import select
 
@@ -279,7 +278,7 @@ def score(cfg, prep, run_dir: Path, records: list) -> dict:
         writer.close()
         from decodebench.selectors import PREFIX
 
-        m = plan.score(chosen, model=None, tokenizer=None, device=prep.device, seed=int(cfg.seed),
-                       progress=bool(cfg.progress), models=models)
+        m = plan.score(chosen, model=None, tokenizer=None, device=prep.device, seed=run.seed,
+                       progress=run.progress, models=models)
         out.update({PREFIX + k: v for k, v in m.items()})
     return out

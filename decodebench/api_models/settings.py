@@ -53,7 +53,7 @@ def is_api(mcfg) -> bool:
 
 
 def has_n(m) -> bool:
-    return bool(m.use_n) if m.get("use_n") is not None else m.server != "generic"
+    return bool(m.use_n) if getattr(m, "use_n", None) is not None else m.server != "generic"
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -61,23 +61,23 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def check_settings(m) -> None:
     """One-line ValueError naming the `model.` key; nothing here talks to the server."""
-    url = m.get("base_url")
+    url = getattr(m, "base_url", None)
     parsed = urlparse(str(url or ""))
     if not url or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"model.base_url must be an http(s) URL such as http://127.0.0.1:8080/v1, got {url!r}")
-    if not m.get("name"):
+    if not getattr(m, "name", None):
         raise ValueError("model.name is missing: the served model's name (the server's /v1/models lists them)")
     if m.server not in SERVERS:
         raise ValueError(f"model.server must be one of {', '.join(SERVERS)}, got {m.server!r}")
     if m.endpoint not in ENDPOINTS:
         raise ValueError(f"model.endpoint must be chat or completions, got {m.endpoint!r}")
     for key in ("concurrency",):
-        if isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < 1:
-            raise ValueError(f"model.{key} must be an integer >= 1, got {m[key]!r}")
+        if isinstance(getattr(m, key), bool) or not isinstance(getattr(m, key), int) or getattr(m, key) < 1:
+            raise ValueError(f"model.{key} must be an integer >= 1, got {getattr(m, key)!r}")
     if isinstance(m.max_retries, bool) or not isinstance(m.max_retries, int) or m.max_retries < 0:
         raise ValueError(f"model.max_retries must be an integer >= 0, got {m.max_retries!r}")
     for key in ("timeout", "retry_base_s", "retry_max_s", "requests_per_minute", "tokens_per_minute"):
-        v = m.get(key)
+        v = getattr(m, key, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
             raise ValueError(f"model.{key} must be a number > 0{' or null' if 'minute' in key else ''}, got {v!r}")
     top = m.top_logprobs
@@ -87,7 +87,7 @@ def check_settings(m) -> None:
 
 
 def check_key_env(m) -> None:
-    env = m.get("api_key_env")
+    env = getattr(m, "api_key_env", None)
     if env is None:
         return
     if not _ENV_NAME.match(str(env)):
@@ -100,5 +100,5 @@ def check_key_env(m) -> None:
 
 def api_key(m) -> str:
     """The key from the environment; servers without one still need a non-empty string for the client."""
-    env = m.get("api_key_env")
+    env = getattr(m, "api_key_env", None)
     return os.environ[env] if env else "no-key"

@@ -10,11 +10,12 @@ from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from decodebench import results, runner, wandb_sink
 from decodebench.cli import preflight, summary
 from decodebench.config import ConfigError, conf_dir, register_configs
+from decodebench.specs import to_specs
 
 register_configs()
 
@@ -27,9 +28,9 @@ def default_run_dir(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig, run_dir: Optional[str] = None) -> dict:
     """Run one configuration; returns {"run_dir", "metrics", ...}. Raises ConfigError on bad input."""
-    res = runner.execute(cfg, run_dir or default_run_dir(cfg), preflight.prepared_for(cfg))
-    logger = OmegaConf.to_container(cfg.logger, resolve=True)
-    res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]))
+    spec = to_specs(cfg)  # the one conversion: nothing after this reads the Hydra config
+    res = runner.execute(spec, run_dir or default_run_dir(cfg), preflight.prepared_for(cfg))
+    res["wandb_dir"] = wandb_sink.log_run(spec.logger_settings(), results.read_run(res["run_dir"]))
     return res
 
 

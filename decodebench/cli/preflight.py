@@ -167,8 +167,10 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def prepare_checked(args: list[str], config_name: str = "config", prepare=None):
-    """(cfg, prepare(cfg), None) or (None, None, one-line error). `prepare(cfg)` runs the checks that need
-    no model; what it returns (a run's or a sweep's plan) is handed on, so it is made once."""
+    """(cfg, prepare(spec), None) or (None, None, one-line error). A run's config becomes its RunSpec
+    (decodebench/specs.py) here; `prepare(spec)` runs the checks that need no model, and what it returns
+    (a run's or a sweep's plan) is handed on, so it is made once. Another config (the score verb's) is
+    handed to `prepare` as composed."""
     overrides, multirun = _flag_free(args)
     overrides = add_grid_keys(overrides)
     dirs = user_dirs(args)
@@ -187,7 +189,7 @@ def prepare_checked(args: list[str], config_name: str = "config", prepare=None):
     try:
         for ov in _variants(overrides, multirun):
             cfg = _compose(ov, config_name)
-            prepared = prepare(cfg)
+            prepared = prepare(_spec(cfg) if config_name == "config" else cfg)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
         from decodebench.config import ConfigError
 
@@ -196,6 +198,12 @@ def prepare_checked(args: list[str], config_name: str = "config", prepare=None):
     if err := output_dirs_error(args, multirun):
         return None, None, err
     return cfg, prepared, None
+
+
+def _spec(cfg):
+    from decodebench.specs import to_specs
+
+    return to_specs(cfg)
 
 
 def output_dirs_error(args: list[str], multirun: bool) -> Optional[str]:

@@ -67,8 +67,9 @@ def study_path(argv: list[str]) -> str:
 
 
 def planner(argv: list[str]):
-    """`prepare(cfg) -> (RunPlan, StudyPlan)` for the preflight: a method's config is the command line
+    """`prepare(spec) -> (RunPlan, StudyPlan)` for the preflight: a method's spec is the command line's,
     composed again with strategy=<its strategy>."""
+    from decodebench.specs import to_specs
     from decodebench.sweep.study_plan import make_study
 
     overrides, _ = preflight._flag_free(argv)
@@ -77,11 +78,11 @@ def planner(argv: list[str]):
     strategies = preflight.group_options("strategy", preflight.user_dirs(argv))
 
     def compose_method(strategy: str):
-        return preflight._compose(overrides + [f"strategy={strategy}"])
+        return to_specs(preflight._compose(overrides + [f"strategy={strategy}"]))
 
-    def prepare(cfg):
-        prep = runner.prepare(cfg)  # first: it loads plugins, whose transforms a method may use
-        return prep, make_study(cfg, compose_method, strategies, prep["plan"].metric_names, study_path(argv))
+    def prepare(run):
+        prep = runner.prepare(run)  # first: it loads plugins, whose transforms a method may use
+        return prep, make_study(run, compose_method, strategies, prep["plan"].metric_names, study_path(argv))
 
     return prepare
 
@@ -106,11 +107,12 @@ def main(argv: list[str]) -> dict:
     err = check_args(argv)
     if err:
         _fail(err)
-    cfg, prepared, err = preflight.prepare_checked(argv, prepare=planner(argv))
+    _, prepared, err = preflight.prepare_checked(argv, prepare=planner(argv))
     if err:
         _fail(err)
     prep, splan = prepared
-    where = Path(str(cfg.study.dir)) if cfg.study.dir else default_dir(splan.name)
+    study = splan.run.study
+    where = Path(str(study.dir)) if study.dir else default_dir(splan.name)
     err = results.check_writable_dir("study.dir", where)
     if err:
         _fail(err)

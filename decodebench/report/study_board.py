@@ -223,17 +223,18 @@ def write_study_board(study_dir: str | Path) -> dict:
     return {k: str(v) for k, v in files.items()}
 
 
-def log_to_wandb(cfg, study_dir: Path, group: str) -> None:
-    """The summary table to W&B, in the study's group (where each point's run already went)."""
-    from omegaconf import OmegaConf
+def log_to_wandb(run, study_dir: Path, group: str) -> None:
+    """The summary table to W&B, in the study's group (where each point's run already went); `run`: the
+    study's RunSpec (decodebench/specs.py)."""
+    from dataclasses import asdict
 
     from decodebench import wandb_sink
 
-    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    logger = run.logger_settings()
     if not wandb_sink.enabled(logger):
         return
     cols, rows = summary_rows(load(Path(study_dir)))
     head = SUMMARY_HEAD + ["test_ci_low", "test_ci_high"] + cols
     wandb_sink.log_table(logger, study_dir, "study_summary", head, [[r.get(c) for c in head] for r in rows],
                          group=logger.get("group") or group, job_type="study-summary",
-                         name=f"{cfg.study.name}:summary", config={"study": OmegaConf.to_container(cfg.study)})
+                         name=f"{run.study.name}:summary", config={"study": asdict(run.study)})

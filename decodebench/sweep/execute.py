@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
 
 from decodebench import results, runner
 from decodebench.decoding.engine import BatchStats, Request, eos_ids
@@ -85,13 +84,13 @@ def start_point(ctx: Context, p: Point, fused_with: list[str]) -> PointRun:
     d.mkdir(parents=True, exist_ok=True)
     for stale in (ERROR, "error.txt", "metrics.partial.json"):
         (d / stale).unlink(missing_ok=True)
-    results.write_text(d / "config.yaml", OmegaConf.to_yaml(p.cfg, resolve=True))
-    chat = bool(p.cfg.dataset.chat_template)
-    reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids, p.cfg.dataset.system_prompt)
+    results.write_text(d / "config.yaml", p.run.to_yaml())
+    chat = bool(p.run.dataset.chat_template)
+    reqs = runner.build_requests(ctx.prompts, ctx.tok, p.spec, p.seed, chat, ctx.ids, p.run.dataset.system_prompt)
     todo = {(r.prompt_id, r.sample_index): r for r in reqs}
     keep = [r for r in read_partial(d) if todo.pop((r.get("prompt_id"), r.get("sample_index")), None) is not None]
-    bs = p.cfg.batch_size
-    info = runner.run_info(p.cfg, ctx.prep, p.spec, ctx.prompts, len(reqs), 0 if str(bs) == "auto" else int(bs))
+    bs = p.run.batch_size
+    info = runner.run_info(p.run, ctx.prep, p.spec, ctx.prompts, len(reqs), 0 if str(bs) == "auto" else int(bs))
     info["sweep"] = {"dir": str(ctx.sweep_dir), "point": p.name, "fused_with": fused_with, "resumed_rows": len(keep)}
     results.write_json_atomic(d / results.RUN_INFO, info)
     return PointRun(p, d, replace(ctx.prep, spec=p.spec), info, todo, ResumeWriter(d, keep), time.perf_counter())
@@ -154,14 +153,14 @@ def run_group(ctx: Context, group: list[Point]) -> None:
     stats = BatchStats()
     if fused:
         label = f"{ctx.plan.strategy}: {len(group)} point{'s' * (len(group) > 1)}"
-        bs = runner.batch_size_for(ctx.plan.cfg, ctx.model, fused, group[0].spec, scale=len(group))
+        bs = runner.batch_size_for(ctx.plan.run, ctx.model, fused, group[0].spec, scale=len(group))
         try:  # the engine prefills a prompt once for all points' rows that share it
-            with runner._progress(len(fused), bool(ctx.plan.cfg.progress), label) as bar:
-                cfg = ctx.plan.cfg
-                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, model_cfg=cfg.model,
-                                    dtype=ctx.prep["dtype"], plugins=cfg.get("plugins") or (), batch_size=bs,
+            with runner._progress(len(fused), ctx.plan.run.progress, label) as bar:
+                run = ctx.plan.run
+                _, stats = generate(ctx.model, ctx.tok, fused, group[0].spec, model_cfg=run.model,
+                                    dtype=ctx.prep["dtype"], plugins=run.plugins, batch_size=bs,
                                     record=runner.record_fields(runs[0].prep), progress=bar, on_batch=on_batch,
-                                    **runner.engine_options(cfg))
+                                    **runner.engine_options(run))
         except BaseException:
             for pr in runs:  # every finished batch is already flushed to disk
                 pr.writer.f.close()
@@ -170,7 +169,7 @@ def run_group(ctx: Context, group: list[Point]) -> None:
         pr.info["batch_size"] = bs if fused else pr.info["batch_size"]
         try:
             chain = stats.chain if len(group) == 1 and fused else point_chain(ctx, pr.point)
-            res = runner.finish_run(pr.point.cfg, pr.dir, pr.prep, pr.info, point_stats(pr, stats, chain),
+            res = runner.finish_run(pr.point.run, pr.dir, pr.prep, pr.info, point_stats(pr, stats, chain),
                                     pr.writer, ctx.prompts, ctx.model, ctx.tok, pr.t_start)
         except Exception as e:  # noqa: BLE001 - one point's scoring failure must not stop the others
             write_error(ctx, pr.point, e)
@@ -182,7 +181,7 @@ def run_group(ctx: Context, group: list[Point]) -> None:
 def log_point(ctx: Context, p: Point, res: dict) -> None:
     from decodebench import wandb_sink
 
-    logger = OmegaConf.to_container(p.cfg.logger, resolve=True)
+    logger = p.run.logger_settings()
     if not wandb_sink.enabled(logger):
         return
     res["wandb_dir"] = wandb_sink.log_run(logger, results.read_run(res["run_dir"]),

@@ -16,6 +16,7 @@ results of different configurations are never mixed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -27,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
 from decodebench import results
 from decodebench.config import ConfigError, StrategyConfig, check_seed, conf_dir, validate
 # Sampling-only parameters (the table's warpers): no effect on rows with do_sample=false.
 from decodebench.decoding.params import PARAMS, SAMPLING_ONLY
+from decodebench.specs import RunSpec, with_strategy
 
 SWEEP_JSON = "sweep.json"
 # Settings that do not change a point's results: left out of the fingerprint.
@@ -46,7 +46,7 @@ class Point:
     name: str  # its directory name under the sweep dir: "top_p=0.8,temperature=0.7,seed=0"
     values: dict[str, Any]  # grid parameter -> value
     seed: int
-    cfg: DictConfig  # the full config of this point run alone
+    run: RunSpec  # the settings of this point run alone
     spec: Any  # its StrategySpec
     fuse_key: str  # points with the same key can share batches
 
@@ -62,7 +62,7 @@ class Point:
 
 @dataclass
 class Plan:
-    cfg: DictConfig  # the composed base config
+    run: RunSpec  # the base settings
     strategy: str
     grid: dict[str, list]
     seeds: list[int]
@@ -98,9 +98,9 @@ def point_name(values: dict[str, Any], seed: int) -> str:
     return name
 
 
-def _check_grid(cfg: DictConfig) -> tuple[dict[str, list], list[int]]:
-    strategy = str(cfg.strategy.name)
-    raw = OmegaConf.to_container(cfg.sweep.grid, resolve=True) or {}
+def _check_grid(run: RunSpec) -> tuple[dict[str, list], list[int]]:
+    strategy = str(run.strategy["name"])
+    raw = copy.deepcopy(dict(run.sweep.grid or {}))
     if not raw:
         has_file = (conf_dir() / "sweep" / f"{strategy}.yaml").is_file()
         why = "its grid is empty" if has_file else f"there is no conf/sweep/{strategy}.yaml"
@@ -126,15 +126,15 @@ def _check_grid(cfg: DictConfig) -> tuple[dict[str, list], list[int]]:
         if dup is not None:
             raise ConfigError(f"sweep.grid.{k} lists {dup!r} twice; each value once")
         grid[k] = vals
-    seeds = cfg.sweep.seeds
-    seeds = [check_seed("seed", cfg.seed)] if seeds is None else [check_seed("sweep.seeds", s) for s in seeds]
+    seeds = run.sweep.seeds
+    seeds = [check_seed("seed", run.seed)] if seeds is None else [check_seed("sweep.seeds", s) for s in seeds]
     if not seeds:
         raise ConfigError("sweep.seeds has no values; give at least one (sweep.seeds=[0]) or null for the top-level seed")
     dup = _first_duplicate(seeds)
     if dup is not None:
         raise ConfigError(f"sweep.seeds lists {dup} twice; each seed once")
-    if cfg.sweep.fuse is not None and int(cfg.sweep.fuse) < 1:
-        raise ConfigError(f"sweep.fuse must be >= 1 (points generated together) or null, got {cfg.sweep.fuse}")
+    if run.sweep.fuse is not None and int(run.sweep.fuse) < 1:
+        raise ConfigError(f"sweep.fuse must be >= 1 (points generated together) or null, got {run.sweep.fuse}")
     return grid, seeds
 
 
@@ -146,19 +146,6 @@ def _first_duplicate(vals: list) -> Any:
             return v
         seen.add(key)
     return None
-
-
-def point_cfg(cfg: DictConfig, values: dict[str, Any], seed: int, where: str = "sweep.grid") -> DictConfig:
-    """`cfg` with `strategy.<k> = v` for each value and the seed; a bad value is one line naming `where.k`."""
-    pcfg = cfg.copy()
-    for k, v in values.items():
-        try:
-            OmegaConf.update(pcfg, f"strategy.{k}", v, merge=False)
-        except Exception as e:  # noqa: BLE001 - a type error of one value becomes one line
-            msg = str(getattr(e, "msg", None) or e).splitlines()[0]
-            raise ConfigError(f"{where}.{k}: {v!r} is not a value of strategy.{k} ({msg})") from None
-    pcfg.seed = seed
-    return pcfg
 
 
 def fuse_key(spec, name: str) -> str:
@@ -174,9 +161,9 @@ def fuse_key(spec, name: str) -> str:
                        spec.num_return_sequences, repr(spec.params.order), spec.search], sort_keys=True, default=str)
 
 
-def base_settings(cfg: DictConfig, grid: dict) -> dict:
+def base_settings(run: RunSpec, grid: dict) -> dict:
     """The config less what is swept and what does not change results: what the fingerprint covers."""
-    d = OmegaConf.to_container(cfg, resolve=True)
+    d = run.settings()
     for k in NOT_FINGERPRINTED:
         d.pop(k, None)
     for k in grid:
@@ -188,21 +175,21 @@ def fingerprint_of(base: dict) -> str:
     return hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_plan(cfg: DictConfig) -> Plan:
+def make_plan(run: RunSpec) -> Plan:
     """Check the grid and every point's settings (ConfigError, one line); no model, no files."""
-    grid, seeds = _check_grid(cfg)
+    grid, seeds = _check_grid(run)
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         for seed in seeds:
             name = point_name(values, seed)
-            pcfg = point_cfg(cfg, values, seed)
+            prun = with_strategy(run, values, seed)
             try:
-                spec = validate(pcfg)
+                spec = validate(prun)
             except ConfigError as e:
                 raise ConfigError(f"sweep point {name}: {e}") from None
-            points.append(Point(name, values, seed, pcfg, spec, fuse_key(spec, name)))
-    strategy = str(cfg.strategy.name)
+            points.append(Point(name, values, seed, prun, spec, fuse_key(spec, name)))
+    strategy = str(run.strategy["name"])
     if all(not p.spec.params.do_sample for p in points):
         idle = [k for k in grid if k in SAMPLING_ONLY]
         if idle:
@@ -211,8 +198,8 @@ def make_plan(cfg: DictConfig) -> Plan:
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise ConfigError("sweep.grid: two points get the same directory name; use values that print differently")
-    base = base_settings(cfg, grid)
-    return Plan(cfg, strategy, grid, seeds, points, fingerprint_of(base), base)
+    base = base_settings(run, grid)
+    return Plan(run, strategy, grid, seeds, points, fingerprint_of(base), base)
 
 
 def default_dir(strategy: str) -> Path:

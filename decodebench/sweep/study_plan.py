@@ -16,6 +16,7 @@ search methods get groups of their own. With `noise: independent` a method's see
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -25,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
 from decodebench.config import ConfigError, StrategyConfig, check_seed, conf_dir, validate
-from decodebench.sweep.plan import (NOT_FINGERPRINTED, NOT_PARAMS, Plan, Point, _first_duplicate, fuse_key, point_cfg,
-                                    point_name)
+from decodebench.specs import RunSpec, with_strategy
+from decodebench.sweep.plan import NOT_FINGERPRINTED, NOT_PARAMS, Plan, Point, _first_duplicate, fuse_key, point_name
 
 STUDY_JSON = "study.json"
 METHOD_KEYS = ("strategy", "settings", "grid")
@@ -54,7 +53,7 @@ class Method:
 
 @dataclass
 class StudyPlan:
-    cfg: DictConfig  # the composed base config
+    run: RunSpec  # the base settings
     name: str
     file: str  # the study file, for error lines
     methods: list[Method]
@@ -67,7 +66,7 @@ class StudyPlan:
 
     def sweep_plan(self) -> Plan:
         """The points as the sweep's executor takes them (fusion groups across methods)."""
-        return Plan(self.cfg, "study", {}, sorted({p.seed for p in self.points}), self.points, self.fingerprint,
+        return Plan(self.run, "study", {}, sorted({p.seed for p in self.points}), self.points, self.fingerprint,
                     self.base)
 
     def methods_by_label(self) -> dict[str, Method]:
@@ -84,9 +83,9 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
-def study_file(cfg: DictConfig, dirs: Optional[list[Path]] = None) -> str:
+def study_file(run: RunSpec, dirs: Optional[list[Path]] = None) -> str:
     """Where the chosen study file lives (the user's config dirs first), for error lines."""
-    name = str(OmegaConf.select(cfg, "hydra.runtime.choices.study", default=None) or cfg.study.name)
+    name = str(run.choices.get("study") or run.study.name)
     for d in [*(dirs or []), conf_dir()]:
         f = Path(d) / "study" / f"{name}.yaml"
         if f.is_file():
@@ -151,26 +150,26 @@ def check_budget(methods: list[Method], file: str) -> None:
                           f"study.equal_budget=false)")
 
 
-def check_selection(cfg: DictConfig, file: str, metrics: list[str]) -> tuple[str, bool]:
-    sel = OmegaConf.to_container(cfg.study.select, resolve=True) or {}
+def check_selection(run: RunSpec, file: str, metrics: list[str]) -> tuple[str, bool]:
+    sel = dict(run.study.select or {})
     metric, direction = str(sel.get("metric")), str(sel.get("direction", "max"))
     if direction not in DIRECTIONS:
         raise ConfigError(f"{file}: study.select.direction must be max or min, got {direction!r}")
     known = metrics + [f"selected_{m}" for m in metrics]
-    if metric not in known and not (metric.startswith("task/") and cfg.get("task") is not None):
+    if metric not in known and not (metric.startswith("task/") and run.task is not None):
         close = difflib.get_close_matches(metric, known, n=2)
         hint = f"did you mean {' or '.join(close)}?" if close else f"the scorers compute {', '.join(metrics)}"
         raise ConfigError(f"{file}: study.select.metric: no scorer computes {metric!r}; {hint} "
                           f"(add its scorer to scorers.names)")
-    frac = cfg.study.dev_fraction
+    frac = run.study.dev_fraction
     if not 0 < float(frac) < 1:
         raise ConfigError(f"{file}: study.dev_fraction must be in (0, 1) (the share of prompts to choose on), "
                           f"got {frac}")
     return metric, DIRECTIONS[direction]
 
 
-def check_options(cfg: DictConfig, file: str) -> list[int]:
-    s = cfg.study
+def check_options(run: RunSpec, file: str) -> list[int]:
+    s = run.study
     if str(s.noise) not in NOISE:
         raise ConfigError(f"{file}: study.noise must be shared or independent, got {s.noise!r}")
     if str(s.search) != "grid":
@@ -180,7 +179,7 @@ def check_options(cfg: DictConfig, file: str) -> list[int]:
         raise ConfigError(f"{file}: study.bootstrap must be >= 0 (resamples of the test prompts), got {s.bootstrap}")
     if s.fuse is not None and int(s.fuse) < 1:
         raise ConfigError(f"{file}: study.fuse must be >= 1 or null, got {s.fuse}")
-    seeds = [check_seed("seed", cfg.seed)] if s.seeds is None else [check_seed("study.seeds", x) for x in s.seeds]
+    seeds = [check_seed("seed", run.seed)] if s.seeds is None else [check_seed("study.seeds", x) for x in s.seeds]
     if not seeds or _first_duplicate(seeds) is not None:
         raise ConfigError(f"{file}: study.seeds must list distinct seeds (or null: the top-level seed)")
     return seeds
@@ -193,50 +192,51 @@ def method_seed(label: str, seed: int, noise: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{label}:{seed}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def method_points(m: Method, mcfg: DictConfig, file: str, seeds: list[int], noise: str) -> list[Point]:
+def method_points(m: Method, mrun: RunSpec, file: str, seeds: list[int], noise: str) -> list[Point]:
+    """`mrun`: the study's settings with the method's strategy group."""
     where = f"{file}: study.methods.{m.label}"
-    mcfg = point_cfg(mcfg, m.settings, int(mcfg.seed), f"{where}.settings")
+    mrun = with_strategy(mrun, m.settings, mrun.seed, f"{where}.settings")
     out = []
     for combo in itertools.product(*m.grid.values()):
         values = dict(zip(m.grid, combo))
         for s in seeds:
             seed = method_seed(m.label, s, noise)
             name = f"{m.label}," + point_name(values, seed)
-            pcfg = point_cfg(mcfg, values, seed, f"{where}.grid")
+            prun = with_strategy(mrun, values, seed, f"{where}.grid")
             try:
-                spec = validate(pcfg)
+                spec = validate(prun)
             except ConfigError as e:
                 raise ConfigError(f"{where}: point {name}: {e}") from None
-            out.append(Point(name, values, seed, pcfg, spec, fuse_key(spec, name)))
+            out.append(Point(name, values, seed, prun, spec, fuse_key(spec, name)))
     return out
 
 
-def base_settings(cfg: DictConfig) -> dict:
+def base_settings(run: RunSpec) -> dict:
     """What every point shares and the study directory's fingerprint covers (the methods are per point)."""
-    d = OmegaConf.to_container(cfg, resolve=True)
+    d = run.settings()
     for k in (*NOT_FINGERPRINTED, "strategy", "study"):
         d.pop(k, None)
     return d
 
 
-def make_study(cfg: DictConfig, compose_method: Callable[[str], DictConfig], strategies: list[str],
+def make_study(run: RunSpec, compose_method: Callable[[str], RunSpec], strategies: list[str],
                metrics: list[str], file: Optional[str] = None) -> StudyPlan:
     """Check the study and every point (ConfigError, one line naming the file and key); no model, no files.
-    `compose_method(strategy)`: the study's command line composed with strategy=<strategy>."""
-    file = file or study_file(cfg)
-    methods = parse_methods(OmegaConf.to_container(cfg.study.methods, resolve=True), file, strategies)
-    if cfg.study.equal_budget:
+    `compose_method(strategy)`: the spec of the study's command line composed with strategy=<strategy>."""
+    file = file or study_file(run)
+    methods = parse_methods(copy.deepcopy(dict(run.study.methods or {})), file, strategies)
+    if run.study.equal_budget:
         check_budget(methods, file)
-    metric, maximize = check_selection(cfg, file, metrics)
-    seeds = check_options(cfg, file)
+    metric, maximize = check_selection(run, file, metrics)
+    seeds = check_options(run, file)
     points, method_of = [], {}
     for m in methods:
-        for p in method_points(m, compose_method(m.strategy), file, seeds, str(cfg.study.noise)):
+        for p in method_points(m, compose_method(m.strategy), file, seeds, str(run.study.noise)):
             points.append(p)
             method_of[p.name] = m.label
     if metric.startswith("selected_") and not any(p.spec.search.get("selector") for p in points):
         raise ConfigError(f"{file}: study.select.metric: {metric} needs a method with a selector "
                           f"(strategy=self_consistency); select {metric.removeprefix('selected_')}")
-    base = base_settings(cfg)
+    base = base_settings(run)
     fp = hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return StudyPlan(cfg, str(cfg.study.name), file, methods, points, method_of, metric, maximize, fp, base)
+    return StudyPlan(run, str(run.study.name), file, methods, points, method_of, metric, maximize, fp, base)

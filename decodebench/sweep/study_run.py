@@ -21,11 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
 
 from decodebench import preemption, results, runner
 from decodebench.config import ConfigError
 from decodebench.dirlock import DirLock
+from decodebench.specs import read_settings
 from decodebench.sweep.execute import Context, run_points
 from decodebench.sweep.plan import _diff, _holds_results
 from decodebench.sweep.select import PointScore, select, split_ids
@@ -58,8 +58,8 @@ def claim_dir(sdir: Path, splan: StudyPlan) -> dict:
     for p in splan.points:
         old = sdir / p.name / "config.yaml"
         if old.is_file():
-            was = OmegaConf.to_container(OmegaConf.load(old), resolve=False)
-            now = OmegaConf.to_container(p.cfg, resolve=True)
+            was = read_settings(old)
+            now = p.run.settings()
             if (was.get("strategy"), was.get("seed")) != (now["strategy"], now["seed"]):
                 raise ConfigError(f"study.dir {sdir}: point {p.name} was run with other strategy settings; "
                                   f"use a new study.dir")
@@ -74,9 +74,8 @@ def claim_dir(sdir: Path, splan: StudyPlan) -> dict:
 
 def score_and_select(ctx: Context, splan: StudyPlan) -> dict:
     """The objective per point, the split, the choices and the test metrics of the chosen points."""
-    cfg = splan.cfg
-    st = cfg.study
-    common = dict(model=ctx.model, tokenizer=ctx.tok, device=ctx.prep["device"], seed=int(cfg.seed), progress=False)
+    st = splan.run.study
+    common = dict(model=ctx.model, tokenizer=ctx.tok, device=ctx.prep["device"], seed=splan.run.seed, progress=False)
     done = [p for p in splan.points if results.is_complete(ctx.sweep_dir / p.name)]
     if not done:
         raise ValueError("no point of the study finished")
@@ -111,31 +110,31 @@ def run_study(splan: StudyPlan, sdir: Path, prep) -> dict:
     """Run every incomplete point, score, select, write the leaderboard; returns the summary dict.
     Raises ConfigError (one line) on bad input, before the model loads."""
     t0 = time.perf_counter()
-    cfg = splan.cfg
+    run = splan.run
     plan = splan.sweep_plan()
     with DirLock(sdir, "study.dir"):  # one writer per directory: a second study here is refused at once
-        rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.study.fuse)),
-                                       max(int(p.cfg.strategy.num_beams) for p in plan.points))
-        prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
+        rows = runner.rows_per_forward(run, max(len(g) for g in plan.groups(run.study.fuse)),
+                                       max(int(p.run.strategy.get("num_beams") or 1) for p in plan.points))
+        prompts, ids, _ = runner.checked_prompts(run, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
                                                  tuple(p.spec for p in plan.points))
         claim_dir(sdir, splan)
         preemption.note_resume("study.dir", str(sdir))  # SIGTERM/SIGUSR1: the line names this resume
         log.info("study %s: %d methods, %d points -> %s (to resume: study.dir=%s)", splan.name,
                  len(splan.methods), len(plan.points), sdir, sdir)
-        model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
+        model, tok = runner.get_model(run.model, prep.device, prep.dtype)
         ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"study-{splan.name}-{sdir.name}")
-        run_points(ctx, cfg.study.fuse)
+        run_points(ctx, run.study.fuse)
         res: Optional[dict] = None
         board = None
         try:
             res = score_and_select(ctx, splan)
         except ValueError as e:
             log.warning("study: no selection: %s", e)
-        if res is not None and cfg.study.leaderboard:
+        if res is not None and run.study.leaderboard:
             from decodebench.report.study_board import log_to_wandb, write_study_board
 
             board = write_study_board(sdir)
-            log_to_wandb(cfg, sdir, ctx.group_name)
+            log_to_wandb(run, sdir, ctx.group_name)
     return {"study_dir": str(sdir), "name": splan.name, "points": len(plan.points),
             "complete": [r["run_dir"] for r in ctx.done], "failed": ctx.failed,
             "skipped": len(plan.points) - len(ctx.done) - len(ctx.failed), "leaderboard": board,

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import NoReturn, Optional
 
-from omegaconf import DictConfig, OmegaConf
 
 from decodebench import results, runner
 from decodebench.api_models.settings import is_api
 from decodebench.cli import preflight
 from decodebench.config import ConfigError
 from decodebench.dirlock import DirLock
+from decodebench.specs import RunSpec
 from decodebench.sweep.execute import Context, run_points
 from decodebench.sweep.plan import Plan, claim_dir, default_dir, make_plan
 
@@ -88,51 +88,51 @@ def sweep_args(argv: list[str]) -> tuple[list[str], Optional[str]]:
     return out, None
 
 
-def _prepare_and_plan(cfg: DictConfig) -> tuple[dict, Plan]:
-    prep = runner.prepare(cfg, sweep=True)  # first: it loads plugins, whose transforms a point may use
-    return prep, make_plan(cfg)
+def _prepare_and_plan(run: RunSpec) -> tuple[dict, Plan]:
+    prep = runner.prepare(run, sweep=True)  # first: it loads plugins, whose transforms a point may use
+    return prep, make_plan(run)
 
 
-def sweep_dir_of(cfg: DictConfig, plan: Plan) -> Path:
-    return Path(str(cfg.sweep.dir)) if cfg.sweep.dir else default_dir(plan.strategy)
+def sweep_dir_of(run: RunSpec, plan: Plan) -> Path:
+    return Path(str(run.sweep.dir)) if run.sweep.dir else default_dir(plan.strategy)
 
 
-def run_sweep(cfg: DictConfig, sweep_dir: Optional[str | Path] = None,
+def run_sweep(run: RunSpec, sweep_dir: Optional[str | Path] = None,
               prepared: Optional[tuple[dict, Plan]] = None) -> dict:
-    """Run the grid of a composed config; returns {"sweep_dir", "points", "complete", "failed", ...}.
-    `prepared`: what `_prepare_and_plan(cfg)` returned (the preflight made it; it is not made twice).
+    """Run the grid of a RunSpec (decodebench/specs.py); returns {"sweep_dir", "points", "complete", "failed", ...}.
+    `prepared`: what `_prepare_and_plan(run)` returned (the preflight made it; it is not made twice).
 
     Raises ConfigError (one line) on bad input, before the model loads."""
     t0 = time.perf_counter()
-    prep, plan = prepared or _prepare_and_plan(cfg)
-    sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(cfg, plan)
+    prep, plan = prepared or _prepare_and_plan(run)
+    sdir = Path(sweep_dir) if sweep_dir is not None else sweep_dir_of(run, plan)
     with DirLock(sdir, "sweep.dir"):  # one writer per directory: a second sweep here is refused at once
-        if is_api(cfg.model):  # an endpoint: every point's requests in one concurrent pool (api_models/sweep.py)
+        if is_api(run.model):  # an endpoint: every point's requests in one concurrent pool (api_models/sweep.py)
             from decodebench.api_models.sweep import run_api_points
 
             claim_dir(sdir, plan)
             ctx = Context(plan, sdir, prep, None, None, [], {}, group_name=f"sweep-{sdir.name}")
-            run_api_points(cfg, prep, plan, sdir, ctx)
+            run_api_points(run, prep, plan, sdir, ctx)
         else:
-            ctx = _run_local(cfg, prep, plan, sdir)
-        board = write_board(ctx) if cfg.sweep.leaderboard else None
+            ctx = _run_local(run, prep, plan, sdir)
+        board = write_board(ctx) if run.sweep.leaderboard else None
     return {"sweep_dir": str(sdir), "strategy": plan.strategy, "points": len(plan.points),
             "complete": [r["run_dir"] for r in ctx.done], "failed": ctx.failed,
             "skipped": len(plan.points) - len(ctx.done) - len(ctx.failed), "leaderboard": board,
             "wall_time_s": time.perf_counter() - t0}
 
 
-def _run_local(cfg: DictConfig, prep, plan: Plan, sdir: Path) -> Context:
+def _run_local(run: RunSpec, prep, plan: Plan, sdir: Path) -> Context:
     # Checked against the model's config before its weights load; a fused batch holds every point's rows.
-    rows = runner.rows_per_forward(cfg, max(len(g) for g in plan.groups(cfg.sweep.fuse)),
-                                   max(int(p.cfg.strategy.num_beams) for p in plan.points))
-    prompts, ids, _ = runner.checked_prompts(cfg, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
+    rows = runner.rows_per_forward(run, max(len(g) for g in plan.groups(run.sweep.fuse)),
+                                   max(int(p.run.strategy.get("num_beams") or 1) for p in plan.points))
+    prompts, ids, _ = runner.checked_prompts(run, prep, rows, max(p.spec.max_new_tokens for p in plan.points),
                                              tuple(p.spec for p in plan.points))
     claim_dir(sdir, plan)
     log.info("sweep %s: %d points -> %s (to resume: sweep.dir=%s)", plan.strategy, len(plan.points), sdir, sdir)
-    model, tok = runner.get_model(cfg.model, prep.device, prep.dtype)
+    model, tok = runner.get_model(run.model, prep.device, prep.dtype)
     ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"sweep-{sdir.name}")
-    run_points(ctx, cfg.sweep.fuse)
+    run_points(ctx, run.sweep.fuse)
     return ctx
 
 
@@ -148,7 +148,7 @@ def write_board(ctx: Context) -> Optional[dict]:
         return None
     rows = res["rows"]
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    logger = OmegaConf.to_container(ctx.plan.cfg.logger, resolve=True)
+    logger = ctx.plan.run.logger_settings()
     wandb_sink.log_table(logger, ctx.sweep_dir, "leaderboard", cols, [[r.get(c) for c in cols] for r in rows],
                          group=logger.get("group") or ctx.group_name, job_type=f"{ctx.plan.strategy}-leaderboard",
                          name=f"{ctx.plan.strategy}:leaderboard", config={"sweep": ctx.plan.grid})
@@ -172,10 +172,11 @@ def main(argv: list[str]) -> dict:
     argv, err = sweep_args(argv)
     if err:
         _fail(err)
-    cfg, prepared, err = preflight.prepare_checked(argv, prepare=_prepare_and_plan)
+    _, prepared, err = preflight.prepare_checked(argv, prepare=_prepare_and_plan)
     if err:
         _fail(err)
-    where = sweep_dir_of(cfg, prepared[1])
+    run = prepared[1].run
+    where = sweep_dir_of(run, prepared[1])
     err = results.check_writable_dir("sweep.dir", where)
     if err:
         _fail(err)
@@ -183,7 +184,7 @@ def main(argv: list[str]) -> dict:
 
     preemption.note_resume("sweep.dir", str(where))
     try:
-        res = run_sweep(cfg, where, prepared)
+        res = run_sweep(run, where, prepared)
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:

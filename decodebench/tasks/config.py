@@ -135,9 +135,9 @@ def warn_once(msg: str) -> None:
         logging.getLogger("decodebench").warning(msg)
 
 
-def check_task(cfg, spec) -> Optional[TaskPlan]:
-    """All task checks before any model loads; ValueError with one line (the caller prefixes nothing)."""
-    t = cfg.get("task")
+def check_task(t: Optional[TaskConfig], spec) -> Optional[TaskPlan]:
+    """All task checks before any model loads; ValueError with one line (the caller prefixes nothing).
+    `t`: the run's task settings (RunSpec.task), None without a task."""
     if t is None:
         return None
     if t.num_samples < 1:

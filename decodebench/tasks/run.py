@@ -8,12 +8,12 @@ per-document samples go to `task_samples.jsonl` in the run directory.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from decodebench.tasks import metrics as tm_metrics
 from decodebench.tasks.config import TaskPlan, offline_env, task_manager
@@ -39,7 +39,7 @@ def load_tasks(plan: TaskPlan):
     t = plan.cfg
     tm, _ = _manager(plan)
     loaded = tm.load([t.name])
-    gen_kwargs = OmegaConf.to_container(t.gen_kwargs, resolve=True) if t.gen_kwargs else {}
+    gen_kwargs = copy.deepcopy(dict(t.gen_kwargs)) if t.gen_kwargs else {}
     for task in loaded["tasks"].values():
         if task.get_config("output_type") == "generate_until" and gen_kwargs:
             task.set_config(key="generation_kwargs", value=gen_kwargs, update=True)
@@ -59,8 +59,8 @@ def _manager(plan: TaskPlan):
     return find_task(plan.cfg.name, plan.include)
 
 
-def evaluate_task(cfg, prep: dict, model, tok, run_dir) -> dict:
-    """Run the planned task with this run's model and strategy; its metrics, ready for metrics.json."""
+def evaluate_task(run, prep: dict, model, tok, run_dir) -> dict:
+    """Run the planned task with this run's (a RunSpec's) model and strategy; its metrics, for metrics.json."""
     plan: TaskPlan = prep.get("task")
     if plan is None:
         return {}
@@ -70,9 +70,9 @@ def evaluate_task(cfg, prep: dict, model, tok, run_dir) -> dict:
     from decodebench.tasks.lm import DecodebenchLM
 
     t = plan.cfg
-    strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
-    lm = DecodebenchLM(model=model, tokenizer=tok, strategy=strategy, seed=int(cfg.seed),
-                       batch_size=str(cfg.batch_size), progress=bool(cfg.progress))
+    strategy = copy.deepcopy(dict(run.strategy))
+    lm = DecodebenchLM(model=model, tokenizer=tok, strategy=strategy, seed=run.seed,
+                       batch_size=str(run.batch_size), progress=run.progress)
     env = {"HF_ALLOW_CODE_EVAL": "1"} if t.allow_code_execution else {}
     with quiet_lm_eval(), _env(env):
         loaded = load_tasks(plan)

@@ -27,14 +27,13 @@ def load_strategy(strategy: Union[str, dict, None], overrides: dict[str, Any]) -
     if strategy is None and not overrides:
         return None
     if isinstance(strategy, str):
-        from omegaconf import OmegaConf
-
         from decodebench.registry import did_you_mean
+        from decodebench.specs import read_settings
 
         path = CONF_STRATEGY / f"{strategy}.yaml"
         if not path.is_file():
             raise ValueError(did_you_mean("strategy", strategy, strategy_names()))
-        base = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        base = read_settings(path, resolve=True)
     else:
         base = dict(strategy or {"name": "custom", "do_sample": True})
     base.update({k: _number(v) for k, v in overrides.items()})
