@@ -16,6 +16,7 @@ from decodebench.decoding.runtime import BatchStats
 from decodebench.decoding.running import RunningBatch
 from decodebench.decoding.strategies import build_strategy
 from decodebench.runner import build_requests
+from decodebench.specs import to_specs
 from tests.test_continuous import eos_happy, tiny_requests  # noqa: F401  (a fixture, used by name)
 
 # (prompt, negative prompt or None: then the unconditional sequence starts from the prompt's last token)
@@ -151,5 +152,6 @@ def test_negative_prompts_without_tokens_or_room_are_refused_before_the_model_lo
         cfg = compose(["model=tiny", "strategy=cfg", f"strategy.negative_prompt='{neg}'", "dataset.limit=2",
                        "strategy.max_new_tokens=8", "logger=none", "scorers=text"])
         with pytest.raises(ConfigError, match=needle) as e:
-            runner.checked_prompts(cfg, runner.prepare(cfg), None, 8)  # tokenizer and model config only
+            run = to_specs(cfg)
+            runner.checked_prompts(run, runner.prepare(run), None, 8)  # tokenizer and model config only
         assert str(e.value).startswith("strategy.negative_prompt: ") and "\n" not in str(e.value)

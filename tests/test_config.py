@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from decodebench.cli.preflight import compose_checked, group_options
 from decodebench.config import conf_dir
+from decodebench.specs import to_specs
 from tests.conftest import ROOT, compose
 
 
@@ -53,7 +54,7 @@ def test_every_group_option_composes_and_validates():
                     value = OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
                 assert_within(composed[key], given.get(key, value), f"{group}={opt}: {key}")
             if group != "dataset" or opt != "hub":
-                prepare(cfg)
+                prepare(to_specs(cfg))
             checked += 1
     assert checked >= 12
 

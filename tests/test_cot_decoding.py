@@ -13,6 +13,7 @@ import torch
 
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.strategies import build_strategy
+from decodebench.specs import to_specs
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401
 
 
@@ -125,7 +126,7 @@ def test_shipped_config_and_sweep_grid_plan(name, points):
     from decodebench.sweep.plan import make_plan
     from tests.conftest import compose
 
-    plan = make_plan(compose([f"strategy={name}", f"sweep={name}", "model=tiny"]))
+    plan = make_plan(to_specs(compose([f"strategy={name}", f"sweep={name}", "model=tiny"])))
     assert len(plan.points) == points
     assert {p.spec.method for p in plan.points} == {name}
 

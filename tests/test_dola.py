@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from decodebench.decoding.dola import candidate_layers, dola_logits
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.strategies import build_strategy
+from decodebench.specs import to_specs
 from tests.test_search_beam import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -130,5 +131,5 @@ def test_run_refuses_layers_outside_the_model_before_generation(cfg_of, tmp_path
 
     cfg = cfg_of(["model=tiny", "strategy=dola", "strategy.dola_layers=[0,7]", "logger=none", "progress=false"])
     with pytest.raises(ConfigError, match=r"^strategy\.dola_layers \[7\] are outside the model: layers are 0 "):
-        execute(cfg, tmp_path)
+        execute(to_specs(cfg), tmp_path)
     assert not (tmp_path / "generations.jsonl").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from decodebench import results
+from decodebench.specs import to_specs
 from tests.conftest import ROOT, compose
 from tests.test_bad_input import own_log_handlers  # noqa: F401  (autouse)
 from tests.test_report import m, write_run
@@ -128,7 +129,7 @@ def test_result_files_get_the_umask_mode(tmp_path):
 
     old = os.umask(0o022)
     try:
-        run_dir = Path(runner.execute(compose(TINY + ["dataset.limit=2", "strategy.max_new_tokens=3"]),
+        run_dir = Path(runner.execute(to_specs(compose(TINY + ["dataset.limit=2", "strategy.max_new_tokens=3"])),
                                       tmp_path / "r")["run_dir"])
     finally:
         os.umask(old)

@@ -8,6 +8,7 @@ import pytest
 from decodebench.cli.preflight import add_grid_keys
 from decodebench.config import validate
 from decodebench.sweep.plan import make_plan
+from decodebench.specs import to_specs
 from tests.conftest import compose
 
 STRATEGIES = ("p_less", "p_less_norm", "min_k", "adaptive_p")
@@ -57,7 +58,7 @@ def test_bad_input_is_one_line_exit_2_before_any_model_loads(argv, want, loads, 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_configs_validate_and_name_their_transform(name):
-    spec = validate(compose([f"strategy={name}", "model=tiny"]))
+    spec = validate(to_specs(compose([f"strategy={name}", "model=tiny"])))
     p = spec.params
     assert spec.name == name and p.do_sample
     on = {"p_less": p.p_less, "p_less_norm": p.p_less_norm, "min_k": p.min_k,
@@ -67,5 +68,5 @@ def test_strategy_configs_validate_and_name_their_transform(name):
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_sweep_grids_plan(name):
-    plan = make_plan(compose(add_grid_keys([f"strategy={name}", f"sweep={name}", "model=tiny"])))
+    plan = make_plan(to_specs(compose(add_grid_keys([f"strategy={name}", f"sweep={name}", "model=tiny"]))))
     assert len(plan.points) > 1 and all(pt.spec.params.do_sample for pt in plan.points)

@@ -11,6 +11,7 @@ import torch
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.stopping import register_stopping
 from decodebench.decoding.strategies import build_strategy
+from decodebench.specs import to_specs
 
 TEXTS = ["a", "hello world, this is longer", "xyz", "0123456789" * 2, "q", "The cat"]
 
@@ -181,8 +182,8 @@ def test_beam_equals_generate_on_embedded_model(embedded, cfg_of):
     from decodebench.config import validate
 
     model, tok = embedded
-    spec = validate(cfg_of(["strategy=beam", "strategy.num_beams=4", "strategy.length_penalty=1.0",
-                            "strategy.early_stopping=false", "strategy.max_new_tokens=10"]))
+    spec = validate(to_specs(cfg_of(["strategy=beam", "strategy.num_beams=4", "strategy.length_penalty=1.0",
+                            "strategy.early_stopping=false", "strategy.max_new_tokens=10"])))
     texts = by_length(tok, ["In 1854, the city of London", "Photosynthesis is"])
     ref, ref_scores = hf_beam(model, tok, texts, 10, num_beams=4, length_penalty=1.0, early_stopping=False)
     reqs = [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"], params=spec.params) for i, x in enumerate(texts)]

@@ -8,6 +8,7 @@ import torch
 
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.strategies import build_strategy
+from decodebench.specs import to_specs
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -93,8 +94,8 @@ def test_contrastive_equals_slow_reference_on_embedded_model(embedded, cfg_of):
     from decodebench.config import validate
 
     model, tok = embedded
-    spec = validate(cfg_of(["strategy=contrastive", "strategy.top_k=5", "strategy.penalty_alpha=0.6",
-                            "strategy.max_new_tokens=8"]))
+    spec = validate(to_specs(cfg_of(["strategy=contrastive", "strategy.top_k=5", "strategy.penalty_alpha=0.6",
+                            "strategy.max_new_tokens=8"])))
     texts = ["In 1854, the city of London", "Photosynthesis is"]
     reqs = [Request(prompt_id=str(i), prompt_ids=tok(x)["input_ids"], params=spec.params) for i, x in enumerate(texts)]
     outs, _ = generate(model, tok, reqs, spec, batch_size=8)

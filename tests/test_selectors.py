@@ -9,6 +9,7 @@ import pytest
 
 from decodebench import selectors as S
 from decodebench.decoding.strategies import build_strategy
+from decodebench.specs import to_specs
 
 
 def _recs(texts, pid="p", ids=None):
@@ -108,7 +109,7 @@ def test_cli_bad_extractor_exits_2(cfg_of):
                   "strategy.extractor=boxd", "logger=none"])
     with pytest.raises(ConfigError,
                        match=r"^strategy\.extractor names an unknown answer extractor 'boxd'; did you mean"):
-        prepare(cfg)
+        prepare(to_specs(cfg))
 
 
 def test_run_writes_selected_and_scores_both(cfg_of, tmp_path):
@@ -117,7 +118,7 @@ def test_run_writes_selected_and_scores_both(cfg_of, tmp_path):
     cfg = cfg_of(["model=tiny", "strategy=sample", "strategy.num_return_sequences=3", "strategy.max_new_tokens=4",
                   "strategy.selector=best_of_n", "dataset.limit=2", "logger=none", "progress=false",
                   "scorers.names=[gen_length]", "scorers.bootstrap.samples=0"])
-    res = execute(cfg, tmp_path)
+    res = execute(to_specs(cfg), tmp_path)
     sel = [json.loads(x) for x in (tmp_path / "selected.jsonl").read_text().splitlines()]
     gens = [json.loads(x) for x in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert len(sel) == 2 and len(gens) == 6

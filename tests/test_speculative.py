@@ -10,6 +10,7 @@ import torch
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.speculative import lookup_drafts, verify
 from decodebench.decoding.strategies import build_strategy
+from decodebench.specs import to_specs
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -167,7 +168,7 @@ def test_run_refuses_early_exit_beyond_the_model(cfg_of, tmp_path):
 
     cfg = cfg_of(["model=tiny", "strategy=speculative", "logger=none", "progress=false"])  # early_exit: 8
     with pytest.raises(ConfigError, match=r"^strategy\.assistant\.early_exit must be < the target's 2 layers, got 8$"):
-        execute(cfg, tmp_path)
+        execute(to_specs(cfg), tmp_path)
 
 
 def test_assistant_with_another_vocabulary_is_refused(embedded):

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from decodebench import results, runner
 from decodebench.cli.verbs import main as cli_main
 from decodebench.sweep import execute as sweep_exec
+from decodebench.specs import to_specs
 from tests.test_sweep import no_model, one_thread  # noqa: F401  (fixtures)
 
 MINI = """# @package _global_
@@ -75,7 +76,7 @@ def test_every_point_equals_the_point_run_alone(tmp_path, conf, capsys):
     assert others <= set(fused)
     assert "beam,seed=0" not in fused
     for d in dirs:  # each point's own config.yaml, run as it stands
-        alone = runner.execute(OmegaConf.load(d / "config.yaml"), tmp_path / "alone" / d.name)
+        alone = runner.execute(to_specs(OmegaConf.load(d / "config.yaml")), tmp_path / "alone" / d.name)
         assert tokens(alone["run_dir"]) == tokens(d) and all(t for _, _, t in tokens(d)), d.name
     # and as the command line of a run composes it: strategy=minp with the method's settings and grid value
     from tests.conftest import compose
@@ -83,7 +84,7 @@ def test_every_point_equals_the_point_run_alone(tmp_path, conf, capsys):
     cfg = compose([a for a in BASE if not a.startswith(("study", "scorers"))] +
                   ["strategy=minp", "strategy.temperature=1.5", "strategy.min_p=0.2", "seed=0",
                    "scorers.names=[gen_length]"])
-    alone = runner.execute(cfg, tmp_path / "composed")
+    alone = runner.execute(to_specs(cfg), tmp_path / "composed")
     assert tokens(alone["run_dir"]) == tokens(sdir / "minp,min_p=0.2,seed=0")
 
 
@@ -155,7 +156,7 @@ def test_independent_noise_salts_each_method_and_still_reproduces(tmp_path, conf
     seeds = {d.name.split(",")[0]: int(d.name.rsplit("seed=", 1)[1]) for d in points(sdir)}
     assert len(set(seeds.values())) == 3 and 0 not in seeds.values()
     d = sdir / next(n.name for n in points(sdir) if n.name.startswith("topp,top_p=0.9"))
-    alone = runner.execute(OmegaConf.load(d / "config.yaml"), tmp_path / "alone")
+    alone = runner.execute(to_specs(OmegaConf.load(d / "config.yaml")), tmp_path / "alone")
     assert tokens(alone["run_dir"]) == tokens(d)
     shared = tmp_path / "shared"
     assert study(conf + BASE + [f"study.dir={shared}", "~study.methods.beam", "~study.methods.typical",

@@ -8,6 +8,7 @@ import sys
 
 from decodebench import results, runner
 from decodebench.cli.verbs import main as cli_main
+from decodebench.specs import to_specs
 from tests.conftest import compose
 from tests.test_sweep import one_thread  # noqa: F401  (autouse: no OpenMP spin-waits on a busy machine)
 
@@ -30,6 +31,6 @@ def test_open_ended_study_points_equal_points_alone_on_the_embedded_model(tmp_pa
     for name, ov in (("minp,min_p=0.05,seed=0", ["strategy=minp", "strategy.min_p=0.05"]),
                      ("greedy,seed=0", ["strategy=greedy"]),
                      ("beam,seed=0", ["strategy=beam", "strategy.num_beams=4"])):
-        alone = runner.execute(compose(SHARED + ["dataset=books", "seed=0", *ov]), tmp_path / f"alone-{name}")
+        alone = runner.execute(to_specs(compose(SHARED + ["dataset=books", "seed=0", *ov])), tmp_path / f"alone-{name}")
         got = [r.token_ids for r in results.read_generations(sdir / name)]
         assert len(got) == 4 and all(got) and got == [r.token_ids for r in results.read_generations(alone["run_dir"])]

@@ -13,6 +13,7 @@ from decodebench.sweep import execute as sweep_exec
 from decodebench.cli.verbs import main as cli_main
 from decodebench.sweep.plan import make_plan
 from decodebench.cli.preflight import add_grid_keys
+from decodebench.specs import to_specs
 from tests.conftest import compose as _compose
 
 # Full-length rows (min_new_tokens) so the comparison covers every step; 4 prompts x 2 samples per point;
@@ -72,24 +73,24 @@ def no_model(monkeypatch):
 
 
 def test_plan_points_names_and_groups():
-    plan = make_plan(compose(BASE + ["sweep.seeds=[0,1]"]))
+    plan = make_plan(to_specs(compose(BASE + ["sweep.seeds=[0,1]"])))
     assert [p.name for p in plan.points][:3] == ["top_p=0.5,temperature=0.7,seed=0", "top_p=0.5,temperature=0.7,seed=1",
                                                  "top_p=0.5,temperature=1,seed=0"]
     assert len(plan.points) == 8
     p = plan.points[1]
-    assert (p.cfg.strategy.top_p, p.cfg.strategy.temperature, p.cfg.seed) == (0.5, 0.7, 1)
+    assert (p.run.strategy["top_p"], p.run.strategy["temperature"], p.run.seed) == (0.5, 0.7, 1)
     assert p.overrides() == ["strategy.top_p=0.5", "strategy.temperature=0.7", "seed=1"]
     assert [len(g) for g in plan.groups(None)] == [8]
     assert [len(g) for g in plan.groups(3)] == [3, 3, 2]
     # a different max_new_tokens is a loop-level setting: such points are never in one group
-    plan2 = make_plan(compose(BASE + ["sweep.grid.max_new_tokens=[4,6]"]))
+    plan2 = make_plan(to_specs(compose(BASE + ["sweep.grid.max_new_tokens=[4,6]"])))
     assert sorted(len(g) for g in plan2.groups(None)) == [4, 4]
 
 
 def test_every_new_strategy_grid_plans():
     """Each default grid of the newer samplers expands into valid points (the table makes them sweepable)."""
     for name in ("top_n_sigma", "xtc", "dry", "mirostat", "tfs", "dynatemp", "smoothing", "top_h", "watermark", "cfg"):
-        plan = make_plan(compose([f"strategy={name}", f"sweep={name}"]))
+        plan = make_plan(to_specs(compose([f"strategy={name}", f"sweep={name}"])))
         assert len(plan.points) > 1 and all(p.spec.params.do_sample for p in plan.points), name
 
 
@@ -127,11 +128,11 @@ def test_fused_points_equal_each_point_run_alone(tmp_path, capsys):
     assert len(res["complete"]) == 8 and not res["failed"]
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "sweep.json"):
         assert (sdir / name).is_file()
-    plan = make_plan(compose(BASE + ["sweep.seeds=[0,1]"]))
+    plan = make_plan(to_specs(compose(BASE + ["sweep.seeds=[0,1]"])))
     info = json.loads((sdir / plan.points[0].name / "run.json").read_text())
     assert len(info["sweep"]["fused_with"]) == 7  # really fused: all 8 points shared batches
     p = plan.points[3]  # run alone from the command line's overrides
-    alone = runner.execute(compose(args + p.overrides()), tmp_path / "alone")["run_dir"]
+    alone = runner.execute(to_specs(compose(args + p.overrides())), tmp_path / "alone")["run_dir"]
     got = tokens(sdir / p.name)
     assert len(got) == 8 and got == tokens(alone)
     assert (sdir / p.name / "config.yaml").read_text() == (Path(alone) / "config.yaml").read_text()
@@ -141,7 +142,7 @@ def test_fused_points_equal_each_point_run_alone(tmp_path, capsys):
     from omegaconf import OmegaConf
 
     p = plan.points[6]
-    again = runner.execute(OmegaConf.load(sdir / p.name / "config.yaml"), tmp_path / "again")
+    again = runner.execute(to_specs(OmegaConf.load(sdir / p.name / "config.yaml")), tmp_path / "again")
     assert tokens(again["run_dir"]) == tokens(sdir / p.name)
 
 

@@ -8,6 +8,7 @@ import sys
 from decodebench import results, runner
 from decodebench.cli.verbs import main as cli_main
 from decodebench.cli.preflight import add_grid_keys
+from decodebench.specs import to_specs
 from tests.conftest import compose
 from tests.test_sweep import one_thread  # noqa: F401  (autouse: no OpenMP spin-waits on a busy machine)
 
@@ -25,7 +26,7 @@ def test_fused_sweep_equals_points_alone_on_the_embedded_model(tmp_path, monkeyp
                      ("top_p=0.95,temperature=1,seed=0", ["strategy.top_p=0.95"])):
         point = tmp_path / "s" / name
         assert json.loads((point / "run.json").read_text())["sweep"]["fused_with"]
-        alone = runner.execute(compose(add_grid_keys(args + ov + ["strategy.temperature=1.0", "seed=0"])),
+        alone = runner.execute(to_specs(compose(add_grid_keys(args + ov + ["strategy.temperature=1.0", "seed=0"]))),
                                tmp_path / f"alone-{name}")["run_dir"]
         got = [r.token_ids for r in results.read_generations(point)]
         assert len(got) == 2 and all(got) and got == [r.token_ids for r in results.read_generations(alone)]

@@ -15,6 +15,7 @@ import pytest
 from decodebench import limits, results, runner
 from decodebench.config import ConfigError
 from decodebench.dirlock import LOCK_FILE, DirectoryBusy, DirLock
+from decodebench.specs import to_specs
 from tests.conftest import ROOT, compose
 from tests.test_bad_input import crafted_run_dir, own_log_handlers  # noqa: F401  (autouse)
 from tests.test_sweep import BASE as SWEEP_BASE
@@ -137,7 +138,7 @@ def test_a_point_never_holds_metrics_and_error(tmp_path):
     from decodebench.sweep import execute as sweep_exec
     from decodebench.sweep.plan import make_plan
 
-    plan = make_plan(compose(TINY + ["strategy=topp", "sweep.grid.top_p=[0.5]", "~sweep.grid.temperature"]))
+    plan = make_plan(to_specs(compose(TINY + ["strategy=topp", "sweep.grid.top_p=[0.5]", "~sweep.grid.temperature"])))
     ctx = sweep_exec.Context(plan, tmp_path, {}, None, None, [], {}, "g")
     p = plan.points[0]
     (tmp_path / p.name).mkdir()
@@ -159,7 +160,7 @@ def test_seed_on_the_command_line_is_the_sweep_seed_and_points_equal_runs_alone(
     for top_p in (0.5, 0.9):
         alone = [a for a in args if not a.startswith(("sweep.", "~sweep.", "seed="))]
         alone += [f"strategy.top_p={top_p}", "seed=5"]
-        r = runner.execute(compose(alone), tmp_path / f"alone{top_p}")
+        r = runner.execute(to_specs(compose(alone)), tmp_path / f"alone{top_p}")
         assert tokens(r["run_dir"]) == tokens(tmp_path / "s" / f"top_p={top_p},seed=5")
         assert json.loads((tmp_path / "s" / f"top_p={top_p},seed=5" / "run.json").read_text())["seed"] == 5
 
@@ -169,7 +170,7 @@ def test_shipped_grids_use_the_top_level_seed():
     from decodebench.sweep.plan import make_plan
 
     for f in sorted((conf_dir() / "sweep").glob("*.yaml")):
-        plan = make_plan(compose(["model=tiny", f"strategy={f.stem}", "seed=7"]))
+        plan = make_plan(to_specs(compose(["model=tiny", f"strategy={f.stem}", "seed=7"])))
         assert plan.seeds == [7] and all(p.seed == 7 for p in plan.points), f.name
 
 
@@ -181,7 +182,7 @@ def test_truncate_left_keeps_the_last_tokens_and_empty_prompts_are_skipped_with_
     f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["x" * 600 + "END", "", "short"]))
     cfg = compose(TINY + ["dataset=file", f"dataset.path={f}", "strategy.max_new_tokens=12",
                           "dataset.truncate=left", "dataset.empty_prompts=skip"])
-    run_dir = runner.execute(cfg, tmp_path / "r")["run_dir"]
+    run_dir = runner.execute(to_specs(cfg), tmp_path / "r")["run_dir"]
     recs = results.read_generations(run_dir)
     assert len(recs) == 2 and len(recs[0].prompt_token_ids) == 512 - 12
     from decodebench.tiny_tokenizer import byte_tokenizer

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from decodebench import results, runner  # noqa: E402
 from decodebench.tasks.config import expand_overrides  # noqa: E402
+from decodebench.specs import to_specs  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 from tests.test_sweep import no_model, one_thread, sweep  # noqa: E402,F401
 
@@ -81,7 +82,7 @@ def test_a_log_likelihood_task_with_a_sampling_strategy_is_refused(tmp_path, cap
     from tests.conftest import compose
 
     cfg = compose(expand_overrides(TINY + ["task=my_choice", f"task.include_path={tmp_path}"]))
-    assert runner.prepare(cfg)["task"].output_types == {"my_choice": "multiple_choice"}  # greedy: allowed
+    assert runner.prepare(to_specs(cfg))["task"].output_types == {"my_choice": "multiple_choice"}  # greedy: allowed
 
 
 def test_plain_run_adds_task_metrics_and_maj_at_n(tmp_path, capsys):
@@ -144,7 +145,7 @@ def test_greedy_with_several_samples_is_said_once(caplog):
     task_config._WARNED.clear()
     cfg = compose(expand_overrides(TINY + ["task=decodebench_arith", "task.num_samples=3"]))
     with caplog.at_level(logging.WARNING, logger="decodebench"):
-        runner.prepare(cfg)
-        runner.prepare(cfg)  # preflight, then the run itself
+        runner.prepare(to_specs(cfg))
+        runner.prepare(to_specs(cfg))  # preflight, then the run itself
     said = [r for r in caplog.records if "greedy samples are all the same" in r.getMessage()]
     assert len(said) == 1
