@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Callable
 
 from decodebench import results
 from decodebench.sweep.execute import Context, run_points
@@ -38,11 +39,11 @@ def dev_objective(ctx: Context, scorer, split: tuple, points: list[Point]):
     return mean_dev(devs)
 
 
-def run_rounds(ctx: Context, splan: StudyPlan) -> dict:
+def run_rounds(ctx: Context, splan: StudyPlan, claim_dir: Callable, objective: Callable) -> dict:
     """Every trial of every tuned method, round by round; returns each method's trials (trial_log).
-    On return splan.points and splan.method_of hold every point the study ran (the untuned methods' first)."""
-    from decodebench.sweep.study_run import claim_dir, objective
-
+    On return splan.points and splan.method_of hold every point the study ran (the untuned methods' first).
+    `claim_dir(sdir, splan)` records the points in study.json, `objective(ctx, splan, done)` is
+    (scorer, dev ids, test ids) (study_run's)."""
     s = splan.search
     studies = open_studies(ctx.sweep_dir, s, splan.maximize)
     fixed = [p for p in splan.points if splan.method_of[p.name] not in s.spaces]
@@ -61,9 +62,10 @@ def run_rounds(ctx: Context, splan: StudyPlan) -> dict:
         todo, mine = list(fixed) if rnd == 0 else [], {}
         for label, trial in asked.items():
             mine[label] = trial_points(splan, label, trial.params)
-            for p in mine[label]:
-                if p.name not in known:
-                    known[p.name], method_of[p.name] = p, label
+            for p in mine[label]:  # a repeated trial's point is run once (and skipped once complete)
+                known.setdefault(p.name, p)
+                method_of.setdefault(p.name, label)
+                if all(q.name != p.name for q in todo):
                     todo.append(p)
         splan.points, splan.method_of = list(known.values()), method_of
         claim_dir(ctx.sweep_dir, splan)  # study.json lists the points asked so far

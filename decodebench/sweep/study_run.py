@@ -144,7 +144,7 @@ def run_study(splan: StudyPlan, sdir: Path, prep) -> dict:
         if splan.search is not None:  # optuna: rounds of one trial per method, each round fused
             from decodebench.sweep.study_rounds import run_rounds
 
-            trials = run_rounds(ctx, splan)
+            trials = run_rounds(ctx, splan, claim_dir, objective)
         else:
             run_points(ctx, cfg.study.fuse)
         res: Optional[dict] = None
