@@ -68,7 +68,7 @@ def replay(trials: list[dict], search: Search, label: str, maximize: bool) -> li
 
 def test_optuna_gives_every_method_the_same_trials_in_fused_rounds(tmp_path, conf, capsys):
     sdir = tmp_path / "s"
-    code, res, err = study(conf + BASE + ["study.trials=4", f"study.dir={sdir}"], capsys)
+    code, res, err = study(conf + BASE + ["study.trials=4", f"study.dir={sdir}", "study.leaderboard=true"], capsys)
     assert code == 0, err
     trials = trials_of(sdir)
     assert sorted(trials) == sorted(TUNED)
@@ -100,6 +100,11 @@ def test_optuna_gives_every_method_the_same_trials_in_fused_rounds(tmp_path, con
         if c["method"] in TUNED:
             assert c["point"]["dev"] == min(t["value"] for t in trials[c["method"]])
     assert out["search"]["search"] == "optuna" and out["search"]["trials"] == 4
+    import csv
+
+    rows = [r for r in csv.DictReader(open(sdir / "leaderboard.csv")) if r["table"] == "selected"]
+    assert {r["method"]: r["points tried"] for r in rows} == {"greedy": "1", "beam": "1", "topk": "4", "topp": "4",
+                                                              "minp": "4"}
 
 
 def _kill_in_generation(monkeypatch, calls: list):
