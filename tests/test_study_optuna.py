@@ -223,3 +223,31 @@ def test_a_journal_over_another_space_is_refused(tmp_path, conf, capsys):
     code, _, err = study(conf + BASE + ["study.trials=1", f"study.dir={sdir}",
                                         "study.methods.topp.grid.top_p.high=0.9"], capsys)
     assert code == 2 and "Optuna trials of method topp searched another space" in err, err
+
+
+def test_a_trial_over_several_seeds_is_told_the_mean_dev_objective(tmp_path, conf, capsys):
+    sdir = tmp_path / "s"
+    args = conf + BASE + ["study.trials=2", "study.seeds=[0,1]", f"study.dir={sdir}", "~study.methods.beam",
+                          "~study.methods.topk", "~study.methods.minp"]
+    code, res, err = study(args, capsys)
+    assert code == 0, err
+    out = json.loads((sdir / "study_result.json").read_text())
+    dev = {p["name"]: p["dev"] for p in out["points"]}
+    for t in out["trials"]["topp"]:
+        v = float(format(t["params"]["top_p"], ".4g"))
+        mine = [dev[f"topp,top_p={v:g},seed={s}"] for s in (0, 1)]
+        assert t["value"] == pytest.approx(sum(mine) / 2)
+    assert len(out["trials"]["topp"]) == 2 and res["points"] == 2 + 2 * len({t["params"]["top_p"]
+                                                                               for t in out["trials"]["topp"]})
+
+
+def test_a_trial_with_no_objective_is_told_failed_without_a_warning(recwarn):
+    import optuna
+
+    from decodebench.sweep.study_search import tell
+
+    s = optuna.create_study()
+    for value in (None, float("nan"), 0.5):
+        tell(s, s.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), value)
+    assert [t.state.name for t in s.trials] == ["FAIL", "FAIL", "COMPLETE"] and s.trials[2].value == 0.5
+    assert not [w for w in recwarn if "nan" in str(w.message)]
