@@ -144,7 +144,8 @@ class StudyConfig:
     select: Dict[str, Any] = field(default_factory=lambda: {"metric": "???", "direction": "max"})
     dev_fraction: float = 0.5  # share of the prompts (by id) the settings are chosen on; the rest report
     split_seed: int = 0  # salt of the dev/test split by prompt id
-    search: str = "grid"  # grid: every point of each method's grid
+    search: str = "grid"  # grid: every point of each method's grid; optuna: TPE, `trials` per method
+    trials: int = 8  # with search=optuna: Optuna trials per tuned method (the same budget for each)
     equal_budget: bool = True  # every tuned method (one with a grid) has the same number of points
     noise: str = "shared"  # shared: common random numbers across methods; independent: seeds salted per method
     seeds: Optional[List[int]] = None  # one point per seed; null: the top-level seed

@@ -81,6 +81,7 @@ def main() -> None:
             sweeps = [f"strategy.{k}={','.join(str(x) for x in v)}" for k, v in grid.items()]
             multirun += timed(py + ["-m"] + common[3:] + [*sweeps, f"hydra.sweep.dir={tmp / 'multirun' / label}",
                                         "hydra.callbacks.leaderboard.enabled=false"])
+    parts = fused_breakdown(tmp / "study", times["fused"])
     times["sweep_per_method"] = per_method
     if not a.no_multirun:
         times["multirun_per_method"] = multirun
@@ -89,8 +90,35 @@ def main() -> None:
     for k, v in times.items():
         ratio = "" if k == "fused" else f"  ({v / times['fused']:.2f}x the fused study)"
         print(f"  {k:>20}: {v:7.1f} s{ratio}")
+    print(f"  fused study: generation {parts['generation_s']:.1f} s ({parts['one_token_s']:.1f} s in the running batch "
+          f"of one-token-per-step points, {parts['search_s']:.1f} s in search methods' batches), the other "
+          f"{parts['other_s']:.1f} s start-up, config, model load, scoring and writing")
+    print(f"  one-token-per-step rows: {parts['distinct_prefix_share']:.0%} of their row-steps are distinct (prompt, "
+          f"sample, tokens so far); with shared noise the others repeat another row's forward")
     print(json.dumps({"study": a.study, "limit": a.limit, "max_new_tokens": a.max_new_tokens, "times_s": times,
-                      "ratios": {k: v / times["fused"] for k, v in times.items() if k != "fused"}}))
+                      "ratios": {k: v / times["fused"] for k, v in times.items() if k != "fused"},
+                      "fused_breakdown": parts}))
+
+
+def fused_breakdown(sdir: Path, wall: float) -> dict:
+    """Where the fused study's time went, from its points' own records: each point's generation_time_s is its
+    share of its fused batches' time, so their sum per kind is the time in those batches. Also the share of the
+    one-token-per-step row-steps whose (prompt, tokens so far) is distinct: the forwards a batch must run."""
+    one, search, prefixes, row_steps = 0.0, 0.0, set(), 0
+    for d in sorted(p for p in sdir.iterdir() if (p / "metrics.json").is_file()):
+        gen = float(json.loads((d / "metrics.json").read_text()).get("generation_time_s") or 0.0)
+        info = json.loads((d / "run.json").read_text())
+        if info["strategy"].get("method", "sampling") != "sampling":  # beam, contrastive, ...: own batches
+            search += gen
+            continue
+        one += gen
+        for line in (d / "generations.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            ids = r["token_ids"]
+            row_steps += len(ids)
+            prefixes.update((r["prompt_id"], r["sample_index"], tuple(ids[:t])) for t in range(len(ids)))
+    return {"generation_s": one + search, "one_token_s": one, "search_s": search, "other_s": wall - one - search,
+            "distinct_prefix_share": len(prefixes) / row_steps if row_steps else float("nan")}
 
 
 def study_dataset(name: str) -> list[str]:

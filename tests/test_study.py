@@ -181,7 +181,9 @@ BAD = [
     ("study.dev_fraction=0", "study.dev_fraction must be in (0, 1)"),
     ("study.dev_fraction=1.5", "study.dev_fraction must be in (0, 1)"),
     ("study.noise=fresh", "study.noise must be shared or independent"),
-    ("study.search=optuna", "study.search: only grid is available"),
+    ("study.search=anneal", "study.search must be grid (every grid point) or optuna"),
+    (("top_p: [0.5, 0.9]", "top_p: {low: 0.5, high: 0.9}"), "study.methods.topp.grid.top_p: a range {low, high} "
+                                                             "needs study.search=optuna"),
     ("study.bootstrap=-1", "study.bootstrap must be >= 0"),
     ("study=minii", "did you mean 'mini'"),
 ]

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 from decodebench.config import ConfigError, StrategyConfig, check_seed, conf_dir, validate
 from decodebench.specs import RunSpec, with_strategy
 from decodebench.sweep.plan import NOT_FINGERPRINTED, NOT_PARAMS, Plan, Point, _first_duplicate, fuse_key, point_name
+from decodebench.sweep.study_search import Search, check_range, check_search, probe_grid
 
 STUDY_JSON = "study.json"
 METHOD_KEYS = ("strategy", "settings", "grid")
@@ -63,6 +64,7 @@ class StudyPlan:
     maximize: bool
     fingerprint: str
     base: dict
+    search: Any = None  # study_search.Search with study.search=optuna: the points are asked round by round
 
     def sweep_plan(self) -> Plan:
         """The points as the sweep's executor takes them (fusion groups across methods)."""
@@ -132,6 +134,9 @@ def parse_methods(raw: Any, file: str, strategies: list[str]) -> list[Method]:
             _check_key(f"{where}.settings", str(k), params, strategy)
         for k, vals in grid.items():
             _check_key(f"{where}.grid", str(k), params, strategy)
+            if isinstance(vals, dict):  # a range {low, high, log}: searched by study.search=optuna
+                grid[k] = check_range(f"{where}.grid.{k}", vals)
+                continue
             if not isinstance(vals, list) or not vals:
                 raise ConfigError(f"{where}.grid.{k} must be a non-empty list of values, got {vals!r}")
             if _first_duplicate(vals) is not None:
@@ -172,9 +177,6 @@ def check_options(run: RunSpec, file: str) -> list[int]:
     s = run.study
     if str(s.noise) not in NOISE:
         raise ConfigError(f"{file}: study.noise must be shared or independent, got {s.noise!r}")
-    if str(s.search) != "grid":
-        raise ConfigError(f"{file}: study.search: only grid is available (every grid point of every method), "
-                          f"got {s.search!r}")
     if int(s.bootstrap) < 0:
         raise ConfigError(f"{file}: study.bootstrap must be >= 0 (resamples of the test prompts), got {s.bootstrap}")
     if s.fuse is not None and int(s.fuse) < 1:
@@ -225,13 +227,16 @@ def make_study(run: RunSpec, compose_method: Callable[[str], RunSpec], strategie
     `compose_method(strategy)`: the spec of the study's command line composed with strategy=<strategy>."""
     file = file or study_file(run)
     methods = parse_methods(copy.deepcopy(dict(run.study.methods or {})), file, strategies)
-    if run.study.equal_budget:
+    search = check_search(run, file, {m.label: m.grid for m in methods})
+    if run.study.equal_budget and search == "grid":
         check_budget(methods, file)
     metric, maximize = check_selection(run, file, metrics)
     seeds = check_options(run, file)
-    points, method_of = [], {}
-    for m in methods:
-        for p in method_points(m, compose_method(m.strategy), file, seeds, str(run.study.noise)):
+    points, method_of, runs = [], {}, {}
+    for m in methods:  # with optuna: the points that check each space (both ends of a range), not run
+        runs[m.label] = compose_method(m.strategy)
+        probe = m if search == "grid" else dataclasses.replace(m, grid=probe_grid(m.grid))
+        for p in method_points(probe, runs[m.label], file, seeds, str(run.study.noise)):
             points.append(p)
             method_of[p.name] = m.label
     if metric.startswith("selected_") and not any(p.spec.search.get("selector") for p in points):
@@ -239,4 +244,8 @@ def make_study(run: RunSpec, compose_method: Callable[[str], RunSpec], strategie
                           f"(strategy=self_consistency); select {metric.removeprefix('selected_')}")
     base = base_settings(run)
     fp = hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return StudyPlan(run, str(run.study.name), file, methods, points, method_of, metric, maximize, fp, base)
+    opt = None
+    if search == "optuna":
+        spaces = {m.label: m.grid for m in methods if m.grid}
+        opt = Search(int(run.study.trials), int(run.seed), spaces, runs, seeds, str(run.study.noise), file)
+    return StudyPlan(run, str(run.study.name), file, methods, points, method_of, metric, maximize, fp, base, opt)

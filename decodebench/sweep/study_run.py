@@ -31,6 +31,7 @@ from decodebench.sweep.plan import _diff, _holds_results
 from decodebench.sweep.select import PointScore, select, split_ids
 from decodebench.sweep.study_plan import STUDY_JSON, StudyPlan
 from decodebench.sweep.study_scores import PointScorer
+from decodebench.sweep.study_search import space_json
 
 log = logging.getLogger("decodebench")
 RESULT = "study_result.json"
@@ -64,29 +65,38 @@ def claim_dir(sdir: Path, splan: StudyPlan) -> dict:
                 raise ConfigError(f"study.dir {sdir}: point {p.name} was run with other strategy settings; "
                                   f"use a new study.dir")
     meta.update({"name": splan.name, "file": splan.file, "fingerprint": splan.fingerprint, "config": splan.base,
-                 "methods": {m.label: {"strategy": m.strategy, "settings": m.settings, "grid": m.grid}
+                 "methods": {m.label: {"strategy": m.strategy, "settings": m.settings, "grid": space_json(m.grid)}
                              for m in splan.methods},
                  "points": {p.name: splan.method_of[p.name] for p in splan.points},
+                 "search": splan.search.describe() if splan.search is not None else {"search": "grid"},
                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
     results.write_json_atomic(meta_path, meta)
     return meta
 
 
-def score_and_select(ctx: Context, splan: StudyPlan) -> dict:
-    """The objective per point, the split, the choices and the test metrics of the chosen points."""
-    st = splan.run.study
-    common = dict(model=ctx.model, tokenizer=ctx.tok, device=ctx.prep["device"], seed=splan.run.seed, progress=False)
-    done = [p for p in splan.points if results.is_complete(ctx.sweep_dir / p.name)]
-    if not done:
-        raise ValueError("no point of the study finished")
-    selected = {p.name: bool(p.spec.search.get("selector")) for p in done}
+def objective(ctx: Context, splan: StudyPlan, done: list) -> tuple[PointScorer, list, list]:
+    """The objective's scorer and the dev/test split (by prompt id; by document id for a task metric)."""
+    run = splan.run
+    common = dict(model=ctx.model, tokenizer=ctx.tok, device=ctx.prep["device"], seed=int(run.seed), progress=False)
     scorer = PointScorer(ctx.prep["plan"], splan.metric, common, key={})
     if scorer.task:
         ids = list(scorer.values(ctx.sweep_dir / done[0].name, False))
     else:
         ids = [str(p.id) for p in ctx.prompts]
-    dev, test = split_ids(ids, float(st.dev_fraction), int(st.split_seed))
+    dev, test = split_ids(ids, float(run.study.dev_fraction), int(run.study.split_seed))
     scorer.key = {"metric": splan.metric, "dev": dev, "test": test}
+    return scorer, dev, test
+
+
+def score_and_select(ctx: Context, splan: StudyPlan, trials: Optional[dict] = None) -> dict:
+    """The objective per point, the split, the choices and the test metrics of the chosen points.
+    `trials`: with study.search=optuna, every method's trials (recorded in study_result.json)."""
+    st = splan.run.study
+    done = [p for p in splan.points if results.is_complete(ctx.sweep_dir / p.name)]
+    if not done:
+        raise ValueError("no point of the study finished")
+    selected = {p.name: bool(p.spec.search.get("selector")) for p in done}
+    scorer, dev, test = objective(ctx, splan, done)
     scores = []
     for p in done:
         s = scorer.score(ctx.sweep_dir / p.name, selected[p.name], dev, test)
@@ -94,6 +104,8 @@ def score_and_select(ctx: Context, splan: StudyPlan) -> dict:
                                  s["per_prompt"], {**splan.methods_by_label()[splan.method_of[p.name]].settings,
                                                    **p.values}))
     choices = select(scores, test, splan.maximize, int(st.bootstrap), int(st.split_seed))
+    for c in choices if splan.search is not None else ():  # the budget is trials (a repeated one reuses its point)
+        c.budget = splan.search.trials if c.method in splan.search.spaces else 1
     test_metrics = {c.point.name: scorer.test_metrics(ctx.sweep_dir / c.point.name, selected[c.point.name], test)
                     for c in choices}
     out = {"name": splan.name, "metric": splan.metric, "maximize": splan.maximize, "noise": str(st.noise),
@@ -101,7 +113,10 @@ def score_and_select(ctx: Context, splan: StudyPlan) -> dict:
            "test": "paired sign-flip permutation test on per-prompt test scores, two-sided",
            "points": [asdict(s) for s in scores], "choices": [asdict(c) for c in choices],
            "test_metrics": test_metrics, "selected": [n for n, v in selected.items() if v],
-           "missing": sorted({p.name for p in splan.points} - {p.name for p in done})}
+           "missing": sorted({p.name for p in splan.points} - {p.name for p in done}),
+           "search": splan.search.describe() if splan.search is not None else {"search": "grid"}}
+    if trials is not None:
+        out["trials"] = trials
     results.write_json_atomic(ctx.sweep_dir / RESULT, out)
     return out
 
@@ -119,15 +134,23 @@ def run_study(splan: StudyPlan, sdir: Path, prep) -> dict:
                                                  tuple(p.spec for p in plan.points))
         claim_dir(sdir, splan)
         preemption.note_resume("study.dir", str(sdir))  # SIGTERM/SIGUSR1: the line names this resume
-        log.info("study %s: %d methods, %d points -> %s (to resume: study.dir=%s)", splan.name,
-                 len(splan.methods), len(plan.points), sdir, sdir)
+        size = f"{len(plan.points)} points" if splan.search is None else \
+            f"optuna, {splan.search.trials} trials per tuned method"
+        log.info("study %s: %d methods, %s -> %s (to resume: study.dir=%s)", splan.name, len(splan.methods), size,
+                 sdir, sdir)
         model, tok = runner.get_model(run.model, prep.device, prep.dtype)
         ctx = Context(plan, sdir, prep, model, tok, prompts, ids, group_name=f"study-{splan.name}-{sdir.name}")
-        run_points(ctx, run.study.fuse)
+        trials = None
+        if splan.search is not None:  # optuna: rounds of one trial per method, each round fused
+            from decodebench.sweep.study_rounds import run_rounds
+
+            trials = run_rounds(ctx, splan, claim_dir, objective)
+        else:
+            run_points(ctx, run.study.fuse)
         res: Optional[dict] = None
         board = None
         try:
-            res = score_and_select(ctx, splan)
+            res = score_and_select(ctx, splan, trials)
         except ValueError as e:
             log.warning("study: no selection: %s", e)
         if res is not None and run.study.leaderboard:
@@ -135,8 +158,9 @@ def run_study(splan: StudyPlan, sdir: Path, prep) -> dict:
 
             board = write_study_board(sdir)
             log_to_wandb(run, sdir, ctx.group_name)
-    return {"study_dir": str(sdir), "name": splan.name, "points": len(plan.points),
+    n = len(splan.points)  # with optuna: the points its trials asked for
+    return {"study_dir": str(sdir), "name": splan.name, "points": n,
             "complete": [r["run_dir"] for r in ctx.done], "failed": ctx.failed,
-            "skipped": len(plan.points) - len(ctx.done) - len(ctx.failed), "leaderboard": board,
+            "skipped": n - len(ctx.done) - len(ctx.failed), "leaderboard": board,
             "choices": [{"method": c["method"], "setting": c["point"]["label"], "test": c["point"]["test"]}
                         for c in (res or {}).get("choices", [])], "wall_time_s": time.perf_counter() - t0}
