@@ -79,10 +79,11 @@ def _plain(cfg: DictConfig, key: str, missing_ok: bool = False) -> Any:
 
 
 def _model(d: dict) -> ModelConfig:
-    from decodebench.api_models.settings import ApiModelConfig, is_api
+    """ModelConfig, or ApiModelConfig for model=api (an endpoint instead of weights)."""
+    from decodebench.api_models.settings import API, ApiModelConfig
 
-    cls = ApiModelConfig if is_api(ModelConfig(name_or_path=str(d.get("name_or_path")))) else ModelConfig
-    return _build(cls, d, "model")
+    api = isinstance(d, dict) and str(d.get("name_or_path")) == API
+    return _build(ApiModelConfig if api else ModelConfig, d, "model")
 
 
 def _build(cls, d: Any, group: str):
