@@ -3,10 +3,11 @@
     /path/to/vllm-env/bin/python scripts/bench_vllm.py job.json     (bench_engine.py writes job.json)
 
 job.json: {"model_dir", "prompts": [[ids...]], "max_tokens", "do_sample", "top_p", "max_num_seqs",
-"ignore_eos", "dtype", "eos": [ids]}. Prints one line `BENCH_VLLM_RESULT {"tokens", "seconds", "rows_eos"}` for the
-generate call alone (engine start-up and model load excluded, as on decodebench's side), or one line
-`BENCH_VLLM_ERROR <why>` on stderr when vLLM cannot start. vLLM is a benchmark comparison only, never a
-dependency of decodebench; scripts/setup_vllm.sh builds its environment.
+"ignore_eos", "dtype", "eos": [ids]}. Prints one line `BENCH_VLLM_RESULT {"tokens", "seconds", "rows_eos",
+"rows", "peak_mb"}`: the generate call alone (engine start-up and model load excluded, as on decodebench's
+side) and the peak resident memory of vLLM's processes; or one line `BENCH_VLLM_ERROR <why>` on stderr
+when vLLM cannot start. vLLM is a benchmark comparison only, never a dependency of decodebench;
+scripts/setup_vllm.sh builds its environment.
 
 The helpers above `main` import neither vLLM nor decodebench: bench_engine.py calls `run` from its own
 environment, and the child sets its own vLLM settings (`ENV_DEFAULTS`) before vLLM is imported.
@@ -95,7 +96,23 @@ def run(python: str, job: dict, timeout_s: float = 3600) -> tuple[int | None, di
     r = parse_result(p.stdout) if p.returncode == 0 else None
     if r is None:
         return None, {"skip": f"vLLM failed: {failure_line(p.stderr, p.stdout)}"}
-    return r["tokens"], {"seconds_inside": r["seconds"], "rows_eos": r["rows_eos"]}
+    return r["tokens"], {"seconds_inside": r["seconds"], "rows_eos": r["rows_eos"], "peak_mb": r["peak_mb"]}
+
+
+def tree_peak_mb() -> float:
+    """The sum of each process's peak resident size (VmHWM) over this process and its descendants: vLLM's
+    engine core and worker run apart, so the calling benchmark's own peak says nothing about vLLM."""
+    import psutil  # a dependency of vLLM
+
+    me = psutil.Process()
+    total_kb = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                total_kb += next((int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")), 0)
+        except OSError:
+            continue  # the process ended meanwhile
+    return total_kb / 1024
 
 
 def import_problem() -> str | None:
@@ -138,10 +155,12 @@ def main() -> None:
     t = time.perf_counter()
     outs = llm.generate(prompts, sp, use_tqdm=False)
     s = time.perf_counter() - t
+    peak = tree_peak_mb()
     eos = set(job.get("eos") or [llm.get_tokenizer().eos_token_id])
     rows = [list(o.outputs[0].token_ids) for o in outs]
     print(RESULT + json.dumps({"tokens": count_tokens(rows, eos, job["ignore_eos"]), "seconds": s,
-                               "rows_eos": sum(bool(r) and r[-1] in eos for r in rows), "rows": len(rows)}))
+                               "rows_eos": sum(bool(r) and r[-1] in eos for r in rows), "rows": len(rows),
+                               "peak_mb": peak}))
 
 
 if __name__ == "__main__":
