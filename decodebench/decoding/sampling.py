@@ -164,7 +164,8 @@ def _race_scores(logits: Tensor, bits: Tensor) -> Tensor:
     return logits - log_q
 
 
-def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, support: int | None = None) -> Tensor:
+def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, support: int | None = None,
+           candidates: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """`[B]` next tokens: argmax for greedy rows, the exponential race for sampled rows.
 
     `argmax(softmax(x) / q)` equals `argmax(x - log q)` (log is monotone; the normaliser is per row), and
@@ -176,12 +177,21 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
     `support` (a chain's `support`): at most this many finite logits per row, e.g. after top-k. On CPU,
     rows whose `support + 1`-th largest logit is `-inf` then draw noise for those tokens only, with the
     same bits and scores as the full path, so the token is the same; other rows take the full path.
+
+    `candidates` (a chain's `candidates`): `(ids [B, K], inside [B])`, where every finite logit of an
+    `inside` row lies at `ids` (a sort-free filter proved it). On CPU, eager, those rows race over their
+    K candidates only, with the same per-token noise, so the token is the same; the others race over the
+    whole row. Both shortcuts pick the rows to redo with `nonzero` (no scalar read).
     """
     if do_sample is False:
         return logits.argmax(dim=-1)
     keys = keys.to(logits.device)
     v = logits.shape[-1]
-    if support is not None and support + 1 < v and logits.device.type == "cpu":
+    eager_cpu = logits.device.type == "cpu" and not torch.compiler.is_compiling()
+    if candidates is not None and eager_cpu:
+        ids, inside = candidates
+        sampled = _sample_within(logits, keys, step, ids, ~inside, do_sample)
+    elif support is not None and support + 1 < v and logits.device.type == "cpu":
         sampled = _sample_support(logits, keys, step, support + 1, do_sample)
     else:
         sampled = _race_scores(logits, _bits(keys, step, v)).argmax(dim=-1)
@@ -202,12 +212,21 @@ def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, voca
 
 def _sample_support(logits: Tensor, keys: Tensor, step, s: int, do_sample: Tensor | bool) -> Tensor:
     vals, ids = torch.topk(logits, s, dim=-1)
-    out = sample_candidates(vals, ids, keys, step, logits.shape[-1])
     full = vals[:, -1] != -math.inf  # a finite logit may lie outside the top s: score the whole row
+    return _sample_within(logits, keys, step, ids, full, do_sample, vals)
+
+
+def _sample_within(logits: Tensor, keys: Tensor, step, ids: Tensor, full: Tensor, do_sample: Tensor | bool,
+                   vals: Tensor | None = None) -> Tensor:
+    """The race over `ids` `[B, K]` (their logits `vals`, gathered when not given); rows where `full`
+    `[B]` race over the whole row instead. The rows to redo come from `nonzero`: on CPU, where this runs,
+    no scalar is read."""
+    vals = logits.gather(1, ids) if vals is None else vals
+    out = sample_candidates(vals, ids, keys, step, logits.shape[-1])
     if isinstance(do_sample, Tensor):
-        full &= do_sample.to(full.device)  # greedy rows' draws are discarded anyway
-    if bool(full.any()):  # free on CPU, where this path runs
-        rows = full.nonzero()[:, 0]
+        full = full & do_sample.to(full.device)  # greedy rows' draws are discarded anyway
+    rows = full.nonzero()[:, 0]
+    if rows.numel():
         step_rows = step[rows] if isinstance(step, Tensor) and step.dim() else step
         out[rows] = _race_scores(logits[rows], _bits(keys[rows], step_rows, logits.shape[-1])).argmax(dim=-1)
     return out

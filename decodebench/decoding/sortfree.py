@@ -45,13 +45,20 @@ def _cum_bounds(c: Candidates, cum: Tensor, mass_rank: Tensor, steps: Tensor) ->
 
 
 def top_p_cut(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-p's cut `[B, 1]` and `ok` `[B]` from the `k` best candidates (see `top_p_cut_ids`)."""
+    cut, ok, _ = top_p_cut_ids(logits, thr, mtk, k)
+    return cut, ok
+
+
+def top_p_cut_ids(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-p's cut `[B, 1]` (keep `logits >= cut`) and `ok` `[B]`, from the `k` best candidates.
 
     The reference (HF `TopPLogitsWarper`) sorts ascending, takes `cum = softmax.cumsum`, removes the
     positions with `cum <= thr` below the last `mtk`. Ascending, the tail (every token outside the
     candidates) comes first: its mass is `tail`, then the candidates ascending. A row is ok when the
     tail's last position is certainly removed, each candidate position is certainly removed or
-    certainly kept, and no tie straddles the cut. `thr` `[B, 1]` in the logits' dtype (`-inf`: off)."""
+    certainly kept, and no tie straddles the cut. `thr` `[B, 1]` in the logits' dtype (`-inf`: off).
+    Also returns the candidates' ids `[B, k]`: an ok row with top-p on keeps only tokens among them."""
     c = Candidates(logits, k)
     asc_e = c.e.flip(-1)
     cum = (c.tail + asc_e.cumsum(dim=-1)) / c.s  # [B, k], the true cumulative mass, ascending block
@@ -60,7 +67,7 @@ def top_p_cut(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor,
     mass_rank = (c.e * steps).sum(-1, keepdim=True) / c.s + c.tail / c.s * (c.v // LANES + 3)
     acc_steps = torch.arange(c.v - k, c.v, device=logits.device)
     lo, hi = _cum_bounds(c, cum, mass_rank, acc_steps)
-    _, tail_hi = _cum_bounds(c, c.tail / c.s, mass_rank, torch.tensor(c.v - k, device=logits.device))
+    _, tail_hi = _cum_bounds(c, c.tail / c.s, mass_rank, float(c.v - k))
     out_lo, out_hi = as_reference_output(lo, hi, logits.dtype)
     tail_out = as_reference_output(tail_hi, tail_hi, logits.dtype)[1]
     jb = torch.arange(k, device=logits.device)
@@ -73,7 +80,7 @@ def top_p_cut(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor,
     tie = (last_removed == first_kept) & (first_kept != NEG_INF)
     off = thr == NEG_INF
     ok = c.finite & (tail_out <= thr) & (removed == maybe) & ~tie & (mtk <= k)
-    return torch.where(off, NEG_INF, first_kept), (ok | off)[:, 0]
+    return torch.where(off, NEG_INF, first_kept), (ok | off)[:, 0], c.ids
 
 
 def mirostat_v2_kept(logits: Tensor, mu: Tensor, k: int) -> tuple[Tensor, Tensor]:
