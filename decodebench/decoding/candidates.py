@@ -90,9 +90,9 @@ class Candidates:
         self.v, self.k = logits.shape[-1], k
         self.dtype = logits.dtype
 
-    def absolute_slack(self) -> Tensor:
+    def absolute_slack(self) -> float:
         """Relative-to-1 slack for the float64 sums (s and tail by subtraction): `4 V` ulps of double."""
-        return torch.full_like(self.s, 4 * self.v * _U64)
+        return 4 * self.v * _U64
 
     def softmax_rel_error(self, mass_rank: Tensor) -> Tensor:
         """`[B, 1]` bound on the relative error of the reference's probabilities against ours.

@@ -116,9 +116,10 @@ def _token_table(vocab_size: int, device: torch.device) -> Tensor:
     return _TABLES[key]
 
 
-def _bits(keys: Tensor, step, vocab_size: int, token_ids: Tensor | None = None) -> Tensor:
-    """23 random bits per (row, token): `[B, V]`, or `[B, S]` for the given `token_ids` `[B, S]`."""
-    k1, k2 = _row_words(keys, step)
+def _bits(keys: Tensor, step, vocab_size: int, token_ids: Tensor | None = None, words=None) -> Tensor:
+    """23 random bits per (row, token): `[B, V]`, or `[B, S]` for the given `token_ids` `[B, S]`.
+    `words`: the rows' `_row_words(keys, step)`, when the caller has them already."""
+    k1, k2 = _row_words(keys, step) if words is None else words
     table = _token_table(vocab_size, keys.device)
     h = (table if token_ids is None else table[token_ids]) + k1  # int32 adds wrap too
     tmp = torch.empty_like(h)
@@ -200,12 +201,13 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
     return torch.where(do_sample.to(logits.device), sampled, logits.argmax(dim=-1))
 
 
-def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, vocab_size: int) -> Tensor:
+def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, vocab_size: int, words=None) -> Tensor:
     """`[B]` tokens by the exponential race over candidates only: `cand_logits` `[B, K]` are the row's
     (filtered) logits at token ids `ids` `[B, K]`. A token's noise depends on (key, step, id) alone, so
     when every finite logit of a row is among its candidates (a sort-free filter's `ok` rows) this is
-    the token `sample` draws over the whole row; ties go to the smallest id, as there."""
-    scores = _race_scores(cand_logits, _bits(keys.to(ids.device), step, vocab_size, ids))
+    the token `sample` draws over the whole row; ties go to the smallest id, as there. `words`: the rows'
+    `_row_words(keys, step)`, when the caller has them."""
+    scores = _race_scores(cand_logits, _bits(keys.to(ids.device), step, vocab_size, ids, words))
     best = scores.amax(dim=-1, keepdim=True)
     return torch.where(scores == best, ids, vocab_size).amin(dim=-1)
 
@@ -221,12 +223,14 @@ def _sample_within(logits: Tensor, keys: Tensor, step, ids: Tensor, full: Tensor
     """The race over `ids` `[B, K]` (their logits `vals`, gathered when not given); rows where `full`
     `[B]` race over the whole row instead. The rows to redo come from `nonzero`: on CPU, where this runs,
     no scalar is read."""
+    v = logits.shape[-1]
     vals = logits.gather(1, ids) if vals is None else vals
-    out = sample_candidates(vals, ids, keys, step, logits.shape[-1])
+    words = _row_words(keys, step)  # once for the batch: the candidates and the redone rows share them
+    out = sample_candidates(vals, ids, keys, step, v, words)
     if isinstance(do_sample, Tensor):
         full = full & do_sample.to(full.device)  # greedy rows' draws are discarded anyway
     rows = full.nonzero()[:, 0]
     if rows.numel():
-        step_rows = step[rows] if isinstance(step, Tensor) and step.dim() else step
-        out[rows] = _race_scores(logits[rows], _bits(keys[rows], step_rows, logits.shape[-1])).argmax(dim=-1)
+        row_words = (words[0][rows], words[1][rows])
+        out[rows] = _race_scores(logits[rows], _bits(keys, step, v, words=row_words)).argmax(dim=-1)
     return out
