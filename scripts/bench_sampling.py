@@ -124,7 +124,32 @@ def time_filters(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int
         "process_logits(eta_cutoff=0.0009)": lambda s: process_logits(x, eta_cutoff=0.0009),
         "process_logits(epsilon_cutoff=0.0003)": lambda s: process_logits(x, epsilon_cutoff=0.0003),
     }
+    runs.update(_top_p_steps(x, device))
     return {name: _time(fn, device, repeats) * 1e3 for name, fn in runs.items()}
+
+
+def _top_p_steps(x: torch.Tensor, device) -> dict:
+    """The engine's top-p step: the chain (sort-free top-p 0.95), then the race over its candidates (the
+    engine's path) or over the whole row (what it ran before); and the races alone, on the chain's output."""
+    b, v = x.shape
+    chain = LogitsChain.from_rows([SamplingParams(do_sample=True, top_p=0.95)] * b, vocab_size=v,
+                                  eos_token_id=None, device=device)
+    keys = row_keys(0, [str(i) for i in range(b)], [0] * b, device=device)
+    empty = torch.zeros(b, 0, dtype=torch.long, device=device)
+    out = chain(x, DecodeState(empty, empty, 0, 0))
+    cands = chain.candidates
+    inside = 0.0 if cands is None else cands[1].float().mean().item()
+
+    def step(s: int, within: bool) -> torch.Tensor:
+        y = chain(x, DecodeState(empty, empty, 0, s))
+        return sample(y, keys, s, True, candidates=chain.candidates if within else None)
+
+    return {
+        f"top_p=0.95 chain + race over candidates ({inside:.0%} rows inside)": lambda s: step(s, True),
+        "top_p=0.95 chain + race over the whole row": lambda s: step(s, False),
+        "race over candidates (chain's output)": lambda s: sample(out, keys, s, True, candidates=cands),
+        "race over the whole row (chain's output)": lambda s: sample(out, keys, s, True),
+    }
 
 
 def main() -> None:

@@ -126,3 +126,26 @@ def test_aten_ops_per_step_outside_the_forward(tiny):
     ops, steps, _ = count_step_ops(model, tok, CHAINS["greedy"])
     kernels = sum(v for k, v in ops.items() if k not in VIEWS) / steps
     assert kernels <= 30, sorted(ops.items(), key=lambda kv: -kv[1])
+
+
+LARGE_VOCAB_CHAINS = {
+    "top_p": CHAINS["top_p"],
+    "top_k_top_p": {"name": "kp", "do_sample": True, "top_k": 50, "top_p": 0.9},
+    "penalties": CHAINS["penalties"],
+}
+
+
+@pytest.mark.parametrize("chain", sorted(LARGE_VOCAB_CHAINS))
+def test_no_host_read_at_the_embedded_vocabulary(embedded, chain):
+    """At V = 49,152 top-p takes the sort-free candidate path (and top-k + top-p the support path): the
+    per-row fallback and the race over the candidates still read nothing back and build nothing from
+    Python data."""
+    model, tok = embedded
+    assert model.config.vocab_size > 4 * 1024  # past the candidate path's threshold (2 K < V)
+    ops, steps, tolist = count_step_ops(model, tok, LARGE_VOCAB_CHAINS[chain], batch=8, new_tokens=6)
+    assert steps >= 5
+    assert ops["aten.topk.default"] >= steps  # the candidate (or support) path ran, not a full sort
+    reads = {k: v for k, v in ops.items() if k in HOST_READS}
+    built = {k: v for k, v in ops.items() if k in HOST_BUILT}
+    assert reads == {} and tolist == 0, (reads, tolist)
+    assert built == {}, built

@@ -34,6 +34,7 @@ back for the whole batch through `torch.cond`, so the graph has no break.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -89,9 +90,9 @@ class Candidates:
         self.v, self.k = logits.shape[-1], k
         self.dtype = logits.dtype
 
-    def absolute_slack(self) -> Tensor:
+    def absolute_slack(self) -> float:
         """Relative-to-1 slack for the float64 sums (s and tail by subtraction): `4 V` ulps of double."""
-        return torch.full_like(self.s, 4 * self.v * _U64)
+        return 4 * self.v * _U64
 
     def softmax_rel_error(self, mass_rank: Tensor) -> Tensor:
         """`[B, 1]` bound on the relative error of the reference's probabilities against ours.
@@ -137,12 +138,40 @@ def _compiling() -> bool:
 def resolve(fast: Tensor, ok: Tensor, slow: Callable[[Tensor], Tensor], slow_all: Callable[[], Tensor]) -> Tensor:
     """`fast` with the rows where `ok` `[B]` is False replaced by the reference.
 
-    Eager on CPU: recompute only those rows (`slow(row_indices)`). Compiled, or on an accelerator: one
-    `torch.cond` on "every row ok", whole batch to the reference otherwise; no host read in the graph."""
+    Eager on CPU: recompute only those rows (`slow(row_indices)`), found by `nonzero`, whose size the
+    CPU knows when the op returns (no device round trip, no scalar read; an accelerator never takes
+    this path eagerly, see `usable`). Compiled, or on an accelerator: one `torch.cond` on "every row
+    ok", whole batch to the reference otherwise; no host read in the graph."""
     if not _compiling() and fast.device.type == "cpu":
-        if bool(ok.all()):
-            return fast
-        bad = (~ok).nonzero()[:, 0]
-        fast[bad] = slow(bad)
+        bad = failing_rows(ok)
+        if bad.numel():
+            fast[bad] = slow(bad)
         return fast
     return torch.cond(ok.all(), lambda f: f.clone(), lambda f: slow_all(), (fast,))
+
+
+def failing_rows(ok: Tensor) -> Tensor:
+    """`[n]` indices of the rows where `ok` `[B]` is False (CPU, eager: no scalar read)."""
+    return (~ok).nonzero()[:, 0]
+
+
+# ------------------------------------------------------------------------ candidates handed to the sampler
+_OFFERS: list[list] = []
+
+
+@contextlib.contextmanager
+def collect_offers():
+    """Collect the candidate sets the sort-free filters offer while the block runs (eager only): a list
+    of `(ids [B, K], inside [B])`, `inside` True where the row's kept set provably lies within `ids`."""
+    found: list = []
+    _OFFERS.append(found)
+    try:
+        yield found
+    finally:
+        _OFFERS.pop()
+
+
+def offer(ids: Tensor, inside: Tensor) -> None:
+    """A sort-free filter's candidates, for the chain to hand to `sampling.sample` (see collect_offers)."""
+    if _OFFERS and not _compiling():
+        _OFFERS[-1].append((ids, inside))

@@ -16,8 +16,9 @@ The engine's view::
     # (index[j]: the old row of new row j, None for a joined row), or chain.select(index)
     chain.raise_if_nan()              # every N steps, or at the end: one sync
 
-`chain.sample_mode` (a bool when the batch agrees) and `chain.support` (a bound on finite logits per
-sampled row, when top_k is on for all of them) let `sample` skip work; both are optional.
+`chain.sample_mode` (a bool when the batch agrees), `chain.support` (a bound on finite logits per
+sampled row, when top_k is on for all of them) and `chain.candidates` (the last call's sort-free
+candidate set, when a sort-free filter ran last) let `sample` skip work; all are optional.
 
 Penalties need the token history: `state.input_ids`, padding excluded via the attention mask (the
 repetition penalty and n-gram bans read it directly, `O(B * T)`). Presence and frequency penalties
@@ -40,6 +41,7 @@ from torch import Tensor
 from decodebench.registry import did_you_mean
 
 from . import bindings, bindings_samplers  # noqa: F401  (register the built-in transforms)
+from .candidates import collect_offers
 from .params import SamplingParams
 from .penalties import counts_with_spare
 from .transforms import TRANSFORMS, PackContext, StatefulStep, resolve_order
@@ -104,6 +106,10 @@ class LogitsChain:
         # at most this many finite logits per sampled row leave the chain (top_k on all of them, plus
         # slack for ties): lets `sample` draw noise for those tokens only. None: no such bound.
         self.support = support
+        # set by each eager call: `(ids [B, K], inside [B])` when the last transform was a sort-free filter
+        # (top-p's candidates), `inside` where the row's kept set lies within its ids; `sample` then
+        # races over those K tokens only (same noise per token id, so the same token). None otherwise.
+        self.candidates: tuple[Tensor, Tensor] | None = None
         self.vocab_size = ctx.vocab_size
         self._counts: Tensor | None = None  # [B, V + 1] int32; column V absorbs padding
         self._counts_step: int | None = None
@@ -171,8 +177,19 @@ class LogitsChain:
                              f"({len(self.rows)}, {self.vocab_size})")
         self._nan |= torch.isnan(logits.amax())  # amax propagates NaN: one read pass, no read-back
         tables = Tables(self, state)
-        for step in self._steps:
-            logits = step(logits, tables)
+        if torch.compiler.is_compiling():  # compiled steps race over the whole row
+            for step in self._steps:
+                logits = step(logits, tables)
+            return logits
+        self.candidates = None
+        with collect_offers() as found:
+            before = 0
+            for step in self._steps:
+                before = len(found)
+                logits = step(logits, tables)
+            # only the last step's offer holds: every finite logit of an `inside` row is among its ids
+            if len(found) > before and found[-1][0].shape[0] == logits.shape[0]:
+                self.candidates = found[-1]
         return logits
 
     def update(self, new_tokens: Tensor) -> None:

@@ -35,8 +35,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .candidates import DEFAULT_K, resolve, usable
-from .sortfree import top_p_cut
+from .candidates import DEFAULT_K, failing_rows, offer, resolve, usable
+from .sortfree import top_p_cut_ids
 
 NEG_INF = -math.inf
 
@@ -202,18 +202,20 @@ def _block_path(logits: Tensor, support: int | None) -> bool:
 
 
 def _patch_rows(out: Tensor, ok: Tensor, slow) -> Tensor:
-    """Recompute the rows where `ok` is False with `slow(row_index)`; reading `ok` is free on CPU."""
-    if bool(ok.all()):
-        return out
-    bad = (~ok).nonzero()[:, 0]
-    out[bad] = slow(bad)
+    """Recompute the rows where `ok` is False with `slow(row_index)` (CPU only: found by `nonzero`,
+    no scalar read)."""
+    bad = failing_rows(ok)
+    if bad.numel():
+        out[bad] = slow(bad)
     return out
 
 
 def _top_p_candidates(logits: Tensor, thr: Tensor, mtk: Tensor, k: int, retry: bool = True) -> Tensor:
     if not k or not usable(logits, 2 * k):  # no gain when the candidates near the vocabulary's size
         return _top_p_sorted(logits, thr, mtk)
-    cut, ok = top_p_cut(logits, thr, mtk, k)
+    cut, ok, ids = top_p_cut_ids(logits, thr, mtk, k)
+    if retry:  # the sampler may race over the candidates of rows whose kept set lies within them
+        offer(ids, ok & (thr != NEG_INF)[:, 0])
 
     def slow(i: Tensor) -> Tensor:  # eager rows that fail retry once with 4x the candidates, then sort
         if retry:

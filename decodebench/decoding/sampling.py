@@ -116,9 +116,10 @@ def _token_table(vocab_size: int, device: torch.device) -> Tensor:
     return _TABLES[key]
 
 
-def _bits(keys: Tensor, step, vocab_size: int, token_ids: Tensor | None = None) -> Tensor:
-    """23 random bits per (row, token): `[B, V]`, or `[B, S]` for the given `token_ids` `[B, S]`."""
-    k1, k2 = _row_words(keys, step)
+def _bits(keys: Tensor, step, vocab_size: int, token_ids: Tensor | None = None, words=None) -> Tensor:
+    """23 random bits per (row, token): `[B, V]`, or `[B, S]` for the given `token_ids` `[B, S]`.
+    `words`: the rows' `_row_words(keys, step)`, when the caller has them already."""
+    k1, k2 = _row_words(keys, step) if words is None else words
     table = _token_table(vocab_size, keys.device)
     h = (table if token_ids is None else table[token_ids]) + k1  # int32 adds wrap too
     tmp = torch.empty_like(h)
@@ -164,7 +165,8 @@ def _race_scores(logits: Tensor, bits: Tensor) -> Tensor:
     return logits - log_q
 
 
-def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, support: int | None = None) -> Tensor:
+def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, support: int | None = None,
+           candidates: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """`[B]` next tokens: argmax for greedy rows, the exponential race for sampled rows.
 
     `argmax(softmax(x) / q)` equals `argmax(x - log q)` (log is monotone; the normaliser is per row), and
@@ -176,12 +178,21 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
     `support` (a chain's `support`): at most this many finite logits per row, e.g. after top-k. On CPU,
     rows whose `support + 1`-th largest logit is `-inf` then draw noise for those tokens only, with the
     same bits and scores as the full path, so the token is the same; other rows take the full path.
+
+    `candidates` (a chain's `candidates`): `(ids [B, K], inside [B])`, where every finite logit of an
+    `inside` row lies at `ids` (a sort-free filter proved it). On CPU, eager, those rows race over their
+    K candidates only, with the same per-token noise, so the token is the same; the others race over the
+    whole row. Both shortcuts pick the rows to redo with `nonzero` (no scalar read).
     """
     if do_sample is False:
         return logits.argmax(dim=-1)
     keys = keys.to(logits.device)
     v = logits.shape[-1]
-    if support is not None and support + 1 < v and logits.device.type == "cpu":
+    eager_cpu = logits.device.type == "cpu" and not torch.compiler.is_compiling()
+    if candidates is not None and eager_cpu:
+        ids, inside = candidates
+        sampled = _sample_within(logits, keys, step, ids, ~inside, do_sample)
+    elif support is not None and support + 1 < v and logits.device.type == "cpu":
         sampled = _sample_support(logits, keys, step, support + 1, do_sample)
     else:
         sampled = _race_scores(logits, _bits(keys, step, v)).argmax(dim=-1)
@@ -190,24 +201,36 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
     return torch.where(do_sample.to(logits.device), sampled, logits.argmax(dim=-1))
 
 
-def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, vocab_size: int) -> Tensor:
+def sample_candidates(cand_logits: Tensor, ids: Tensor, keys: Tensor, step, vocab_size: int, words=None) -> Tensor:
     """`[B]` tokens by the exponential race over candidates only: `cand_logits` `[B, K]` are the row's
     (filtered) logits at token ids `ids` `[B, K]`. A token's noise depends on (key, step, id) alone, so
     when every finite logit of a row is among its candidates (a sort-free filter's `ok` rows) this is
-    the token `sample` draws over the whole row; ties go to the smallest id, as there."""
-    scores = _race_scores(cand_logits, _bits(keys.to(ids.device), step, vocab_size, ids))
+    the token `sample` draws over the whole row; ties go to the smallest id, as there. `words`: the rows'
+    `_row_words(keys, step)`, when the caller has them."""
+    scores = _race_scores(cand_logits, _bits(keys.to(ids.device), step, vocab_size, ids, words))
     best = scores.amax(dim=-1, keepdim=True)
     return torch.where(scores == best, ids, vocab_size).amin(dim=-1)
 
 
 def _sample_support(logits: Tensor, keys: Tensor, step, s: int, do_sample: Tensor | bool) -> Tensor:
     vals, ids = torch.topk(logits, s, dim=-1)
-    out = sample_candidates(vals, ids, keys, step, logits.shape[-1])
     full = vals[:, -1] != -math.inf  # a finite logit may lie outside the top s: score the whole row
+    return _sample_within(logits, keys, step, ids, full, do_sample, vals)
+
+
+def _sample_within(logits: Tensor, keys: Tensor, step, ids: Tensor, full: Tensor, do_sample: Tensor | bool,
+                   vals: Tensor | None = None) -> Tensor:
+    """The race over `ids` `[B, K]` (their logits `vals`, gathered when not given); rows where `full`
+    `[B]` race over the whole row instead. The rows to redo come from `nonzero`: on CPU, where this runs,
+    no scalar is read."""
+    v = logits.shape[-1]
+    vals = logits.gather(1, ids) if vals is None else vals
+    words = _row_words(keys, step)  # once for the batch: the candidates and the redone rows share them
+    out = sample_candidates(vals, ids, keys, step, v, words)
     if isinstance(do_sample, Tensor):
-        full &= do_sample.to(full.device)  # greedy rows' draws are discarded anyway
-    if bool(full.any()):  # free on CPU, where this path runs
-        rows = full.nonzero()[:, 0]
-        step_rows = step[rows] if isinstance(step, Tensor) and step.dim() else step
-        out[rows] = _race_scores(logits[rows], _bits(keys[rows], step_rows, logits.shape[-1])).argmax(dim=-1)
+        full = full & do_sample.to(full.device)  # greedy rows' draws are discarded anyway
+    rows = full.nonzero()[:, 0]
+    if rows.numel():
+        row_words = (words[0][rows], words[1][rows])
+        out[rows] = _race_scores(logits[rows], _bits(keys, step, v, words=row_words)).argmax(dim=-1)
     return out

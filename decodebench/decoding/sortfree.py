@@ -24,17 +24,27 @@ from .candidates import Candidates, LANES, as_reference_output, compute_dtype, u
 NEG_INF = -math.inf
 
 
+_LANE_STEPS: dict = {}
+
+
 def _lane_steps(n: int, device) -> Tensor:
-    """`[n]`: how many partial sums of a lane reduction the element `i` places from the end sits in."""
-    return torch.div(torch.arange(n, device=device) + 1, LANES, rounding_mode="floor") + 3.0
+    """`[n]`: how many partial sums of a lane reduction the element `i` places from the end sits in
+    (made once per (n, device): a constant of the step, not three ops of it)."""
+    key = (n, str(device))
+    if key not in _LANE_STEPS or torch.compiler.is_compiling():
+        steps = torch.div(torch.arange(n, device=device) + 1, LANES, rounding_mode="floor") + 3.0
+        if torch.compiler.is_compiling():
+            return steps
+        _LANE_STEPS[key] = steps
+    return _LANE_STEPS[key]
 
 
-def _cum_bounds(c: Candidates, cum: Tensor, mass_rank: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
-    """Bounds on the reference's cumsum accumulator at positions with true value `cum` (float64).
+def _cum_bounds(c: Candidates, cum: Tensor, rel: Tensor, steps) -> tuple[Tensor, Tensor]:
+    """Bounds on the reference's cumsum accumulator at positions with true value `cum` (float64), given
+    `rel`, the softmax's relative error bound (`c.softmax_rel_error`).
 
-    `steps` `[B, n]` or `[n]`: how many accumulation steps precede each position (a half-type cumsum
-    accumulates in float32, one rounding per step; a float32 one in float64)."""
-    rel = c.softmax_rel_error(mass_rank)
+    `steps` `[B, n]`, `[n]` or a number: how many accumulation steps precede each position (a half-type
+    cumsum accumulates in float32, one rounding per step; a float32 one in float64: unused)."""
     absolute = c.absolute_slack()
     if c.dtype in (torch.float16, torch.bfloat16):
         fi = torch.finfo(c.dtype)
@@ -45,22 +55,31 @@ def _cum_bounds(c: Candidates, cum: Tensor, mass_rank: Tensor, steps: Tensor) ->
 
 
 def top_p_cut(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-p's cut `[B, 1]` and `ok` `[B]` from the `k` best candidates (see `top_p_cut_ids`)."""
+    cut, ok, _ = top_p_cut_ids(logits, thr, mtk, k)
+    return cut, ok
+
+
+def top_p_cut_ids(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-p's cut `[B, 1]` (keep `logits >= cut`) and `ok` `[B]`, from the `k` best candidates.
 
     The reference (HF `TopPLogitsWarper`) sorts ascending, takes `cum = softmax.cumsum`, removes the
     positions with `cum <= thr` below the last `mtk`. Ascending, the tail (every token outside the
     candidates) comes first: its mass is `tail`, then the candidates ascending. A row is ok when the
     tail's last position is certainly removed, each candidate position is certainly removed or
-    certainly kept, and no tie straddles the cut. `thr` `[B, 1]` in the logits' dtype (`-inf`: off)."""
+    certainly kept, and no tie straddles the cut. `thr` `[B, 1]` in the logits' dtype (`-inf`: off).
+    Also returns the candidates' ids `[B, k]`: an ok row with top-p on keeps only tokens among them."""
     c = Candidates(logits, k)
     asc_e = c.e.flip(-1)
     cum = (c.tail + asc_e.cumsum(dim=-1)) / c.s  # [B, k], the true cumulative mass, ascending block
     # every tail token sits in at most ceil(V / L) + 3 partials; candidate i (descending) in ceil((i+1)/L) + 3
     steps = _lane_steps(k, logits.device)
     mass_rank = (c.e * steps).sum(-1, keepdim=True) / c.s + c.tail / c.s * (c.v // LANES + 3)
-    acc_steps = torch.arange(c.v - k, c.v, device=logits.device)
-    lo, hi = _cum_bounds(c, cum, mass_rank, acc_steps)
-    _, tail_hi = _cum_bounds(c, c.tail / c.s, mass_rank, torch.tensor(c.v - k, device=logits.device))
+    half = logits.dtype in (torch.float16, torch.bfloat16)
+    acc_steps = torch.arange(c.v - k, c.v, device=logits.device) if half else None
+    rel = c.softmax_rel_error(mass_rank)
+    lo, hi = _cum_bounds(c, cum, rel, acc_steps)
+    _, tail_hi = _cum_bounds(c, c.tail / c.s, rel, float(c.v - k))
     out_lo, out_hi = as_reference_output(lo, hi, logits.dtype)
     tail_out = as_reference_output(tail_hi, tail_hi, logits.dtype)[1]
     jb = torch.arange(k, device=logits.device)
@@ -73,7 +92,7 @@ def top_p_cut(logits: Tensor, thr: Tensor, mtk: Tensor, k: int) -> tuple[Tensor,
     tie = (last_removed == first_kept) & (first_kept != NEG_INF)
     off = thr == NEG_INF
     ok = c.finite & (tail_out <= thr) & (removed == maybe) & ~tie & (mtk <= k)
-    return torch.where(off, NEG_INF, first_kept), (ok | off)[:, 0]
+    return torch.where(off, NEG_INF, first_kept), (ok | off)[:, 0], c.ids
 
 
 def mirostat_v2_kept(logits: Tensor, mu: Tensor, k: int) -> tuple[Tensor, Tensor]:

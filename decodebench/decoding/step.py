@@ -58,8 +58,9 @@ def step_core(rb, a: int) -> None:
                         keys=rb.keys[:a])
     raw = rb.logits[:a]
     processed = rb.chain(rb.guided_logits(a), state)
-    support = None if static else rb.chain.support  # the support path reads a flag back (CPU only)
-    tok = sample(processed, rb.keys[:a], n, rb.chain.sample_mode, support=support)
+    # the support and candidate paths pick rows by `nonzero` (CPU, eager): the compiled step races in full
+    support, cands = (None, None) if static else (rb.chain.support, rb.chain.candidates)
+    tok = sample(processed, rb.keys[:a], n, rb.chain.sample_mode, support=support, candidates=cands)
     rb.recorder.on_step(n, raw, processed, tok, ~fin)
     tok = record(tok, rb.out[:a], n, fin, rb.hit_eos[:a], rb.eos, rb.L, ctx.pad_id, ctx.stop)
     rb.chain.update(tok)

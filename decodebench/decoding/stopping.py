@@ -52,9 +52,12 @@ def register_stopping(name: str):
 def newline(tokenizer) -> Criterion:
     """Stop after the first generated token whose text contains a line break (one-line answers)."""
     table = _newline_table(tokenizer)
+    on_device = {table.device: table}  # the table per device, copied once, not per check
 
     def criterion(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        t = table.to(tokens.device)
+        t = on_device.get(tokens.device)
+        if t is None:
+            t = on_device[tokens.device] = table.to(tokens.device)
         ids = tokens.clamp(0, t.numel() - 1)
         pos = torch.arange(tokens.shape[1], device=tokens.device)
         return (t[ids] & (pos < lengths[:, None])).any(-1)
