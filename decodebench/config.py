@@ -269,8 +269,8 @@ def strategy_dict(cfg: DictConfig) -> dict:
 def _check_extra(cfg: DictConfig) -> None:
     """strategy.extra.<p> must be a parameter of a registered (plugin) transform: the engine would find out
     only after the model loaded."""
-    from decodebench.decoding import bindings  # noqa: F401  (registers the built-in transforms)
-    from decodebench.decoding.transforms import user_params
+    from decodebench.decoding.transforms import binding  # noqa: F401  (registers the built-in transforms)
+    from decodebench.decoding.transforms.registry import user_params
     from decodebench.registry import did_you_mean
 
     known = sorted(user_params())
@@ -285,7 +285,7 @@ def validate(cfg: DictConfig):
 
     Raises ConfigError (one line) on the first problem.
     """
-    from decodebench.decoding.strategies import build_strategy
+    from decodebench.decoding.search.spec import build_strategy
 
     _check_top(cfg)
     _check_extra(cfg)

@@ -23,8 +23,8 @@ from decodebench.api_models.settings import is_api
 from decodebench.config import ConfigError, check_min_new_tokens, prefix_key, validate
 from decodebench.data_files import SettingError
 from decodebench.decoding.engine import BatchStats, Request
-from decodebench.decoding.recorder import check_fields
-from decodebench.decoding.strategies import METHODS
+from decodebench.decoding.engine.recorder import check_fields
+from decodebench.decoding.search.spec import METHODS
 from decodebench.dirlock import DirLock
 from decodebench.run_state import (  # noqa: F401  (re-exported: the run's models, memory and log-probs)
     GenLogprobs, MemoryMark, check_scoring_models, gen_logprobs_for,
@@ -154,7 +154,7 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> RunPlan:
         device = distributed.rank_device(models.pick_device(str(cfg.device)))
         models.check_load_options(cfg.model, device)
         if cfg.get("compile", False):
-            from decodebench.decoding.compiled import check_compile
+            from decodebench.decoding.engine.compiled import check_compile
 
             check_compile(device)
     except ValueError as e:

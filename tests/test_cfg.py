@@ -11,10 +11,10 @@ from transformers.generation import logits_process as hf
 
 from decodebench import data
 from decodebench.decoding.engine import Request, generate, make_context
-from decodebench.decoding.kvcache import Runtime
-from decodebench.decoding.runtime import BatchStats
-from decodebench.decoding.running import RunningBatch
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.engine.kvcache import Runtime
+from decodebench.decoding.engine.batch import BatchStats
+from decodebench.decoding.engine.running import RunningBatch
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.runner import build_requests
 from tests.test_continuous import eos_happy, tiny_requests  # noqa: F401  (a fixture, used by name)
 

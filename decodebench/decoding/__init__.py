@@ -16,10 +16,10 @@ samplers and constraints), transforms.py (registry, named orders, `register_tran
 (packing), chain.py, api.py, sampling.py.
 """
 
-from .api import process_logits
-from .chain import DecodeState, LogitsChain, NaNLogitsError
-from .params import SamplingParams
-from .penalties import (
+from decodebench.decoding.transforms.api import process_logits
+from decodebench.decoding.transforms.chain import DecodeState, LogitsChain, NaNLogitsError
+from decodebench.decoding.params.table import SamplingParams
+from decodebench.decoding.transforms.penalties import (
     ban_tokens,
     frequency_penalty,
     logit_bias,
@@ -29,17 +29,17 @@ from .penalties import (
     repetition_penalty,
     token_counts,
 )
-from .constraints import register_prefix_fn
-from .dry import dry
-from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
-from .samplers_llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
-from .samplers_misc import cfg_combine, sequence_bias, smoothing, top_h
-from .p_less import p_less, p_less_norm
-from .min_k import min_k
-from .adaptive_p import adaptive_p, adapted_target
-from .sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
-from .strategies import register_search
-from .transforms import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
+from decodebench.decoding.transforms.constraints import register_prefix_fn
+from decodebench.decoding.transforms.dry import dry
+from decodebench.decoding.transforms.filters import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
+from decodebench.decoding.transforms.llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
+from decodebench.decoding.transforms.top_h import cfg_combine, sequence_bias, smoothing, top_h
+from decodebench.decoding.transforms.p_less import p_less, p_less_norm
+from decodebench.decoding.transforms.min_k import min_k
+from decodebench.decoding.transforms.adaptive_p import adaptive_p, adapted_target
+from decodebench.decoding.sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
+from decodebench.decoding.search.spec import register_search
+from decodebench.decoding.transforms.registry import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
 
 __all__ = [
     "process_logits", "SamplingParams", "LogitsChain", "DecodeState", "NaNLogitsError",
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 # the engine's face: generate requests with a model (the README's library example)
-from .engine import Request, generate  # noqa: E402
-from .strategies import build_strategy  # noqa: E402
+from decodebench.decoding.engine.driver import Request, generate  # noqa: E402
+from decodebench.decoding.search.spec import build_strategy  # noqa: E402
 
 __all__ += ["generate", "Request", "build_strategy"]
