@@ -60,7 +60,7 @@ def _default(p: Param):
 # (decoding/params.py), then the search methods' options. Names are Hugging Face GenerationConfig's.
 StrategyConfig = make_dataclass("StrategyConfig", [
     ("name", str, field(default=MISSING)),  # the strategy's config name (greedy, topp, beam, ...)
-    ("method", str, field(default="sampling")),  # search method in decodebench.decoding.STRATEGIES
+    ("method", str, field(default="sampling")),  # search method in decodebench.decoding.search.methods.METHODS
     ("max_new_tokens", int, field(default=64)),
     ("num_return_sequences", int, field(default=1)),
     *[(p.name, _annotation(p), _default(p)) for p in PARAMS],
@@ -269,7 +269,6 @@ def strategy_dict(cfg: DictConfig) -> dict:
 def _check_extra(cfg: DictConfig) -> None:
     """strategy.extra.<p> must be a parameter of a registered (plugin) transform: the engine would find out
     only after the model loaded."""
-    from decodebench.decoding.transforms import binding  # noqa: F401  (registers the built-in transforms)
     from decodebench.decoding.transforms.registry import user_params
     from decodebench.registry import did_you_mean
 

@@ -24,7 +24,7 @@ from decodebench.config import ConfigError, check_min_new_tokens, prefix_key, va
 from decodebench.data_files import SettingError
 from decodebench.decoding.engine import BatchStats, Request
 from decodebench.decoding.engine.recorder import check_fields
-from decodebench.decoding.search.spec import METHODS
+from decodebench.decoding.search.methods import METHODS
 from decodebench.dirlock import DirLock
 from decodebench.run_state import (  # noqa: F401  (re-exported: the run's models, memory and log-probs)
     GenLogprobs, MemoryMark, check_scoring_models, gen_logprobs_for,

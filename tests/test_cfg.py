@@ -60,7 +60,7 @@ def test_first_step_guided_logits_equal_the_processor(embedded, scale):
     ctx = make_context(model, tok, Runtime(model), spec, BatchStats(), batch_size=len(reqs))
     rb = RunningBatch(ctx, spec, len(reqs), 64, mirror=True)
     rb.admit(list(enumerate(reqs)))
-    ours = rb.guided_logits(rb.a)
+    ours = rb.guided_logits(rb.n_running)
     for i, r in enumerate(reqs):
         ids = torch.tensor([r.prompt_ids])
         neg = None if r.negative_prompt_ids is None else torch.tensor([r.negative_prompt_ids])

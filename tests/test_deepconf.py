@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from decodebench.decoding.search.deepconf import VOTES, conf_bar, group_confidences, vote
+from decodebench.decoding.search.votes import VOTES, conf_bar, group_confidences, vote
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.search.spec import build_strategy
 from decodebench.selectors import select_records

@@ -33,12 +33,15 @@ from decodebench.decoding.transforms.constraints import register_prefix_fn
 from decodebench.decoding.transforms.dry import dry
 from decodebench.decoding.transforms.filters import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
 from decodebench.decoding.transforms.llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
-from decodebench.decoding.transforms.top_h import cfg_combine, sequence_bias, smoothing, top_h
+from decodebench.decoding.transforms.cfg import cfg_combine
+from decodebench.decoding.transforms.sequence_bias import sequence_bias
+from decodebench.decoding.transforms.smoothing import smoothing
+from decodebench.decoding.transforms.top_h import top_h
 from decodebench.decoding.transforms.p_less import p_less, p_less_norm
 from decodebench.decoding.transforms.min_k import min_k
 from decodebench.decoding.transforms.adaptive_p import adaptive_p, adapted_target
 from decodebench.decoding.sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
-from decodebench.decoding.search.spec import register_search
+from decodebench.decoding.search.methods import register_search
 from decodebench.decoding.transforms.registry import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
 
 __all__ = [

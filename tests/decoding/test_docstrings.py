@@ -11,10 +11,10 @@ import torch
 import decodebench.decoding as decoding
 from decodebench.decoding import sampling
 from decodebench.decoding.params import table
-from decodebench.decoding.transforms import api, filters, llamacpp, penalties, top_h
+from decodebench.decoding.transforms import api, filters, llamacpp, penalties, smoothing
 
 # the package exports the function `dry`, which shadows its module's attribute
-MODULES = [filters, penalties, sampling, api, table, llamacpp, top_h,
+MODULES = [filters, penalties, sampling, api, table, llamacpp, smoothing,
            importlib.import_module("decodebench.decoding.transforms.dry")]
 
 

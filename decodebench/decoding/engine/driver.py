@@ -25,7 +25,8 @@ from decodebench.decoding.engine.batch import (  # noqa: F401  (re-exported: the
 )
 from decodebench.decoding.engine.running import run_sampling
 from decodebench.decoding.engine.stopping import StopChecker
-from decodebench.decoding.search.spec import METHODS, StrategySpec, load_builtin_methods
+from decodebench.decoding.search.methods import METHODS
+from decodebench.decoding.search.spec import StrategySpec
 
 
 def iter_batches(reqs: list[Request], batch_size: int, whole_prompts: bool = False):
@@ -169,7 +170,6 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
     batches are static. `compile` runs the decode step under torch.compile (see compiled.py).
     """
     check_sync_every(sync_every)
-    load_builtin_methods()
     method = METHODS.get(spec.method)
     stats = BatchStats()
     results: list[Optional[Output]] = [None] * len(reqs)

@@ -1,4 +1,7 @@
-"""Range checks and normalisers behind the parameter table (params.py): one-line errors naming the key.
+"""Range checks and normalisers behind the parameter table (table.py): one-line errors naming the key.
+
+The checks that consult a registry (a grammar compiles, an order names registered transforms, a prefix
+function is registered) live next to their registry and are named on their rows by module path.
 
 Structured values are normalised to tuples so `SamplingParams` stays hashable: `logit_bias` to sorted
 `(token, bias)` pairs, `sequence_bias` to sorted `((tokens...), bias)` pairs, `bad_words_ids` to single ids
@@ -8,13 +11,11 @@ Structured values are normalised to tuples so `SamplingParams` stays hashable: `
 
 from __future__ import annotations
 
-import json
 import math
 from numbers import Integral, Real
 
 # llama.cpp's default DRY sequence breakers (common/common.h)
 DRY_BREAKERS = ("\n", ":", "\"", "*")
-GRAMMAR_KINDS = ("json_schema", "regex", "lark")
 
 
 def fail(name: str, rule: str, value) -> None:
@@ -123,47 +124,6 @@ def check_breakers(breakers):
     return tuple(out)
 
 
-def check_grammar(grammar):
-    """`{"json_schema": <dict or JSON text>}`, `{"regex": "..."}` or `{"lark": "..."}` (EBNF in Lark syntax).
-
-    Returns `(kind, text)`, after llguidance has compiled it (its message, on one line, if it does not).
-    """
-    if isinstance(grammar, (tuple, list)) and len(grammar) == 2 and grammar[0] in GRAMMAR_KINDS:
-        kind, body = grammar
-    elif isinstance(grammar, dict) and len(grammar) == 1 and next(iter(grammar)) in GRAMMAR_KINDS:
-        kind, body = next(iter(grammar.items()))
-    else:
-        fail("grammar", "{json_schema: ...}, {regex: ...} or {lark: ...}", grammar)
-    if kind == "json_schema":
-        if isinstance(body, str):
-            try:
-                body = json.loads(body)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"grammar.json_schema is not valid JSON: {e}") from None
-        if not isinstance(body, (dict, bool)):
-            fail("grammar.json_schema", "a JSON object", body)
-        body = json.dumps(body, sort_keys=True)
-    elif not isinstance(body, str) or not body:
-        fail(f"grammar.{kind}", "a non-empty string", body)
-    from decodebench.decoding.transforms.grammar import compile_error  # llguidance compiles without a tokenizer: errors before any model loads
-
-    err = compile_error(kind, body)
-    if err:
-        raise ValueError(f"grammar.{kind} does not compile: {err}")
-    return (kind, body)
-
-
-def check_order(order):
-    from decodebench.decoding.transforms.registry import resolve_order  # late: the registry module imports nothing from here
-
-    if isinstance(order, list):
-        order = tuple(order)
-    if not isinstance(order, (str, tuple)):
-        fail("order", "a named order ('hf', 'vllm', 'llamacpp') or a sequence of transform names", order)
-    resolve_order(order)  # unknown names: one line, with "did you mean"
-    return order
-
-
 def check_extra(extra):
     items = extra.items() if isinstance(extra, dict) else extra
     out = []
@@ -176,12 +136,3 @@ def check_extra(extra):
     if len({n for n, _ in out}) != len(out):
         fail("extra", "free of repeated names", extra)
     return tuple(sorted(out))
-
-
-def check_prefix_fn(name: str) -> str:
-    """A registered prefix_allowed_tokens_fn (plugins register theirs before configs are checked)."""
-    from decodebench.decoding.transforms.constraints import PREFIX_FNS
-
-    if name not in PREFIX_FNS:
-        raise ValueError(PREFIX_FNS.unknown_message(name))
-    return name

@@ -28,11 +28,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from decodebench.decoding.params import checks as PV
+import decodebench.decoding.params.checks as checks
 from decodebench.decoding.params.checks import fail, check_integer, check_number
 
 INF = math.inf
@@ -61,7 +63,9 @@ class Param:
     warper: bool = True
     sweep: bool = True
     choices: tuple = ()
-    check: Callable[[Any], Any] | None = None  # normalise a "value" parameter (raises ValueError)
+    # normalise a "value" parameter (raises ValueError); "module:function" names a check that consults a
+    # registry, imported when a value first needs it (the table imports no registry)
+    check: Callable[[Any], Any] | str | None = None
     config_type: Any = None
     on: Callable[[Any], bool] | None = None  # "is this value on?" when `off` cannot say it
 
@@ -86,7 +90,16 @@ class Param:
                 fail(self.name, "a string" + self.hint, value)
             if self.choices and value not in self.choices:
                 fail(self.name, "one of " + ", ".join(self.choices), value)
-        return self.check(value) if self.check is not None else value
+        if self.check is None:
+            return value
+        return (named_check(self.check) if isinstance(self.check, str) else self.check)(value)
+
+
+@functools.lru_cache(maxsize=None)
+def named_check(path: str) -> Callable[[Any], Any]:
+    """The function a row names as "module:function" (a check that lives next to its registry)."""
+    module, _, fn = path.partition(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 def _f(name, lo=0.0, hi=INF, lo_open=False, hi_open=True, **kw) -> Param:
@@ -130,9 +143,9 @@ PARAMS: tuple[Param, ...] = (
     _f("smoothing_factor", hint=" (0 = off)", off=(0.0,), transform="smoothing_factor"),
     _f("smoothing_curve", default=1.0, lo=1.0, transform="smoothing_factor", switch=False),
     # --- 2025-2026: p-less (Tan et al., ICLR 2026), min-k (arXiv 2604.11012), adaptive-P (llama.cpp PR 17927)
-    Param("p_less", "value", default=False, off=(False,), check=PV.no_threshold("p_less"), transform="p_less",
+    Param("p_less", "value", default=False, off=(False,), check=checks.no_threshold("p_less"), transform="p_less",
           sweep=False, config_type=Any),
-    Param("p_less_norm", "value", default=False, off=(False,), check=PV.no_threshold("p_less_norm"),
+    Param("p_less_norm", "value", default=False, off=(False,), check=checks.no_threshold("p_less_norm"),
           transform="p_less_norm", sweep=False, config_type=Any),
     Param("min_k", "bool", default=False, off=(False,), transform="min_k", sweep=False),
     _f("min_k_tau", default=3.0, hint=" (the flat-row fallback keeps floor(tau / logit range) tokens)",
@@ -152,21 +165,21 @@ PARAMS: tuple[Param, ...] = (
     _i("dry_allowed_length", default=2, lo=0, transform="dry", switch=False, warper=False),
     _i("dry_penalty_last_n", default=-1, lo=-1, hint=" (-1 = the whole context, 0 = off)", transform="dry",
        switch=False, warper=False),
-    Param("dry_sequence_breakers", "value", default=PV.DRY_BREAKERS, check=PV.check_breakers, transform="dry",
+    Param("dry_sequence_breakers", "value", default=checks.DRY_BREAKERS, check=checks.check_breakers, transform="dry",
           switch=False, warper=False, sweep=False, config_type=Optional[List[Any]]),
     _i("no_repeat_ngram_size", lo=1, off=(0,), transform="no_repeat_ngram_size", warper=False),
     _i("min_new_tokens", off=(0,), transform="min_new_tokens", warper=False),
-    Param("logit_bias", "value", check=PV.check_bias, transform="logit_bias", warper=False, sweep=False,
+    Param("logit_bias", "value", check=checks.check_bias, transform="logit_bias", warper=False, sweep=False,
           config_type=Optional[Dict[int, float]], on=bool),
-    Param("sequence_bias", "value", check=PV.check_sequence_bias, transform="sequence_bias", warper=False,
+    Param("sequence_bias", "value", check=checks.check_sequence_bias, transform="sequence_bias", warper=False,
           sweep=False, config_type=Optional[List[Any]], on=bool),
-    Param("bad_words_ids", "value", check=PV.check_bans, transform="bad_words_ids", warper=False, sweep=False,
+    Param("bad_words_ids", "value", check=checks.check_bans, transform="bad_words_ids", warper=False, sweep=False,
           config_type=Optional[List[Any]], on=bool),
     # --- constraints and watermarks
-    Param("grammar", "value", check=PV.check_grammar, transform="grammar", warper=False, sweep=False,
+    Param("grammar", "value", check="decodebench.decoding.transforms.grammar:check_grammar", transform="grammar", warper=False, sweep=False,
           config_type=Optional[Any]),
     Param("prefix_allowed_tokens_fn", "str", hint=" (a name registered with register_prefix_fn)",
-          check=PV.check_prefix_fn, transform="prefix_allowed_tokens_fn", warper=False, sweep=False),
+          check="decodebench.decoding.transforms.constraints:check_prefix_fn", transform="prefix_allowed_tokens_fn", warper=False, sweep=False),
     Param("watermark", "bool", default=False, off=(False,), transform="watermark", warper=False),
     _f("watermark_gamma", default=0.25, lo_open=True, hi=1.0, transform="watermark", switch=False, warper=False),
     _f("watermark_delta", default=2.0, transform="watermark", switch=False, warper=False),
@@ -178,8 +191,8 @@ PARAMS: tuple[Param, ...] = (
     _f("guidance_scale", hint=" (1 = off)", off=(1.0,), transform=None, warper=False),
     Param("negative_prompt", "str", transform=None, switch=False, warper=False, sweep=False),
     # --- how the chain runs
-    Param("order", "value", default="hf", check=PV.check_order, switch=False, config_type=Any),
-    Param("extra", "value", default=(), check=PV.check_extra, switch=False, sweep=False,
+    Param("order", "value", default="hf", check="decodebench.decoding.transforms.registry:check_order", switch=False, config_type=Any),
+    Param("extra", "value", default=(), check=checks.check_extra, switch=False, sweep=False,
           config_type=Dict[str, float]),
 )
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}

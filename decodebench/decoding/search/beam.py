@@ -26,7 +26,8 @@ import torch
 from decodebench.decoding.transforms.chain import DecodeState, LogitsChain
 from decodebench.decoding.engine.batch import AsyncFlag, BatchContext, Output, Request, pack_left
 from decodebench.decoding.engine.stopping import BASE_REASONS, EOS, LENGTH, TIME
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 from decodebench.decoding.engine.streaming import BeamStream, as_streamer
 
 NEG = -1.0e9  # transformers' "excluded" score: finite, so excluded sums still order like HF's

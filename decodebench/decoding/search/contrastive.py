@@ -27,7 +27,8 @@ from decodebench.decoding.transforms.chain import DecodeState, LogitsChain
 from decodebench.decoding.engine.row_tracker import RowTracker
 from decodebench.decoding.engine.batch import BatchContext, Output, Request
 from decodebench.decoding.engine.recorder import make_recorder
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 from decodebench.decoding.engine.streaming import as_streamer
 
 

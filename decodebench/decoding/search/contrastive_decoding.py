@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from decodebench.decoding.engine.layer_runtime import CombinedRuntime, head_logits, load_second_model, num_layers
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 
 
 def contrastive_scores(expert: Tensor, amateur: Tensor, alpha: float, beta: float | None = None,
@@ -57,9 +58,9 @@ def _check_model(spec: StrategySpec, model):
     s = spec.search
     if s.get("amateur") is not None:
         return load_second_model(str(s["amateur"]), model, "amateur")
-    n, L = s["amateur_layers"], num_layers(model)
-    if not 1 <= n < L:
-        raise ValueError(f"amateur_layers must be in [1, {L - 1}] for this model ({L} layers), got {n}")
+    n, n_layers = s["amateur_layers"], num_layers(model)
+    if not 1 <= n < n_layers:
+        raise ValueError(f"amateur_layers must be in [1, {n_layers - 1}] for this model ({n_layers} layers), got {n}")
     return None
 
 

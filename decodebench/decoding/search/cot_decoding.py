@@ -29,7 +29,8 @@ import torch
 
 from decodebench.decoding.search.row_loop import run_rows
 from decodebench.decoding.engine.batch import BatchContext, Output, Request
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 
 
 def top2_margin(processed: torch.Tensor) -> torch.Tensor:

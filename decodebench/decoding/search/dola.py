@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from decodebench.decoding.engine.layer_runtime import CombinedRuntime, head_logits, num_layers
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 
 RELATIVE_TOP = 0.1
 BASE_FILTER = -1e-3
@@ -76,8 +77,7 @@ def _combine(layers: list[int], model, final, hidden, amateur):
 
 
 def make_runtime(model, spec: StrategySpec, **kw) -> CombinedRuntime:
-    L = num_layers(model)
-    layers = candidate_layers(spec.search["dola_layers"], L, bool(getattr(model.config, "tie_word_embeddings", False)))
+    layers = candidate_layers(spec.search["dola_layers"], num_layers(model), bool(getattr(model.config, "tie_word_embeddings", False)))
     return CombinedRuntime(model, partial(_combine, layers, model), early_layers=True, **kw)
 
 

@@ -35,7 +35,8 @@ import torch
 from decodebench.decoding.search.row_loop import run_rows
 from decodebench.decoding.engine.batch import BatchContext, BatchStats, Output, Request, request_keys
 from decodebench.decoding.sampling import row_uniform
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 
 IDX_STREAM, ACCEPT_STREAM = 0x90E1, 0x90E2
 

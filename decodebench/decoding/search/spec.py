@@ -1,10 +1,6 @@
-"""Strategy specs and the registry of search methods, chosen by name.
-
-A strategy config (GenerationConfig names) becomes a frozen `StrategySpec`: the per-row `SamplingParams`
-plus the loop-level settings (max_new_tokens, stop strings, beam options). Each search method is one
-registered `SearchMethod` (what it runs, how it validates a spec, what it needs and supports); `sampling`
-is registered here (the engine's running batch serves it), `beam`, `contrastive`, ... in their modules,
-and a plugin's own method with `@register_search`. The engine calls `METHODS.get(spec.method)`.
+"""Strategy specs: a strategy config (GenerationConfig names) becomes a frozen `StrategySpec`, the per-row
+`SamplingParams` plus the loop-level settings (max_new_tokens, stop strings, beam options) and the method's
+options, checked by its `SearchMethod.validate` (the registry is methods.py).
 
     >>> spec = build_strategy({"name": "topp", "do_sample": True, "top_p": 0.9, "max_new_tokens": 8})
     >>> spec.params.top_p, spec.method
@@ -14,60 +10,10 @@ and a plugin's own method with `@register_search`. The engine calls `METHODS.get
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from decodebench.decoding.params.table import PARAMS, SamplingParams
-from decodebench.registry import Registry
-
-METHODS: Registry = Registry("strategy method")
-STRATEGIES = METHODS  # the former name
-
-
-@dataclass(frozen=True)
-class SearchMethod:
-    """A search method, as the engine, the preflight checks and the sweep see it.
-
-    run:                 `(requests, spec, ctx) -> [Output]` over one batch; None for `unit="row"`
-                         methods, which the engine's running batch drives
-    validate:            `spec -> None`, a ValueError naming the field on bad settings
-    needs_hidden_states: the forward also returns the last hidden states (contrastive search)
-    supports_record:     per-step telemetry (`record=[...]`) is available
-    unit:                "row" (one token per row per step: continuous batching, any batch split) or
-                         "prompt" (a search over a prompt's rows: whole prompts per batch)
-    fusable:             sweep points may be generated in the same batches (per-row settings only)
-    runtime:             `(model, spec, **runtime_options) -> kvcache.Runtime`: a Runtime of the method's own
-                         (logits combined with an amateur's or early layers'); None: the plain one
-    check_model:         `(spec, model) -> None`, a ValueError naming the key on settings the loaded model
-                         cannot serve (layers it does not have, a second model with another vocabulary);
-                         the runner calls it before generation
-    """
-
-    name: str
-    run: Optional[Callable] = None
-    validate: Callable[["StrategySpec"], None] = lambda spec: None
-    needs_hidden_states: bool = False
-    supports_record: bool = True
-    unit: str = "prompt"
-    fusable: bool = False
-    runtime: Optional[Callable] = None
-    check_model: Optional[Callable] = None
-
-    def __call__(self, reqs, spec, ctx):  # the former calling convention: method(rows, spec, ctx)
-        return self.run(reqs, spec, ctx)
-
-
-def register_search(name: str, **kw) -> Callable:
-    """Decorator: register `fn(requests, spec, ctx) -> [Output]` as search method `name` (options: the
-    `SearchMethod` fields). Duplicate names are an error; `strategy.method=<name>` chooses it."""
-
-    def deco(fn: Callable) -> Callable:
-        METHODS.register(name, SearchMethod(name=name, run=fn, **kw))
-        return fn
-
-    return deco
-
-
-METHODS.register("sampling", SearchMethod(name="sampling", unit="row", fusable=True))
+from decodebench.decoding.search.methods import METHODS
 
 _PARAM_FIELDS = {p.name for p in PARAMS}  # the strategy keys that are per-row sampling parameters
 
@@ -152,7 +98,6 @@ def build_strategy(d: dict) -> StrategySpec:
     if unknown:
         raise ValueError(f"{sorted(unknown)[0]} is not a strategy parameter")
     method = d.get("method", "sampling")
-    load_builtin_methods()
     check = METHODS.get(method)  # unknown method -> did-you-mean error
     search = {k: d.get(k, v) for k, v in SEARCH_DEFAULTS.items()}
     spec = StrategySpec(
@@ -172,10 +117,3 @@ def build_strategy(d: dict) -> StrategySpec:
 
         check_selector(spec)
     return spec
-
-
-def load_builtin_methods() -> None:
-    """Import the search-method modules so they register (late: they import the engine, which imports us)."""
-    from decodebench.decoding.search import beam, contrastive, diverse_beam, stochastic_beam  # noqa: F401
-    from decodebench.decoding.search import contrastive_decoding, dola, speculative  # noqa: F401
-    from decodebench.decoding.search import cot_decoding, deepconf, power_sampling  # noqa: F401

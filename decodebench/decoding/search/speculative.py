@@ -42,7 +42,8 @@ from decodebench.decoding.engine.layer_runtime import PairedKV, TiedKV, load_sec
 from decodebench.decoding.engine.row_tracker import RowTracker
 from decodebench.decoding.engine.batch import BatchContext, Output, Request, request_keys
 from decodebench.decoding.sampling import _bits, _uniform, sample
-from decodebench.decoding.search.spec import METHODS, SearchMethod, StrategySpec
+from decodebench.decoding.search.methods import METHODS, SearchMethod
+from decodebench.decoding.search.spec import StrategySpec
 
 # noise streams: a row's key XOR one of these (the target's own draws use the key itself)
 DRAFT_STREAM, ACCEPT_STREAM = 0x5EED_D4AF, 0x5EED_ACC7

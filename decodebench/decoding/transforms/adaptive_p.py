@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from decodebench.decoding.transforms.filters import column
-from decodebench.decoding.transforms.registry import PackContext, StatefulStep
+from decodebench.decoding.transforms.binding import builtin
+from decodebench.decoding.transforms.registry import PackContext, StatefulStep, Step
 
 PEAK, SHARPNESS, INV_WIDTH = 5.0, 10.0, float(torch.tensor(1.0 / 0.3, dtype=torch.float32))
 
@@ -96,3 +97,8 @@ class AdaptivePStep(StatefulStep):
             self.weighted_sum, self.total_weight = self.weighted_sum.clone(), self.total_weight.clone()
             self.weighted_sum[dst] = old.weighted_sum[src].to(self.weighted_sum.device)
             self.total_weight[dst] = old.total_weight[src].to(self.total_weight.device)
+
+
+@builtin("adaptive_p", adaptive_p)
+def _adaptive_p(ctx: PackContext, on: list[bool]) -> Step:
+    return AdaptivePStep(ctx, on)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from decodebench.registry import did_you_mean
 
-from decodebench.decoding.transforms import binding, sampler_binders  # noqa: F401  (register the built-in transforms)
+import decodebench.decoding.transforms.binding as binding
 from decodebench.decoding.params.table import SamplingParams
 from decodebench.decoding.transforms.penalties import counts_with_spare
 from decodebench.decoding.transforms.registry import TRANSFORMS, PackContext, StatefulStep, resolve_order

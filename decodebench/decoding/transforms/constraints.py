@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from decodebench.decoding.transforms.binding import builtin
+from decodebench.decoding.transforms.registry import PackContext, Step
 from decodebench.registry import Registry
 
 PREFIX_FNS: Registry[Callable] = Registry("prefix_allowed_tokens_fn")
@@ -49,3 +51,16 @@ def prefix_allowed(logits: Tensor, input_ids: Tensor, fns: Sequence[Callable | N
     constrained[rows] = True
     stuck = out.amax(dim=-1, keepdim=True).isneginf() & constrained
     return torch.where(stuck, mask, out)
+
+
+def check_prefix_fn(name: str) -> str:
+    """The `prefix_allowed_tokens_fn` row's check: a registered function (plugins register theirs before configs are checked)."""
+    if name not in PREFIX_FNS:
+        raise ValueError(PREFIX_FNS.unknown_message(name))
+    return name
+
+
+@builtin("prefix_allowed_tokens_fn", prefix_allowed)
+def _prefix(ctx: PackContext, on: list[bool]) -> Step:
+    fns = [PREFIX_FNS.get(r.prefix_allowed_tokens_fn) if o else None for r, o in zip(ctx.rows, on)]
+    return lambda x, tables: prefix_allowed(x, tables.state.input_ids, fns)

@@ -23,7 +23,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from decodebench.decoding.transforms.binding import builtin, float_column, values
 from decodebench.decoding.transforms.filters import column
+from decodebench.decoding.transforms.registry import PackContext, Step
 
 FLOAT_MAX_LOG = 88.7228391  # llama.cpp's clamp on the exponent, so base ** exp stays a finite float
 
@@ -117,3 +119,65 @@ def dry(
     exp = torch.where((max_exp > 0) & (exp > max_exp), max_exp, exp)
     penalty = torch.where(has, mult * bas.pow(exp), 0.0)
     return (logits.double() - penalty).to(logits.dtype)  # `float -= double`: one rounding
+
+
+def breaker_sequences(tokenizer, text: str, max_tail: int = 20) -> list[tuple[int, ...]]:
+    """llama.cpp's reading of a text breaker: every token whose text contains it (no tail), and every token
+    whose text ends with a prefix of it, followed by the tokenization of the rest (at most `max_tail`)."""
+    out: list[tuple[int, ...]] = []
+    for tok in range(len(tokenizer)):
+        word = tokenizer.decode([tok])
+        if text in word:
+            out.append((tok,))
+            continue
+        for pos in range(len(word)):
+            tail = word[pos:]
+            if text.startswith(tail):
+                rest = tokenizer.encode(text[len(tail):], add_special_tokens=False)[:max_tail]
+                seq = (tok, *rest)
+                if seq not in out:
+                    out.append(seq)
+    return out
+
+
+_BREAKER_CACHE: dict[tuple[int, str], list[tuple[int, ...]]] = {}
+
+
+def _breakers(ctx: PackContext, breakers) -> list[tuple[int, ...]]:
+    seqs: list[tuple[int, ...]] = []
+    for b in breakers:
+        if isinstance(b, str):
+            if ctx.tokenizer is None:
+                raise ValueError("dry_sequence_breakers given as text need the tokenizer "
+                                 "(LogitsChain.from_rows(tokenizer=...)); give token-id lists instead")
+            key = (id(ctx.tokenizer), b)
+            if key not in _BREAKER_CACHE:
+                _BREAKER_CACHE[key] = breaker_sequences(ctx.tokenizer, b)
+            seqs.extend(_BREAKER_CACHE[key])
+        else:
+            seqs.append(tuple(b))
+    return seqs
+
+
+@builtin("dry", dry)
+def _dry(ctx: PackContext, on: list[bool]) -> Step:
+    mult, base = float_column(ctx, on, "dry_multiplier", 0.0), float_column(ctx, on, "dry_base", 1.75)
+    allowed = ctx.longs(values(ctx, on, "dry_allowed_length", 0))
+    last_n = ctx.longs(values(ctx, on, "dry_penalty_last_n", 0))
+    b, v = len(ctx.rows), ctx.vocab_size
+    single = torch.zeros(b, v + 1, dtype=torch.bool, device=ctx.device)
+    multi: dict[tuple[int, ...], list[bool]] = {}
+    for i, (r, o) in enumerate(zip(ctx.rows, on)):
+        for seq in _breakers(ctx, r.dry_sequence_breakers or ()) if o else ():
+            if len(seq) == 1:
+                single[i, min(seq[0], v)] = True
+            else:
+                multi.setdefault(seq, [False] * b)[i] = True
+    multi_t = [(torch.tensor(s, device=ctx.device), torch.tensor(rows, device=ctx.device)) for s, rows in multi.items()]
+
+    def step(x: Tensor, tables) -> Tensor:
+        s = tables.state
+        return dry(x, s.input_ids, s.attention_mask, mult, base, allowed, last_n,
+                     single_breakers=single, multi_breakers=multi_t)
+
+    return step

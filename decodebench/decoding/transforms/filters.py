@@ -166,6 +166,11 @@ def top_p(logits: Tensor, top_p, min_tokens_to_keep=1, *, support: int | None = 
     return _patch_rows(_drop(logits, logits < cut), ok, lambda i: _top_p_sorted(logits[i], thr[i], mtk[i]))
 
 
+def _top_k_then_top_p(logits: Tensor, k, p, min_tokens_to_keep, k_max: int) -> Tensor:
+    """The two filters one after the other (top_k_top_p's fallback, whose parameters shadow their names)."""
+    return top_p(top_k(logits, k, min_tokens_to_keep, k_max=k_max), p, min_tokens_to_keep)
+
+
 def top_k_top_p(logits: Tensor, top_k, top_p, min_tokens_to_keep=1, *, k_max: int | None = None,
                 support: int | None = None) -> Tensor:
     """`top_p(top_k(logits))` with the same bits, fused: one `topk` serves both cuts (the chain uses
@@ -179,8 +184,7 @@ def top_k_top_p(logits: Tensor, top_k, top_p, min_tokens_to_keep=1, *, k_max: in
     if k_max is None:
         k_max = int(torch.where(on, k, 0).max())  # a sync; the chain packs it
     if not _block_path(logits, support) or support < k_max:
-        after_k = _apply_top_k(logits, top_k, min_tokens_to_keep, k_max=k_max)
-        return _apply_top_p(after_k, top_p, min_tokens_to_keep)
+        return _top_k_then_top_p(logits, top_k, top_p, min_tokens_to_keep, k_max)
     thr = (1 - column(top_p, logits, name="top_p")).to(logits.dtype)
     vals = torch.topk(logits, support + 1, dim=-1).values  # descending; support >= every k in use
     k_cut = _top_k_cut(vals.gather(1, (k.clamp(1, support + 1) - 1)), on)
@@ -191,9 +195,6 @@ def top_k_top_p(logits: Tensor, top_k, top_p, min_tokens_to_keep=1, *, k_max: in
         return _top_p_sorted(_drop(logits[i], logits[i] < k_cut[i]), thr[i], mtk[i])
 
     return _patch_rows(_drop(logits, logits < torch.maximum(k_cut, p_cut)), ok, slow)
-
-
-_apply_top_k, _apply_top_p = top_k, top_p  # the fused function's parameters shadow these names
 
 
 def _block_path(logits: Tensor, support: int | None) -> bool:

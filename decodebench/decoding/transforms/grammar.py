@@ -18,8 +18,10 @@ import json
 import torch
 from torch import Tensor
 
+from decodebench.decoding.params.checks import fail
 from decodebench.decoding.transforms.filters import NEG_INF
-from decodebench.decoding.transforms.registry import PackContext, StatefulStep
+from decodebench.decoding.transforms.binding import builtin
+from decodebench.decoding.transforms.registry import PackContext, StatefulStep, Step
 
 _TOKENIZERS: dict[tuple[int, int], object] = {}
 
@@ -112,3 +114,42 @@ class GrammarStep(StatefulStep):
             m = old.matchers[i]
             self.matchers[j] = None if m is None else (m.deep_copy() if i in seen else m)
             seen.add(i)
+
+
+@builtin("grammar", apply_bitmask)
+def _grammar(ctx: PackContext, on: list[bool]) -> Step:
+    return GrammarStep(ctx, on)
+
+
+GRAMMAR_KINDS = ("json_schema", "regex", "lark")
+
+
+def check_grammar(grammar):
+    """`{"json_schema": <dict or JSON text>}`, `{"regex": "..."}` or `{"lark": "..."}` (EBNF in Lark syntax).
+
+    The `grammar` row's check. Returns `(kind, text)`, after llguidance has compiled it (without a tokenizer:
+    errors before any model loads) (its message, on one line, if it does not).
+    """
+    if isinstance(grammar, (tuple, list)) and len(grammar) == 2 and grammar[0] in GRAMMAR_KINDS:
+        kind, body = grammar
+    elif isinstance(grammar, dict) and len(grammar) == 1 and next(iter(grammar)) in GRAMMAR_KINDS:
+        kind, body = next(iter(grammar.items()))
+    else:
+        fail("grammar", "{json_schema: ...}, {regex: ...} or {lark: ...}", grammar)
+    if kind == "json_schema":
+        if isinstance(body, str):
+            try:
+                body = json.loads(body)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"grammar.json_schema is not valid JSON: {e}") from None
+        if not isinstance(body, (dict, bool)):
+            fail("grammar.json_schema", "a JSON object", body)
+        body = json.dumps(body, sort_keys=True)
+    elif not isinstance(body, str) or not body:
+        fail(f"grammar.{kind}", "a non-empty string", body)
+    from decodebench.decoding.transforms.grammar import compile_error  # llguidance compiles without a tokenizer: errors before any model loads
+
+    err = compile_error(kind, body)
+    if err:
+        raise ValueError(f"grammar.{kind} does not compile: {err}")
+    return (kind, body)

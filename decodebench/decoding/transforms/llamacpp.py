@@ -22,6 +22,9 @@ from torch import Tensor
 
 from decodebench.decoding.transforms.candidates import DEFAULT_K, resolve, usable
 from decodebench.decoding.transforms.filters import NEG_INF, column, opmath
+from decodebench.decoding.sampling import row_uniform
+from decodebench.decoding.transforms.binding import builtin, float_column, min_keep, on_rows_only, rows_of
+from decodebench.decoding.transforms.registry import PackContext, StatefulStep, Step
 from decodebench.decoding.transforms.sortfree import mirostat_v2_kept, xtc_removed
 
 
@@ -197,3 +200,88 @@ def mirostat_update(mu: Tensor, processed: Tensor, tokens: Tensor, tau, eta) -> 
     logp = torch.log_softmax(processed.to(torch.float32), dim=-1).gather(1, tokens.view(-1, 1).long())[:, 0]
     surprise = -logp / math.log(2)
     return mu - torch.as_tensor(eta, dtype=mu.dtype, device=mu.device) * (surprise - torch.as_tensor(tau, dtype=mu.dtype, device=mu.device))
+
+
+# ---------------------------------------------------------------------------------------------- binders
+XTC_STREAM = 1  # the coin's noise stream (0 would be the token noise's own)
+
+
+@builtin("top_n_sigma", top_n_sigma)
+def _top_n_sigma(ctx: PackContext, on: list[bool]) -> Step:
+    n = float_column(ctx, on, "top_n_sigma", 0.0)
+    return lambda x, tables: top_n_sigma(x, n)
+
+
+@builtin("tfs_z", tail_free)
+def _tfs(ctx: PackContext, on: list[bool]) -> Step:
+    z, mtk = float_column(ctx, on, "tfs_z", 1.0), min_keep(ctx)
+    return on_rows_only(ctx, on, lambda x, i: tail_free(x, rows_of(z, i), rows_of(mtk, i)))
+
+
+@builtin("xtc", xtc)
+def _xtc(ctx: PackContext, on: list[bool]) -> Step:
+    p, t, mtk = float_column(ctx, on, "xtc_probability", 0.0), float_column(ctx, on, "xtc_threshold", 1.0), min_keep(ctx)
+
+    def step(x: Tensor, tables) -> Tensor:
+        s = tables.state
+        if s.keys is None:
+            raise ValueError("xtc_probability needs the rows' noise keys: pass DecodeState(keys=row_keys(...))")
+        # the row's own step (rows of a running batch may have started at different steps)
+        return xtc(x, p, t, row_uniform(s.keys.to(x.device), s.generated(), XTC_STREAM), mtk)
+
+    return step
+
+
+def _temperature_or_one(r) -> float:
+    return 1.0 if r.temperature is None else r.temperature
+
+
+@builtin("dynatemp", dynatemp)
+def _dynatemp(ctx: PackContext, on: list[bool]) -> Step:
+    t = ctx.floats([_temperature_or_one(r) if o else 1.0 for r, o in zip(ctx.rows, on)])
+    r, e = float_column(ctx, on, "dynatemp_range", 0.0), float_column(ctx, on, "dynatemp_exponent", 1.0)
+    return on_rows_only(ctx, on, lambda x, i: dynatemp(x, rows_of(t, i), rows_of(r, i), rows_of(e, i)))
+
+
+class MirostatStep(StatefulStep):
+    """Per-row `mu` (starting at `2 * tau`), truncation by version (1 or 2), and the update from the token
+    drawn. The distribution the token came from is this step's output: keep mirostat last in the order."""
+
+    def __init__(self, ctx: PackContext, on: list[bool]) -> None:
+        self.version = [r.mirostat if o else 0 for r, o in zip(ctx.rows, on)]
+        self.tau = float_column(ctx, on, "mirostat_tau", 0.0).float()
+        self.eta = float_column(ctx, on, "mirostat_eta", 0.0).float()
+        self.on = torch.tensor([v != 0 for v in self.version], device=ctx.device)
+        self.mu = 2 * self.tau
+        self.vocab_size = ctx.vocab_size
+        self._out: Tensor | None = None
+
+    def __call__(self, logits: Tensor, tables) -> Tensor:
+        out = logits
+        for v, fn in ((1, lambda x, i: mirostat_v1(x, rows_of(self.mu, i), self.vocab_size)),
+                      (2, lambda x, i: mirostat_v2(x, rows_of(self.mu, i)))):
+            rows = [i for i, ver in enumerate(self.version) if ver == v]
+            if rows:
+                idx = torch.tensor(rows, device=logits.device)
+                out = out.index_copy(0, idx, fn(out.index_select(0, idx), idx))
+        self._out = out
+        return out
+
+    def update(self, tokens: Tensor) -> None:
+        if self._out is None:
+            return
+        new = mirostat_update(self.mu, self._out, tokens.to(self._out.device), self.tau, self.eta)
+        self.mu = torch.where(self.on, new, self.mu)
+        self._out = None
+
+    def adopt(self, old: "MirostatStep", index: list[int | None]) -> None:
+        kept = [j for j, i in enumerate(index) if i is not None]
+        if kept:
+            src = torch.tensor([index[j] for j in kept], device=old.mu.device)
+            self.mu = self.mu.clone()
+            self.mu[torch.tensor(kept, device=self.mu.device)] = old.mu[src].to(self.mu.device)
+
+
+@builtin("mirostat", mirostat_v2)
+def _mirostat(ctx: PackContext, on: list[bool]) -> Step:
+    return MirostatStep(ctx, on)

@@ -28,7 +28,9 @@ import math
 import torch
 from torch import Tensor
 
+from decodebench.decoding.transforms.binding import builtin, float_column, on_column
 from decodebench.decoding.transforms.filters import NEG_INF, column, opmath
+from decodebench.decoding.transforms.registry import PackContext, Step
 
 EPS = 1e-8
 
@@ -103,3 +105,9 @@ def min_k(logits: Tensor, tau, on=True, *, candidates: int = 64) -> Tensor:
 
 def _rows(tau, rows: Tensor):
     return tau.reshape(-1)[rows] if isinstance(tau, Tensor) and tau.dim() else tau
+
+
+@builtin("min_k", min_k)
+def _min_k(ctx: PackContext, on: list[bool]) -> Step:
+    tau, rows = float_column(ctx, on, "min_k_tau", 0.0).float(), on_column(ctx, on)
+    return lambda x, tables: min_k(x, tau, rows)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from decodebench.decoding.transforms.binding import builtin, on_column
 from decodebench.decoding.transforms.filters import NEG_INF, column, opmath
+from decodebench.decoding.transforms.registry import PackContext, Step
 
 
 def _probs(logits: Tensor) -> Tensor:
@@ -56,3 +58,15 @@ def p_less_norm(logits: Tensor, on=True) -> Tensor:
         return logits.clone()
     threshold = (v * probs.square().sum(dim=-1, keepdim=True) - 1.0) / (v - 1.0)  # the authors' arithmetic order
     return _drop_below(logits, probs, threshold, on)
+
+
+@builtin("p_less", p_less)
+def _p_less(ctx: PackContext, on: list[bool]) -> Step:
+    rows = on_column(ctx, on)
+    return lambda x, tables: p_less(x, rows)
+
+
+@builtin("p_less_norm", p_less_norm)
+def _p_less_norm(ctx: PackContext, on: list[bool]) -> Step:
+    rows = on_column(ctx, on)
+    return lambda x, tables: p_less_norm(x, rows)

@@ -38,6 +38,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from decodebench.decoding.params.checks import fail
+from decodebench.decoding.params.table import SamplingParams
 from decodebench.registry import Registry, did_you_mean
 
 # A packed transform for one batch: (logits, tables) -> logits, where `tables` gives the call's
@@ -118,6 +120,24 @@ ORDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The built-in transforms: name -> the module whose import registers it (its function and binder live there);
+# imported on the first lookup that needs it, so this module imports none of them.
+_T = "decodebench.decoding.transforms."
+BUILTIN_TRANSFORMS: dict[str, str] = {
+    **{n: _T + "filter_binders" for n in (
+        "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty",
+        "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "min_new_tokens", "logit_bias",
+        "bad_words_ids")},
+    **{n: _T + "llamacpp" for n in ("top_n_sigma", "tfs_z", "xtc", "dynatemp", "mirostat")},
+    "top_h": _T + "top_h", "smoothing_factor": _T + "smoothing", "sequence_bias": _T + "sequence_bias",
+    "dry": _T + "dry", "p_less": _T + "p_less", "p_less_norm": _T + "p_less", "min_k": _T + "min_k",
+    "adaptive_p": _T + "adaptive_p", "prefix_allowed_tokens_fn": _T + "constraints", "watermark": _T + "watermark",
+    "grammar": _T + "grammar",
+}
+for _name, _module in BUILTIN_TRANSFORMS.items():
+    TRANSFORMS.register_lazy(_name, _module)
+
+
 class StatefulStep:
     """A packed step with per-row state across steps (mirostat's mu, grammar matchers, ...).
 
@@ -151,6 +171,17 @@ def resolve_order(order: str | Sequence[str]) -> list[str]:
     return names
 
 
+def check_order(order):
+    from decodebench.decoding.transforms.registry import resolve_order  # late: the registry module imports nothing from here
+
+    if isinstance(order, list):
+        order = tuple(order)
+    if not isinstance(order, (str, tuple)):
+        fail("order", "a named order ('hf', 'vllm', 'llamacpp') or a sequence of transform names", order)
+    resolve_order(order)  # unknown names: one line, with "did you mean"
+    return order
+
+
 def user_params() -> dict[str, str]:
     """param name -> user transform name, for every registered user transform."""
     return {p: name for name, spec in TRANSFORMS.items() if spec.user for p in spec.params}
@@ -170,8 +201,6 @@ def register_transform(
     must not clash with SamplingParams fields or other transforms' params. `neutral[i]` is the value
     packed for rows that leave param i unset (default 0.0); it must leave those rows unchanged.
     """
-    from decodebench.decoding.params.table import SamplingParams  # late import: params imports this module
-
     params = tuple(params)
     neutral = tuple(float(x) for x in (neutral if neutral is not None else [0.0] * len(params)))
     if not params or len(neutral) != len(params):

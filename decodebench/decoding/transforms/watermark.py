@@ -21,6 +21,9 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from decodebench.decoding.transforms.binding import builtin
+from decodebench.decoding.transforms.registry import PackContext, Step
+
 TABLE_SIZE = 1_000_003
 
 
@@ -122,3 +125,11 @@ def detect(key: WatermarkKey, token_ids: list[int], ignore_repeated_ngrams: bool
     z = (hits - gamma * scored) / math.sqrt(scored * gamma * (1 - gamma))
     return {"num_tokens_scored": scored, "num_green_tokens": hits, "green_fraction": hits / scored,
             "z_score": z, "p_value": 0.5 * math.erfc(z / math.sqrt(2))}
+
+
+@builtin("watermark", watermark)
+def _watermark(ctx: PackContext, on: list[bool]) -> Step:
+    keys = [WatermarkKey(ctx.vocab_size, r.watermark_gamma, r.watermark_hashing_key, r.watermark_seeding_scheme,
+                         r.watermark_context_width) if o else None for r, o in zip(ctx.rows, on)]
+    deltas = [r.watermark_delta if o else 0.0 for r, o in zip(ctx.rows, on)]
+    return lambda x, tables: watermark(x, tables.state.input_ids, keys, deltas)
