@@ -9,11 +9,13 @@ Usable on any logits tensor, with no model, Hydra or W&B::
     x = process_logits(logits, temperature=0.7, top_k=50, top_p=0.9)  # HF's order and arithmetic
     tokens = sample(x, row_keys(0, ["a", "b", "c", "d"], [0] * 4), step=0, do_sample=True)  # [B]
 
-The engine packs per-request `SamplingParams` once into a `LogitsChain` (see chain.py). Modules:
-params.py (the parameter table), processors.py (filtering transforms), penalties.py (history-dependent
-ones), samplers_llamacpp.py, dry.py, samplers_misc.py, p_less.py, min_k.py, adaptive_p.py, watermark.py, grammar.py, constraints.py (the newer
-samplers and constraints), transforms.py (registry, named orders, `register_transform`), bindings*.py
-(packing), chain.py, api.py, sampling.py.
+The engine packs per-request `SamplingParams` once into a `LogitsChain` (transforms/chain.py). Sub-packages:
+params/ (the parameter table, pure data, and its value checks), transforms/ (the registry and named orders,
+the filters, penalties, the llama.cpp family, DRY, top-H, smoothing, sequence bias, p-less, min-k, adaptive-P,
+watermarks, grammars and prefix constraints, each with its binder; the chain and `process_logits`), engine/
+(requests, KV state, the decode step, the running batch, stopping, streaming, telemetry, `generate`),
+search/ (the lazy method registry, strategy specs, one module per search method); and sampling.py (the
+seeded noise and the race).
 """
 
 from decodebench.decoding.transforms.api import process_logits

@@ -4,15 +4,15 @@ Every sampling parameter is one `Param` row in `PARAMS`: name, type, range, defa
 "off", whether it is a warper (sampled rows only, like HF's warpers) or a processor, whether a sweep may
 grid it, and the hint its error message carries. From the table come `SamplingParams` (its fields and range
 checks), the Hydra `StrategyConfig` (config.py), the off values `process_logits` skips, each built-in
-transform's `is_on` test (bindings.py), the strategy keys `build_strategy` accepts, and the sweep's
-sampling-only set. Adding a sampler is one row here plus one function and its binder.
+transform's `is_on` test (transforms/binding.py), the strategy keys `build_strategy` accepts, and the sweep's
+sampling-only set. Adding a sampler is one row here plus its function and binder in one module of transforms/.
 
 `None` means "not set". Values that HF `generate()` treats as off are off here too (top_k 0, top_p 1.0,
 repetition_penalty 1.0, ...), so they never appear in a chain's resolved names. With `do_sample=False` a row
 is greedy and the warpers (and user transforms registered as warpers) are not applied to it, as in HF;
 processors (penalties, bans, biases, constraints, watermarks) still are.
 
-Parameters of user transforms (see `transforms.register_transform`) go in `extra`, a tuple of
+Parameters of user transforms (see `transforms/registry.py`, `register_transform`) go in `extra`, a tuple of
 `(name, value)` pairs; a dict is accepted and stored sorted, so the dataclass stays hashable.
 
 Example::
