@@ -237,7 +237,7 @@ def engine_options(cfg: DictConfig) -> dict:
 
 
 def batch_size_for(cfg: DictConfig, model, reqs: list, spec, scale: int = 1) -> int:
-    """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine.py), times
+    """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine/driver.py), times
     `scale` (fused sweep points); a batch whose KV state cannot fit is a ConfigError naming the bytes."""
     from decodebench.decoding import engine
 

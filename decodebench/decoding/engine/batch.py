@@ -1,6 +1,7 @@
 """The shared primitives of the search methods: requests, outputs, statistics, the batch context, the
-one-step-late host flag, and packing. Search-method modules and the engine both import from here (and
-from kvcache.py), never from each other.
+one-step-late host flag, and packing. Search-method modules import from here (and from kvcache.py); the
+driver (driver.py) reaches them through the method registry, so no engine module imports a search module
+for its registration.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class StrategySpec:
     num_return_sequences: int = 1
     stop: tuple[str, ...] = ()
     max_time: Optional[float] = None
-    stopping: tuple[str, ...] = ()  # user stopping criteria by name (decoding/stopping.py)
+    stopping: tuple[str, ...] = ()  # user stopping criteria by name (engine/stopping.py)
     search: dict = field(default_factory=dict)  # method-specific options (num_beams, penalty_alpha, ...)
 
     def __post_init__(self):
