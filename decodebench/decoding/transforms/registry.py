@@ -184,7 +184,7 @@ def check_order(order):
 
 def user_params() -> dict[str, str]:
     """param name -> user transform name, for every registered user transform."""
-    return {p: name for name, spec in TRANSFORMS.items() if spec.user for p in spec.params}
+    return {p: name for name in _USER_ORDER for p in TRANSFORMS.get(name).params}  # no built-in is imported
 
 
 def register_transform(
