@@ -42,7 +42,7 @@ class AssistantConfig:
 def _annotation(p: Param):
     if p.config_type == Optional[Dict[int, float]]:
         # OmegaConf cannot merge a mapping into a typed dict that is None (`strategy.logit_bias={5:2.0}` failed
-        # inside Hydra with an AttributeError): the node is untyped here; params.py's check validates the value
+        # inside Hydra with an AttributeError): the node is untyped here; params/table.py's check validates the value
         return Optional[Any]
     if p.config_type is not None:
         return p.config_type
@@ -57,15 +57,15 @@ def _default(p: Param):
 
 
 # Hydra schema of the `strategy` group: the loop's keys, then one field per row of the parameter table
-# (decoding/params.py), then the search methods' options. Names are Hugging Face GenerationConfig's.
+# (decoding/params/table.py), then the search methods' options. Names are Hugging Face GenerationConfig's.
 StrategyConfig = make_dataclass("StrategyConfig", [
     ("name", str, field(default=MISSING)),  # the strategy's config name (greedy, topp, beam, ...)
-    ("method", str, field(default="sampling")),  # search method in decodebench.decoding.STRATEGIES
+    ("method", str, field(default="sampling")),  # search method in decodebench.decoding.search.methods.METHODS
     ("max_new_tokens", int, field(default=64)),
     ("num_return_sequences", int, field(default=1)),
     *[(p.name, _annotation(p), _default(p)) for p in PARAMS],
     ("stop", List[str], field(default_factory=list)),  # stop strings, matched on decoded text
-    ("stopping", List[str], field(default_factory=list)),  # user stopping criteria by name (decoding/stopping.py)
+    ("stopping", List[str], field(default_factory=list)),  # user stopping criteria by name (decoding/engine/stopping.py)
     ("num_beams", int, field(default=1)),
     ("length_penalty", float, field(default=1.0)),
     ("early_stopping", Any, field(default=False)),  # true, false or "never"
@@ -261,8 +261,7 @@ def strategy_dict(run) -> dict:
 def _check_extra(strategy: dict) -> None:
     """strategy.extra.<p> must be a parameter of a registered (plugin) transform: the engine would find out
     only after the model loaded."""
-    from decodebench.decoding import bindings  # noqa: F401  (registers the built-in transforms)
-    from decodebench.decoding.transforms import user_params
+    from decodebench.decoding.transforms.registry import user_params
     from decodebench.registry import did_you_mean
 
     known = sorted(user_params())
@@ -276,7 +275,7 @@ def validate(run):
     """The strategy spec of a RunSpec (decodebench/specs.py, whose conversion checked the top-level
     settings): every check that needs no model. Raises ConfigError (one line) on the first problem.
     """
-    from decodebench.decoding.strategies import build_strategy
+    from decodebench.decoding.search.spec import build_strategy
 
     strategy = strategy_dict(run)
     _check_extra(strategy)

@@ -68,7 +68,7 @@ def shard(reqs: list, world_size: int) -> list[list[int]]:
 
 def merge_stats(parts: list):
     """One BatchStats for the ranks together: counts add up; time is the slowest rank's (they ran at once)."""
-    from decodebench.decoding.runtime import BatchStats
+    from decodebench.decoding.engine.batch import BatchStats
 
     total = BatchStats()
     for s in parts:

@@ -9,8 +9,8 @@ from decodebench.run_state import MemoryMark, lifetime_peak_mb
 
 
 def run_metrics(stats, wall: float, device: str, mark: Optional[MemoryMark] = None) -> dict:
-    from decodebench.decoding.power_sampling import power_metrics
-    from decodebench.decoding.speculative import speculative_metrics
+    from decodebench.decoding.search.power_sampling import power_metrics
+    from decodebench.decoding.search.speculative import speculative_metrics
 
     gen_s = max(stats.decode_s, 1e-9)
     ttft_total = sum(stats.ttft_s)

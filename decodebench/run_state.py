@@ -10,8 +10,8 @@ from dataclasses import replace as dc_replace
 from typing import Optional
 
 from decodebench import models, results
-from decodebench.decoding.runtime import Request
-from decodebench.decoding.strategies import METHODS
+from decodebench.decoding.engine.batch import Request
+from decodebench.decoding.search.methods import METHODS
 
 _MODEL_CACHE: dict = {}  # one loaded model, reused by jobs of a multirun in the same process
 _SCORING_CACHE: dict = {}  # scoring models (scorers.<name>.model), loaded once per process

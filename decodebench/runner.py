@@ -22,8 +22,8 @@ from decodebench.api_models.settings import is_api
 from decodebench.config import ConfigError, check_min_new_tokens, prefix_key, validate
 from decodebench.data_files import SettingError
 from decodebench.decoding.engine import BatchStats, Request
-from decodebench.decoding.recorder import check_fields
-from decodebench.decoding.strategies import METHODS
+from decodebench.decoding.engine.recorder import check_fields
+from decodebench.decoding.search.methods import METHODS
 from decodebench.dirlock import DirLock
 from decodebench.run_state import (  # noqa: F401  (re-exported: the run's models, memory and log-probs)
     GenLogprobs, MemoryMark, check_scoring_models, gen_logprobs_for,
@@ -154,7 +154,7 @@ def prepare(run: RunSpec, sweep: bool = False) -> RunPlan:
         device = distributed.rank_device(models.pick_device(run.device))
         models.check_load_options(run.model, device)
         if run.compile:
-            from decodebench.decoding.compiled import check_compile
+            from decodebench.decoding.engine.compiled import check_compile
 
             check_compile(device)
     except ValueError as e:
@@ -236,7 +236,7 @@ def engine_options(run: RunSpec) -> dict:
 
 
 def batch_size_for(run: RunSpec, model, reqs: list, spec, scale: int = 1) -> int:
-    """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine.py), times
+    """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine/driver.py), times
     `scale` (fused sweep points); a batch whose KV state cannot fit is a ConfigError naming the bytes."""
     from decodebench.decoding import engine
 

@@ -191,7 +191,7 @@ def choose(records: list[dict], search: dict, model=None, tokenizer=None) -> tup
 def deepconf_choice(records: list[dict], answers: list[Optional[str]], search: dict) -> tuple[int, dict]:
     """DeepConf's vote: online, only the traces whose min_conf reaches the bar take part (the code's
     `all_voting_traces`); the selected sample is the first voting trace with the elected answer."""
-    from decodebench.decoding.deepconf import vote
+    from decodebench.decoding.search.votes import vote
 
     voters = [i for i, r in enumerate(records)
               if r.get("deepconf_conf_bar") is None or r["deepconf_min_conf"] >= r["deepconf_conf_bar"]]

@@ -21,7 +21,7 @@ import torch
 
 from decodebench import data, models
 from decodebench.decoding.engine import Request, eos_ids, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 
 
 def sync(device: str) -> None:

@@ -30,7 +30,7 @@ import torch
 
 from decodebench import data, models
 from decodebench.decoding.engine import Request, eos_ids, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 
 STRATS = {
     "greedy": {"name": "greedy", "do_sample": False},
@@ -154,7 +154,7 @@ def run_vllm(python, model_dir, eos, prompts, spec, bs, fixed, dtype):
 def bare_forward_ms(model, tok, prompts, batch: int, context: int, device: str, repeats: int = 5) -> float:
     """The bare decode forward over the engine's static state, `batch` rows attending to `context` columns
     (the prompts, then real-looking columns up to `context`): the floor an engine step cannot go under."""
-    from decodebench.decoding.kvcache import Runtime
+    from decodebench.decoding.engine.kvcache import Runtime
 
     rows = [prompts[i % len(prompts)] for i in range(batch)]
     width = max(len(p) for p in rows)
@@ -184,7 +184,7 @@ def step_ops(model, tok, prompts, spec, batch: int = 8, new_tokens: int = 16) ->
     GPU each non-view op is a kernel launch."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from decodebench.decoding import running
+    from decodebench.decoding.engine import running
 
     class Ops(TorchDispatchMode):
         on, n = False, 0
@@ -233,7 +233,7 @@ def forward_vs_sampling(model, tok, prompts, batch: int, device: str, repeats: i
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_sampling import time_sampling_step
 
-    from decodebench.decoding.kvcache import Runtime
+    from decodebench.decoding.engine.kvcache import Runtime
 
     rows = [prompts[i % len(prompts)] for i in range(batch)]
     width = max(len(p) for p in rows)

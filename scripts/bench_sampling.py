@@ -105,8 +105,8 @@ def time_filters(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int
     `process_logits` with one filter (what a study of that filter runs). `logits_file`: a saved `[N, V]`
     tensor (e.g. an LM's logits), read as data (`weights_only`), cycled to `batch` rows."""
     from decodebench.decoding import process_logits
-    from decodebench.decoding import processors as W
-    from decodebench.decoding import samplers_llamacpp as L
+    from decodebench.decoding.transforms import filters as W
+    from decodebench.decoding.transforms import llamacpp as L
 
     if logits_file:
         x = torch.load(logits_file, weights_only=True).float()

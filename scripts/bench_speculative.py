@@ -21,8 +21,8 @@ import torch
 
 from decodebench import data, models
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.speculative import speculative_metrics
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.speculative import speculative_metrics
+from decodebench.decoding.search.spec import build_strategy
 
 
 def timed(model, tok, prompts, d, batch_size, device):

@@ -56,10 +56,10 @@ def _labelled(mode: ComponentOps, label: str | None, fn):
 
 def count_by_component(model, tok, strategy: dict, prompts, batch: int = 8, new_tokens: int = 16):
     """({(component, op): count}, steps) over eager `generate` of `batch` requests."""
-    from decodebench.decoding import chain as chain_mod
-    from decodebench.decoding import running, step as step_mod, stopping
+    from decodebench.decoding.transforms import chain as chain_mod
+    from decodebench.decoding.engine import running, step as step_mod, stopping
     from decodebench.decoding.engine import Request, generate
-    from decodebench.decoding.strategies import build_strategy
+    from decodebench.decoding.search.spec import build_strategy
 
     spec = build_strategy({**strategy, "max_new_tokens": new_tokens})
     reqs = [Request(prompt_id=str(i), prompt_ids=list(prompts[i % len(prompts)]), params=spec.params, seed=1)

@@ -16,7 +16,7 @@ from decodebench.api_models.params import sampling_body
 from decodebench.api_models.store import ResponseStore
 from decodebench.cli import preflight
 from decodebench.data import Prompt
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from tests.conftest import compose
 
 API = ["model=api", "model.base_url=http://127.0.0.1:9/v1", "model.name=m", "logger=none"]

@@ -11,10 +11,10 @@ from transformers.generation import logits_process as hf
 
 from decodebench import data
 from decodebench.decoding.engine import Request, generate, make_context
-from decodebench.decoding.kvcache import Runtime
-from decodebench.decoding.runtime import BatchStats
-from decodebench.decoding.running import RunningBatch
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.engine.kvcache import Runtime
+from decodebench.decoding.engine.batch import BatchStats
+from decodebench.decoding.engine.running import RunningBatch
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.runner import build_requests
 from decodebench.specs import to_specs
 from tests.test_continuous import eos_happy, tiny_requests  # noqa: F401  (a fixture, used by name)
@@ -61,7 +61,7 @@ def test_first_step_guided_logits_equal_the_processor(embedded, scale):
     ctx = make_context(model, tok, Runtime(model), spec, BatchStats(), batch_size=len(reqs))
     rb = RunningBatch(ctx, spec, len(reqs), 64, mirror=True)
     rb.admit(list(enumerate(reqs)))
-    ours = rb.guided_logits(rb.a)
+    ours = rb.guided_logits(rb.n_running)
     for i, r in enumerate(reqs):
         ids = torch.tensor([r.prompt_ids])
         neg = None if r.negative_prompt_ids is None else torch.tensor([r.negative_prompt_ids])

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from decodebench.decoding import compiled
+from decodebench.decoding.engine import compiled
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 
 
 def reqs_for(tok, spec, n=6):

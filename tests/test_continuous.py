@@ -10,7 +10,7 @@ import torch
 
 from decodebench.decoding import engine
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 
 QUESTIONS = [
     "What colour is the sky on a clear day? Answer in one word.",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from decodebench.decoding.contrastive_decoding import contrastive_scores
+from decodebench.decoding.search.contrastive_decoding import contrastive_scores
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.specs import to_specs
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401
 
@@ -132,7 +132,7 @@ def test_shipped_config_and_sweep_grid_plan(name, points):
 
 
 def test_more_branches_than_the_vocabulary_are_refused():
-    from decodebench.decoding.cot_decoding import _check_model
+    from decodebench.decoding.search.cot_decoding import _check_model
 
     model, _ = peaky_tiny()
     spec = build_strategy({"name": "cot", "method": "cot_decoding", "cot_k": 10**6})

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decodebench.decoding import running
+from decodebench.decoding.engine import running
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
@@ -69,8 +69,8 @@ def test_cuda_equals_cpu_greedy(gpu_model, embedded):
 def test_beam_early_exit_and_no_sync_in_the_step(gpu_model, monkeypatch):
     """Beam search's steps run under sync-debug "error": from the first token's timing (its one sync) to
     the end of decoding (the other), nothing reads the device; the newline criterion still ends it early."""
-    from decodebench.decoding import beam
-    from decodebench.decoding.runtime import BatchContext
+    from decodebench.decoding.search import beam
+    from decodebench.decoding.engine.batch import BatchContext
 
     model, tok = gpu_model
     spec = build_strategy({"name": "beam", "method": "beam", "num_beams": 4, "max_new_tokens": 256,

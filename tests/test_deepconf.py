@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from decodebench.decoding.deepconf import VOTES, conf_bar, group_confidences, vote
+from decodebench.decoding.search.votes import VOTES, conf_bar, group_confidences, vote
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.selectors import select_records
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401
 

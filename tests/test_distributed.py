@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from decodebench import distributed, results
-from decodebench.decoding.runtime import Request
+from decodebench.decoding.engine.batch import Request
 from tests.conftest import ROOT, compose
 
 # full-length rows so every step is compared; 5 prompts over 2 ranks: uneven shards

@@ -49,9 +49,10 @@ def test_generated_tables_equal_the_parameter_table_and_the_strategy_files():
 
 def test_a_new_parameter_row_makes_the_parameters_page_stale(monkeypatch):
     from decodebench.decoding import params
+    from decodebench.decoding.params.table import _f
 
     g = gen_docs()
-    monkeypatch.setattr(params, "PARAMS", params.PARAMS + (params._f("top_a", hi=1.0, transform="top_a"),))
+    monkeypatch.setattr(params, "PARAMS", params.PARAMS + (_f("top_a", hi=1.0, transform="top_a"),))
     assert "| `top_a` | [0, 1) |" in g.parameters_block()
     assert "docs/parameters.md" in g.stale()
 
@@ -139,7 +140,7 @@ def test_library_page_example_gives_the_results_it_states():
 
 
 def test_contributing_sampler_does_what_its_docstring_says():
-    from decodebench.decoding.processors import column
+    from decodebench.decoding.transforms.filters import column
 
     fn = next(b for b in code_blocks(CONTRIBUTING.read_text(encoding="utf-8"), "python") if "def top_a" in b)
     ns = {"Tensor": torch.Tensor, "column": column, "torch": torch}

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decodebench.decoding.dola import candidate_layers, dola_logits
+from decodebench.decoding.search.dola import candidate_layers, dola_logits
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.specs import to_specs
 from tests.test_search_beam import one_thread  # noqa: F401  (autouse fixture)
 

@@ -9,7 +9,7 @@ import torch
 
 from decodebench.decoding.engine import Request, generate, pack_left, positions
 from decodebench.decoding.params import SamplingParams
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 
 PROMPTS = [
     "The old lighthouse keeper climbed the stairs one last time and",

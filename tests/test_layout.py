@@ -53,12 +53,16 @@ def test_sweeps_and_reports_live_in_their_packages():
     assert {p.name for p in (PKG / "cli").glob("*.py")} >= {"verbs.py", "entry.py", "preflight.py", "score.py"}
 
 
-def test_no_import_cycle_outside_the_decoding_library():
+def import_graph() -> dict[str, set[str]]:
+    """decodebench module -> the decodebench modules it imports (anywhere in its body). A package's __init__
+    importing its own modules is how it exports them, not an edge of the design (see the test below)."""
     known = modules()
-    graph = {n: {m for m in imports_of(n, p, known) if not m.startswith("decodebench.decoding")}
-             for n, p in known.items() if not n.startswith("decodebench.decoding")}
-    # a package's __init__ importing its own modules is how it exports them, not a cycle of the design
-    graph = {n: {m for m in deps if not (n != "decodebench" and m.startswith(n + "."))} for n, deps in graph.items()}
+    graph = {n: imports_of(n, p, known) for n, p in known.items()}
+    return {n: {m for m in deps if not (n != "decodebench" and m.startswith(n + "."))} for n, deps in graph.items()}
+
+
+def test_no_import_cycle():
+    graph = import_graph()
     done, stack, cycles = set(), [], []
 
     def visit(n):
@@ -76,3 +80,26 @@ def test_no_import_cycle_outside_the_decoding_library():
     for n in sorted(graph):
         visit(n)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_library_module_imports_a_package_it_lives_in():
+    """What makes dropping a package's edges to its own modules safe: inside the decoding library, a module
+    imports the module it needs, never the face of a package above it (whose __init__ imports that module)."""
+    graph = import_graph()
+    up = {n: m for n, deps in graph.items() if n.startswith("decodebench.decoding.")
+          for m in deps if m != "decodebench" and n.startswith(m + ".")}
+    assert not up, f"modules importing their own package's __init__: {up}"
+
+
+def test_the_decoding_library_shows_its_parts():
+    lib = PKG / "decoding"
+    assert {p.name for p in lib.iterdir() if (p / "__init__.py").exists()} >= {"params", "transforms", "engine", "search"}
+    assert sorted(p.name for p in lib.glob("*.py")) == ["__init__.py", "sampling.py"]
+
+
+def test_the_parameter_table_is_a_leaf():
+    """params/ imports nothing else of decodebench: the checks that consult a registry are named by path."""
+    graph = import_graph()
+    out = {n: sorted(m for m in deps if not m.startswith("decodebench.decoding.params"))
+           for n, deps in graph.items() if n.startswith("decodebench.decoding.params")}
+    assert not any(out.values()), out

@@ -16,9 +16,9 @@ import torch
 from scipy.stats import chi2
 
 from decodebench.decoding.engine import BatchStats, Request, generate, make_context
-from decodebench.decoding.kvcache import Runtime
-from decodebench.decoding.power_sampling import log_accept_ratio, model_proposer, power_sample
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.engine.kvcache import Runtime
+from decodebench.decoding.search.power_sampling import log_accept_ratio, model_proposer, power_sample
+from decodebench.decoding.search.spec import build_strategy
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401
 
 

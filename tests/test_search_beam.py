@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.stopping import register_stopping
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.engine.stopping import register_stopping
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.specs import to_specs
 
 TEXTS = ["a", "hello world, this is longer", "xyz", "0123456789" * 2, "q", "The cat"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
-from decodebench.decoding.streaming import StreamIterator, Streamer, TextStreamer, text_streamer
+from decodebench.decoding.search.spec import build_strategy
+from decodebench.decoding.engine.streaming import StreamIterator, Streamer, TextStreamer, text_streamer
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
 

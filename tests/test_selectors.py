@@ -8,7 +8,7 @@ import json
 import pytest
 
 from decodebench import selectors as S
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.specs import to_specs
 
 

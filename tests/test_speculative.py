@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.speculative import lookup_drafts, verify
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.speculative import lookup_drafts, verify
+from decodebench.decoding.search.spec import build_strategy
 from decodebench.specs import to_specs
 from tests.test_search_beam import TEXTS, one_thread, peaky_tiny  # noqa: F401  (one_thread: autouse fixture)
 
@@ -85,7 +85,7 @@ def test_one_round_distribution_by_enumeration():
     ids = torch.tensor([tok("hello world")["input_ids"]])
     with torch.no_grad():
         p = (model(ids).logits[0, -1].float() / 0.8).softmax(-1)  # temperature 0.8 on both
-        from decodebench.decoding.speculative import truncated
+        from decodebench.decoding.search.speculative import truncated
 
         q = (truncated(model, 1)(ids).logits[0, -1].float() / 0.8).softmax(-1)
     V = p.shape[0]

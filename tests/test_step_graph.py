@@ -9,9 +9,9 @@ import logging
 import pytest
 import torch
 
-from decodebench.decoding import step as step_mod
+from decodebench.decoding.engine import step as step_mod
 from decodebench.decoding.engine import Request, generate
-from decodebench.decoding.strategies import build_strategy
+from decodebench.decoding.search.spec import build_strategy
 from tests.test_step_dispatch import CHAINS
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodebench.decoding.stopping import STOPPING
+from decodebench.decoding.engine.stopping import STOPPING
 
 
 def test_newline_criterion_matches_decoded_text_and_copies_its_table_once(tiny, monkeypatch):

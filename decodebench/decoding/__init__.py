@@ -9,17 +9,19 @@ Usable on any logits tensor, with no model, Hydra or W&B::
     x = process_logits(logits, temperature=0.7, top_k=50, top_p=0.9)  # HF's order and arithmetic
     tokens = sample(x, row_keys(0, ["a", "b", "c", "d"], [0] * 4), step=0, do_sample=True)  # [B]
 
-The engine packs per-request `SamplingParams` once into a `LogitsChain` (see chain.py). Modules:
-params.py (the parameter table), processors.py (filtering transforms), penalties.py (history-dependent
-ones), samplers_llamacpp.py, dry.py, samplers_misc.py, p_less.py, min_k.py, adaptive_p.py, watermark.py, grammar.py, constraints.py (the newer
-samplers and constraints), transforms.py (registry, named orders, `register_transform`), bindings*.py
-(packing), chain.py, api.py, sampling.py.
+The engine packs per-request `SamplingParams` once into a `LogitsChain` (transforms/chain.py). Sub-packages:
+params/ (the parameter table, pure data, and its value checks), transforms/ (the registry and named orders,
+the filters, penalties, the llama.cpp family, DRY, top-H, smoothing, sequence bias, p-less, min-k, adaptive-P,
+watermarks, grammars and prefix constraints, each with its binder; the chain and `process_logits`), engine/
+(requests, KV state, the decode step, the running batch, stopping, streaming, telemetry, `generate`),
+search/ (the lazy method registry, strategy specs, one module per search method); and sampling.py (the
+seeded noise and the race).
 """
 
-from .api import process_logits
-from .chain import DecodeState, LogitsChain, NaNLogitsError
-from .params import SamplingParams
-from .penalties import (
+from decodebench.decoding.transforms.api import process_logits
+from decodebench.decoding.transforms.chain import DecodeState, LogitsChain, NaNLogitsError
+from decodebench.decoding.params.table import SamplingParams
+from decodebench.decoding.transforms.penalties import (
     ban_tokens,
     frequency_penalty,
     logit_bias,
@@ -29,17 +31,20 @@ from .penalties import (
     repetition_penalty,
     token_counts,
 )
-from .constraints import register_prefix_fn
-from .dry import dry
-from .processors import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
-from .samplers_llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
-from .samplers_misc import cfg_combine, sequence_bias, smoothing, top_h
-from .p_less import p_less, p_less_norm
-from .min_k import min_k
-from .adaptive_p import adaptive_p, adapted_target
-from .sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
-from .strategies import register_search
-from .transforms import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
+from decodebench.decoding.transforms.constraints import register_prefix_fn
+from decodebench.decoding.transforms.dry import dry
+from decodebench.decoding.transforms.filters import epsilon, eta, min_p, temperature, top_k, top_k_top_p, top_p, typical
+from decodebench.decoding.transforms.llamacpp import dynatemp, mirostat_v1, mirostat_v2, tail_free, top_n_sigma, xtc
+from decodebench.decoding.transforms.cfg import cfg_combine
+from decodebench.decoding.transforms.sequence_bias import sequence_bias
+from decodebench.decoding.transforms.smoothing import smoothing
+from decodebench.decoding.transforms.top_h import top_h
+from decodebench.decoding.transforms.p_less import p_less, p_less_norm
+from decodebench.decoding.transforms.min_k import min_k
+from decodebench.decoding.transforms.adaptive_p import adaptive_p, adapted_target
+from decodebench.decoding.sampling import exponential_noise, row_keys, row_uniform, sample, uniform_bits
+from decodebench.decoding.search.methods import register_search
+from decodebench.decoding.transforms.registry import ORDERS, TRANSFORMS, StatefulStep, TransformSpec, register_transform, resolve_order
 
 __all__ = [
     "process_logits", "SamplingParams", "LogitsChain", "DecodeState", "NaNLogitsError",
@@ -54,7 +59,7 @@ __all__ = [
 ]
 
 # the engine's face: generate requests with a model (the README's library example)
-from .engine import Request, generate  # noqa: E402
-from .strategies import build_strategy  # noqa: E402
+from decodebench.decoding.engine.driver import Request, generate  # noqa: E402
+from decodebench.decoding.search.spec import build_strategy  # noqa: E402
 
 __all__ += ["generate", "Request", "build_strategy"]

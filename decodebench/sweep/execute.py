@@ -107,7 +107,7 @@ def point_stats(pr: PointRun, group: BatchStats, chain: list) -> BatchStats:
 
 def point_chain(ctx: Context, p: Point) -> list:
     """The transforms the point's own rows apply (a fused batch's chain is the union over its points)."""
-    from decodebench.decoding.chain import LogitsChain
+    from decodebench.decoding.transforms.chain import LogitsChain
 
     vocab = ctx.model.get_output_embeddings().weight.shape[0]
     return list(LogitsChain.from_rows([p.spec.params], vocab_size=vocab, eos_token_id=eos_ids(ctx.model, ctx.tok),

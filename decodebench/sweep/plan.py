@@ -152,9 +152,8 @@ def fuse_key(spec, name: str) -> str:
     """Points can share batches when only per-row settings differ: the sampling method, and the same
     loop-level settings (max_new_tokens, stops, samples per prompt, transform order). Not with max_time,
     whose cut depends on the batch's speed."""
-    from decodebench.decoding.strategies import METHODS, load_builtin_methods
+    from decodebench.decoding.search.methods import METHODS
 
-    load_builtin_methods()
     if not METHODS.get(spec.method).fusable or spec.max_time is not None:
         return f"alone:{name}"
     return json.dumps([spec.method, spec.max_new_tokens, list(spec.stop), list(spec.stopping),

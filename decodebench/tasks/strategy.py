@@ -37,7 +37,7 @@ def load_strategy(strategy: Union[str, dict, None], overrides: dict[str, Any]) -
     else:
         base = dict(strategy or {"name": "custom", "do_sample": True})
     base.update({k: _number(v) for k, v in overrides.items()})
-    from decodebench.decoding.strategies import build_strategy
+    from decodebench.decoding.search.spec import build_strategy
 
     build_strategy(base)  # ValueError naming the key on a bad setting
     return base
@@ -66,7 +66,7 @@ def gen_kwargs_strategy(kwargs: dict) -> dict:
 
 def request_strategy(base: Optional[dict], kwargs: dict, until: list[str]):
     """The StrategySpec for one group of requests: `base` (the model's strategy) or the gen_kwargs alone."""
-    from decodebench.decoding.strategies import build_strategy
+    from decodebench.decoding.search.spec import build_strategy
 
     d = dict(base) if base is not None else gen_kwargs_strategy(kwargs)
     d["max_new_tokens"] = int(kwargs.get("max_gen_toks", d.get("max_new_tokens", 256)))

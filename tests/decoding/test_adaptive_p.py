@@ -159,7 +159,7 @@ def test_continuous_batching_equals_each_request_alone(tiny, params):
     import copy
 
     from decodebench.decoding.engine import Request, generate
-    from decodebench.decoding.strategies import build_strategy
+    from decodebench.decoding.search.spec import build_strategy
 
     model, tok = tiny
     model = copy.deepcopy(model)

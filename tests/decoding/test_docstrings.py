@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import decodebench.decoding as decoding
-from decodebench.decoding import api, params, penalties, processors, samplers_llamacpp, samplers_misc, sampling
+from decodebench.decoding import sampling
+from decodebench.decoding.params import table
+from decodebench.decoding.transforms import api, filters, llamacpp, penalties, smoothing
 
 # the package exports the function `dry`, which shadows its module's attribute
-MODULES = [processors, penalties, sampling, api, params, samplers_llamacpp, samplers_misc,
-           importlib.import_module("decodebench.decoding.dry")]
+MODULES = [filters, penalties, sampling, api, table, llamacpp, smoothing,
+           importlib.import_module("decodebench.decoding.transforms.dry")]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

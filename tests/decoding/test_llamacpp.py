@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from decodebench.decoding import dry, dynatemp, tail_free, top_n_sigma, xtc
-from decodebench.decoding.penalties import frequency_penalty, presence_penalty, token_counts
+from decodebench.decoding.transforms.penalties import frequency_penalty, presence_penalty, token_counts
 
 from .helpers import DTYPES, make_logits
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.generation import logits_process as hf
 
-from decodebench.decoding.penalties import (
+from decodebench.decoding.transforms.penalties import (
     ban_tokens,
     frequency_penalty,
     logit_bias,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers.generation import logits_process as hf
 
-from decodebench.decoding.processors import epsilon, eta, min_p, temperature, top_k, top_p, typical
-from decodebench.decoding.processors import _top_p_cut, top_k_top_p
+from decodebench.decoding.transforms.filters import epsilon, eta, min_p, temperature, top_k, top_p, typical
+from decodebench.decoding.transforms.filters import _top_p_cut, top_k_top_p
 
 from .helpers import DTYPES, logit_cases, make_logits
 

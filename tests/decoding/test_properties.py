@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decodebench.decoding import row_keys, sample
-from decodebench.decoding import processors as W
-from decodebench.decoding import samplers_llamacpp as L
+from decodebench.decoding.transforms import filters as W
+from decodebench.decoding.transforms import llamacpp as L
 from decodebench.decoding.sampling import uniform_bits
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)

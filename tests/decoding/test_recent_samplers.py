@@ -221,7 +221,7 @@ def test_min_k_tau_is_checked():
 # -------------------------------------------------------------------------------------------- docs
 @pytest.mark.parametrize("name", ["p_less", "min_k", "adaptive_p"])
 def test_docstring_examples(name):
-    module = importlib.import_module(f"decodebench.decoding.{name}")  # the package's functions shadow the modules
+    module = importlib.import_module(f"decodebench.decoding.transforms.{name}")  # the package's functions shadow the modules
     names = {n: getattr(decoding, n) for n in decoding.__all__}
     result = doctest.testmod(module, extraglobs={"torch": torch, **names}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

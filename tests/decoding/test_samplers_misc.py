@@ -8,7 +8,7 @@ import torch
 from transformers.generation import logits_process as hf
 
 from decodebench.decoding import SamplingParams, cfg_combine, process_logits, smoothing, top_h
-from decodebench.decoding.constraints import register_prefix_fn
+from decodebench.decoding.transforms.constraints import register_prefix_fn
 
 from .helpers import DTYPES, logit_cases, make_logits
 

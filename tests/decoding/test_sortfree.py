@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from decodebench.decoding import row_keys, sample
-from decodebench.decoding.processors import top_p
-from decodebench.decoding.sortfree import top_p_cut
+from decodebench.decoding.transforms.filters import top_p
+from decodebench.decoding.transforms.sortfree import top_p_cut
 from tests.decoding.helpers import make_logits
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -113,7 +113,7 @@ def test_nan_and_inf_rows_fall_back():
 def test_compiled_fullgraph_gives_eager_result():
     """top-p's candidate path, min-p and typical under torch.compile(fullgraph=True), inductor on CPU:
     no graph break (top-p's fallback is a torch.cond), and the eager results."""
-    from decodebench.decoding.processors import min_p, typical
+    from decodebench.decoding.transforms.filters import min_p, typical
 
     x = _peaked(8, 4096, torch.float32, seed=5)
     x[6:] = make_logits(2, 4096, seed=6)  # rows that need the fallback
@@ -146,8 +146,8 @@ def test_threshold_on_a_reference_cumsum_value(dtype):
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d)[6:])
 def test_mirostat_v2_candidates_equal_full_sort(dtype):
-    from decodebench.decoding.samplers_llamacpp import mirostat_v2
-    from decodebench.decoding.sortfree import mirostat_v2_kept
+    from decodebench.decoding.transforms.llamacpp import mirostat_v2
+    from decodebench.decoding.transforms.sortfree import mirostat_v2_kept
 
     answered = 0
     for label, x in _cases(dtype):
@@ -163,7 +163,7 @@ def test_mirostat_v2_candidates_equal_full_sort(dtype):
 def test_docstring_example():
     import doctest
 
-    from decodebench.decoding import sortfree
+    from decodebench.decoding.transforms import sortfree
 
     result = doctest.testmod(sortfree, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
@@ -187,7 +187,7 @@ def test_race_over_candidates_draws_the_full_race_token():
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d)[6:])
 def test_xtc_candidates_equal_full_sort(dtype):
-    from decodebench.decoding.samplers_llamacpp import xtc
+    from decodebench.decoding.transforms.llamacpp import xtc
 
     for label, x in _cases(dtype):
         g = torch.Generator().manual_seed(len(label))

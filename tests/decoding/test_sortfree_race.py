@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from decodebench.decoding import row_keys, sample
-from decodebench.decoding.candidates import collect_offers
-from decodebench.decoding.chain import DecodeState, LogitsChain
+from decodebench.decoding.transforms.candidates import collect_offers
+from decodebench.decoding.transforms.chain import DecodeState, LogitsChain
 from decodebench.decoding.params import SamplingParams
-from decodebench.decoding.processors import top_p
+from decodebench.decoding.transforms.filters import top_p
 from tests.decoding.test_sortfree import ALL_DTYPES, _cases, _peaked, _row_settings
 
 

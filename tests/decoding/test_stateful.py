@@ -13,7 +13,7 @@ from transformers.generation import WatermarkDetector
 from transformers.generation import logits_process as hf
 
 from decodebench.decoding import DecodeState, LogitsChain, SamplingParams, process_logits, row_keys, sample
-from decodebench.decoding.watermark import WatermarkKey, detect
+from decodebench.decoding.transforms.watermark import WatermarkKey, detect
 
 from .helpers import DTYPES, make_logits
 

@@ -4,7 +4,7 @@ on the engine's primitives. `strategy.method=my_topk` chooses it; `do_sample=fal
 import torch
 
 from decodebench.decoding import register_search, sample
-from decodebench.decoding.runtime import Output, request_keys
+from decodebench.decoding.engine.batch import Output, request_keys
 
 
 @register_search("my_topk", supports_record=False)
