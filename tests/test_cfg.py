@@ -116,6 +116,7 @@ def test_mirrors_survive_refills_and_column_moves(eos_happy, monkeypatch):
     """Rows ending at different times, refills, negative prompts longer than their prompts, and almost no
     spare columns (moved back every few steps): each row's tokens equal the row run alone."""
     from decodebench.decoding import engine
+    from decodebench.decoding.engine import driver
 
     model, tok = eos_happy
     guided = build_strategy({"name": "cfg", "do_sample": True, "guidance_scale": 2.5, "max_new_tokens": 24})
@@ -134,7 +135,7 @@ def test_mirrors_survive_refills_and_column_moves(eos_happy, monkeypatch):
         kv.shift = lambda d: (moves.append(d), shift(d))
         return kv
 
-    monkeypatch.setattr(engine, "kv_capacity", lambda reqs, spec, cont: spec.max_new_tokens + 2 + max(
+    monkeypatch.setattr(driver, "kv_capacity", lambda reqs, spec, cont: spec.max_new_tokens + 2 + max(
         max(len(r.prompt_ids), len(r.negative_prompt_ids or ())) for r in reqs))
     monkeypatch.setattr(engine.Runtime, "allocate", small)
     for cont in (True, False):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from decodebench.decoding import engine
+from decodebench.decoding.engine import driver
 from decodebench.decoding.engine import Request, generate
 from decodebench.decoding.search.spec import build_strategy
 
@@ -116,7 +117,7 @@ def test_column_moves_keep_results(eos_happy, monkeypatch):
         kv.shift = lambda d: (moves.append(d), shift(d))
         return kv
 
-    monkeypatch.setattr(engine, "kv_capacity", lambda reqs, spec, cont: max(len(r.prompt_ids) for r in reqs)
+    monkeypatch.setattr(driver, "kv_capacity", lambda reqs, spec, cont: max(len(r.prompt_ids) for r in reqs)
                         + spec.max_new_tokens + 2)
     monkeypatch.setattr(engine.Runtime, "allocate", small)
     for cont in (True, False):  # static batches too: finished rows wait for the host work past L columns
