@@ -180,48 +180,16 @@ def bare_forward_ms(model, tok, prompts, batch: int, context: int, device: str, 
 
 
 def step_ops(model, tok, prompts, spec, batch: int = 8, new_tokens: int = 16) -> float:
-    """aten ops per decode step outside the model's forward (eager `generate`, a TorchDispatchMode); on a
-    GPU each non-view op is a kernel launch."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    """Non-view aten ops per decode step outside the model's forward (eager `generate`), counted by
+    scripts/step_ops.py; on a GPU each one is a kernel launch."""
+    import sys
+    from pathlib import Path
 
-    from decodebench.decoding.engine import running
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_ops import VIEWS, count_by_component
 
-    class Ops(TorchDispatchMode):
-        on, n = False, 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += int(self.on)
-            return func(*args, **(kwargs or {}))
-
-    mode, steps, orig = Ops(), [0], running.RunningBatch.step
-
-    def step(rb):
-        if not getattr(rb.rt, "_ops_wrapped", False):
-            fwd = rb.rt.decode_fn
-
-            def forward(*a):
-                mode.on = False
-                try:
-                    return fwd(*a)
-                finally:
-                    mode.on = True
-            rb.rt.decode_fn, rb.rt._ops_wrapped = forward, True
-        mode.on, steps[0] = True, steps[0] + 1
-        try:
-            orig(rb)
-        finally:
-            mode.on = False
-
-    spec = build_strategy({**STRATS[spec.name], "max_new_tokens": new_tokens})
-    reqs = [Request(prompt_id=str(i), prompt_ids=list(prompts[i % len(prompts)]), params=spec.params)
-            for i in range(batch)]
-    running.RunningBatch.step = step
-    try:
-        with mode:
-            generate(model, tok, reqs, spec, batch_size=batch)
-    finally:
-        running.RunningBatch.step = orig
-    return mode.n / max(steps[0], 1)
+    ops, steps = count_by_component(model, tok, STRATS[spec.name], prompts, batch, new_tokens)
+    return sum(n for (_, op), n in ops.items() if op not in VIEWS) / max(steps, 1)
 
 
 def forward_vs_sampling(model, tok, prompts, batch: int, device: str, repeats: int = 10) -> dict:
@@ -271,7 +239,7 @@ def floor_line(model, tok, prompts, spec, bs: int, device: str, res: dict) -> No
     r.update(forward_ms=fwd, forward_floor=r["ms_per_step"] / fwd, ops_per_step=step_ops(model, tok, prompts, spec))
     print(f"  {spec.name:6s} batch {bs:4d} step {r['ms_per_step']:.1f} ms = {r['forward_floor']:.2f}x the bare forward "
           f"({fwd:.1f} ms at context {int(width + mean_new / 2)}); chain {r['chain']}; "
-          f"{r['ops_per_step']:.0f} aten ops/step outside the forward (eager, batch 8)")
+          f"{r['ops_per_step']:.0f} non-view aten ops/step outside the forward (eager, batch 8)")
 
 
 def main() -> None:
