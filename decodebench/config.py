@@ -170,6 +170,7 @@ class Config:
     sync_every: int = 4  # steps between the engine's host checks (finished rows, stop strings, time)
     continuous: bool = True  # continuous batching for one-token-per-step strategies
     compile: bool = False  # run the decode step under torch.compile (CUDA graphs on CUDA)
+    share_histories: Any = "auto"  # rows with one history share one forward: auto (on a CPU), true, false
     device: str = "auto"
     dtype: str = "auto"
     record: List[str] = field(default_factory=list)  # per-step telemetry fields, or ["all"]

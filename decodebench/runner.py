@@ -232,7 +232,8 @@ def run_info(run: RunSpec, prep: RunPlan, spec, prompts: list, num_rows: int, ba
 
 def engine_options(run: RunSpec) -> dict:
     """The engine's settings from the top-level config (none of them changes a generated token)."""
-    return {"continuous": run.continuous, "sync_every": run.sync_every, "compile": run.compile}
+    return {"continuous": run.continuous, "sync_every": run.sync_every, "compile": run.compile,
+            "share_histories": run.share_histories}
 
 
 def batch_size_for(run: RunSpec, model, reqs: list, spec, scale: int = 1) -> int:

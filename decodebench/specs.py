@@ -42,6 +42,7 @@ class RunSpec:
     sync_every: int
     continuous: bool
     compile: bool
+    share_histories: Any
     device: str
     dtype: str
     record: tuple
@@ -107,6 +108,10 @@ def _check_top(cfg: DictConfig) -> None:
     se = cfg.get("sync_every", 4)
     if isinstance(se, bool) or not isinstance(se, int) or se < 1:
         raise ConfigError(f"sync_every must be a positive integer (steps between host checks), got {se!r}")
+    sh = cfg.get("share_histories", "auto")
+    if sh not in ("auto", True, False):
+        raise ConfigError(f"share_histories must be auto, true or false (rows with one history share one "
+                          f"forward), got {sh!r}")
 
 
 def to_specs(cfg: DictConfig) -> RunSpec:
@@ -130,6 +135,7 @@ def to_specs(cfg: DictConfig) -> RunSpec:
         task=None if task is None else _build(TaskConfig, task, "task"),
         seed=int(cfg.seed), batch_size=cfg.batch_size, sync_every=int(cfg.get("sync_every", 4)),
         continuous=bool(cfg.get("continuous", True)), compile=bool(cfg.get("compile", False)),
+        share_histories=cfg.get("share_histories", "auto"),
         device=str(cfg.device), dtype=str(cfg.dtype), record=tuple(cfg.get("record") or ()),
         progress=bool(cfg.get("progress", True)), plugins=tuple(cfg.get("plugins") or ()),
         config=OmegaConf.to_container(cfg, resolve=True),

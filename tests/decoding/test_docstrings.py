@@ -15,7 +15,8 @@ from decodebench.decoding.transforms import api, filters, llamacpp, penalties, s
 
 # the package exports the function `dry`, which shadows its module's attribute
 MODULES = [filters, penalties, sampling, api, table, llamacpp, smoothing,
-           importlib.import_module("decodebench.decoding.transforms.dry")]
+           importlib.import_module("decodebench.decoding.transforms.dry"),
+           importlib.import_module("decodebench.decoding.engine.shared")]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

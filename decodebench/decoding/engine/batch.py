@@ -150,6 +150,7 @@ class BatchContext:
     tokenizer: object = None  # for transforms that need text (grammars, DRY's sequence breakers)
     continuous: bool = True
     compile_backend: object = None  # the running batch's compiled step (step.py), with compile=true
+    share_histories: bool = False  # rows with one history run one forward (shared.py)
 
     def first_token(self, t0: float) -> float:
         """Record time to first token (one sync per batch); returns the time it was taken."""

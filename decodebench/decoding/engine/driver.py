@@ -161,13 +161,15 @@ def make_runtime(method, model, spec: StrategySpec, **kw) -> Runtime:
 def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch_size: int = 8,
              record: Sequence[str] = (), progress=None, on_batch: Optional[Callable] = None,
              streamer_factory: Optional[Callable] = None, continuous: bool = True, sync_every: int = 4,
-             compile: bool | str = False) -> tuple[list[Output], BatchStats]:
+             compile: bool | str = False, share_histories: bool | str = "auto") -> tuple[list[Output], BatchStats]:
     """Run every request through the strategy's search method.
 
     `on_batch(indices, outputs)` is called as rows finish (the runner appends results to disk there, so a
     failure later in a run never loses what was computed). `progress` is a tqdm-like bar or None.
     Continuous batching serves sampling strategies; with a streamer or `max_time` (a per-batch limit)
     batches are static. `compile` runs the decode step under torch.compile (see compiled.py).
+    `share_histories` (True, False or "auto": on a CPU) lets rows with one history (a prompt's fused points
+    or samples, as long as they drew the same tokens) share one forward (shared.py); tokens are the same.
     """
     check_sync_every(sync_every)
     method = METHODS.get(spec.method)
@@ -200,6 +202,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
         ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                            batch_size=batch_size, continuous=cont)
         ctx.compile_backend = backend
+        ctx.share_histories = runner.device.type == "cpu" if share_histories == "auto" else bool(share_histories)
         t0 = time.perf_counter()
         run_sampling(reqs, spec, ctx, length_order(reqs),
                      lambda pairs: deliver([i for i, _ in pairs], [o for _, o in pairs]),

@@ -65,6 +65,11 @@ class SlotLayer(CacheLayerMixin):
             self.values[o.rows, :, c0:o.col] = value_states if src is None else value_states[src]
 
             return key_states, value_states
+        if o.mode == "rows":  # shared histories (shared.py): only the groups' leaders, KV rows `o.rows`
+            r, c = o.rows, o.col
+            self.keys[r, :, c:c + 1] = key_states
+            self.values[r, :, c:c + 1] = value_states
+            return self.keys[r, :, o.lo:c + 1], self.values[r, :, o.lo:c + 1]
         if o.static_shapes:  # the running batch is a bucket of the first `a` slots; the window is every column
             a = key_states.shape[0]
             keys, values = self.keys[:a], self.values[:a]

@@ -38,6 +38,7 @@ from decodebench.decoding.engine.batch import (AsyncFlag, BatchContext, Output, 
                                           unconditional_ids)
 from decodebench.decoding.transforms.cfg import cfg_combine
 from decodebench.decoding.engine.row_tracker import finish_reason
+from decodebench.decoding.engine.shared import SharedHistories, copy_rows
 from decodebench.decoding.engine.step import Stepper, bucket_for, host_after
 
 _IDLE = SamplingParams()  # the settings an empty slot carries (its tokens are never read)
@@ -85,6 +86,8 @@ class RunningBatch:
         self.kv.col_t.fill_(0)
         self.stepper = Stepper(rt, ctx.compile_backend, enabled=rt.static_shapes)
         self.chain_warm = False  # the chain has run one eager step since it was built
+        # rows with one history share one forward (shared.py): eager, without mirrors, where the context asks
+        self.share = SharedHistories(slots) if ctx.share_histories and not mirror and not rt.static_shapes else None
         if ctx.stop is not None:
             ctx.stop.reset(torch.arange(slots, device=dev), slots)  # the criteria's state exists before any step
 
@@ -144,6 +147,8 @@ class RunningBatch:
         """(request index, output) for finished `slots`, which become free. One host read for all."""
         if not slots:
             return []
+        if self.share is not None:  # a leaving leader hands its KV to the next member of its group
+            copy_rows(self.kv.tensors(), self.share.release(slots), self.kv.lo, self.kv.col, self.rt.device)
         ctx, idx = self.ctx, torch.tensor(slots, device=self.rt.device)
         outs_t, lens, eos = self.out[idx, : self.L].tolist(), self.lengths[idx].tolist(), self.hit_eos[idx].tolist()
         stop_at = ctx.stop.final_lengths(self.out[idx, : self.L], self.lengths[idx], rows=idx) \
@@ -194,6 +199,8 @@ class RunningBatch:
             self.scale[slots] = torch.tensor([float(r.params.guidance_scale) if guided(r) else 1.0 for _, r in items],
                                              dtype=torch.float64, device=dev)
             self.guided[slots] = torch.tensor([guided(r) for _, r in items], device=dev)
+        if self.share is not None:
+            self.share.admitted(free, [r.prompt_ids for _, r in items])
         self.n_running = self.width(max(self.n_running, max(free) + 1))
         self.rebuild_chain(joined=slots)
 
@@ -211,6 +218,8 @@ class RunningBatch:
         self.recorder.select(idx, n)
         if self.ctx.stop is not None:
             self.ctx.stop.select(idx, n)
+        if self.share is not None:
+            self.share.compacted(live, self.slots)
         self.owner = [self.owner[s] for s in live] + [None] * (self.slots - n)
         self.reqs = [self.reqs[s] for s in live] + [None] * (self.slots - n)
         self.last_params = [self.last_params[s] for s in live] + [None] * (self.slots - n)

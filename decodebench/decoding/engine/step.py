@@ -25,6 +25,7 @@ import torch
 
 from decodebench.decoding.transforms.chain import DecodeState
 from decodebench.decoding.engine.row_tracker import record
+from decodebench.decoding.engine.shared import copy_rows
 from decodebench.decoding.sampling import sample
 
 log = logging.getLogger("decodebench")
@@ -76,13 +77,28 @@ def feed(rb, a: int, tok: torch.Tensor) -> None:
     r = rb.R if rb.mirror else a
     if rb.mirror:
         tok = rb.pads[:r].index_copy(0, rb.fed_rows(a), tok.repeat(2))
+    sh, rows = rb.share, None
+    if sh is not None and sh.active:  # eager only (shared.py): one host read, the forks' KV copies
+        leaders, forks = sh.plan(tok, rb.finished[:a], rt.device)
+        copy_rows(kv.tensors(), forks, kv.lo, kv.col, rt.device)
+        if leaders is not None:
+            rows, sh.fed = sh.rows, len(leaders)
     col = kv.col_t
     rb.tokens[:r].index_copy_(1, col, tok[:, None])
     rb.valid[:r].index_fill_(1, col, True)
-    window = rb.valid[:r] if static else rb.valid[:r, kv.lo:kv.col + 1]
-    mask = rt.mask4d(window, 1, causal_tail=True)
-    logits, _ = rt.decode_fn(tok[:, None], rb.pos[:r, None], mask)
-    rb.logits[:r] = logits[:, -1]
+    if rows is not None:  # the leaders alone; each follower takes its leader's logits
+        mask = rt.mask4d(rb.valid[rows, kv.lo:kv.col + 1], 1, causal_tail=True)
+        kv.mode, kv.rows = "rows", rows
+        try:
+            logits, _ = rt.decode_fn(tok[rows, None], rb.pos[rows, None], mask)
+        finally:
+            kv.mode, kv.rows = "decode", None
+        rb.logits[:a] = logits[:, -1].index_select(0, sh.map)
+    else:
+        window = rb.valid[:r] if static else rb.valid[:r, kv.lo:kv.col + 1]
+        mask = rt.mask4d(window, 1, causal_tail=True)
+        logits, _ = rt.decode_fn(tok[:, None], rb.pos[:r, None], mask)
+        rb.logits[:r] = logits[:, -1]
     rb.pos[:r] += 1
     col += 1
 
@@ -91,6 +107,8 @@ def host_after(rb, a: int) -> None:
     """The host's counters of the step just run (outside any compiled graph)."""
     r = rb.R if rb.mirror else a
     rt = rb.rt
+    if rb.share is not None and rb.share.fed is not None:  # shared histories fed only the leaders
+        r, rb.share.fed = rb.share.fed, None
     rt.row_steps += r
     if rb.stepper.whole:  # the compiled step's forward counted nothing on the host
         rt.forward_passes += 1
