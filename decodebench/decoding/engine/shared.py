@@ -44,8 +44,6 @@ class SharedHistories:
         self.lead: list[int] = list(range(slots))  # the leader of each slot (itself when alone or idle)
         self.live: list[bool] = [False] * slots  # running and not finished, as the host last saw it
         self.active = False  # some group has more than one live row
-        self.rows: Optional[Tensor] = None  # the last regroup's leaders (the forward's KV rows), device
-        self.map: Optional[Tensor] = None  # `[a]`: each slot's leader's index in `rows`, device
         self.fed: Optional[int] = None  # rows the step just run fed (its leaders), when it shared
 
     def admitted(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> None:
@@ -103,18 +101,18 @@ class SharedHistories:
         self.lead = [where.get(self.lead[s], i) for i, s in enumerate(live)] + list(range(len(live), slots))
         self.live = [self.live[s] for s in live] + [False] * (slots - len(live))
 
-    def plan(self, tok: Tensor, fin: Tensor, device) -> tuple[Optional[list[int]], list[tuple[int, int]]]:
-        """`regroup` from the device's tokens (one host read); sets `rows` and `map`. Returns (leaders, or
-        None when every live row leads itself and the plain forward serves; the forks)."""
+    def plan(self, tok: Tensor, fin: Tensor, device) -> tuple[Optional[Tensor], Optional[Tensor], list]:
+        """`regroup` from the device's tokens (one host read). Returns (the leaders' KV rows `[m]` and each
+        slot's leader's index among them `[a]`, or None, None when every live row leads itself and the plain
+        forward serves; the forks)."""
         leaders, forks = self.regroup(tok.tolist(), fin.tolist())
-        a = tok.shape[0]
-        if len(leaders) == sum(self.live[:a]) and all(self.lead[s] == s for s in range(a)):
-            self.rows = self.map = None
-            return None, forks
+        if not self.active:
+            return None, None, forks
         index = {s: i for i, s in enumerate(leaders)}
-        self.rows = torch.tensor(leaders, dtype=torch.long, device=device)
-        self.map = torch.tensor([index.get(self.lead[s], 0) for s in range(a)], dtype=torch.long, device=device)
-        return leaders, forks
+        self.fed = len(leaders)
+        rows = torch.tensor(leaders, dtype=torch.long, device=device)
+        where = torch.tensor([index.get(self.lead[s], 0) for s in range(len(tok))], dtype=torch.long, device=device)
+        return rows, where, forks
 
 
 def copy_rows(tensors, forks: Sequence[tuple[int, int]], lo: int, col: int, device) -> None:

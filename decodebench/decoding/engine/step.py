@@ -77,12 +77,10 @@ def feed(rb, a: int, tok: torch.Tensor) -> None:
     r = rb.R if rb.mirror else a
     if rb.mirror:
         tok = rb.pads[:r].index_copy(0, rb.fed_rows(a), tok.repeat(2))
-    sh, rows = rb.share, None
-    if sh is not None and sh.active:  # eager only (shared.py): one host read, the forks' KV copies
-        leaders, forks = sh.plan(tok, rb.finished[:a], rt.device)
+    rows = None
+    if rb.share is not None and rb.share.active:  # eager only (shared.py): one host read, the forks' KV copies
+        rows, where, forks = rb.share.plan(tok, rb.finished[:a], rt.device)
         copy_rows(kv.tensors(), forks, kv.lo, kv.col, rt.device)
-        if leaders is not None:
-            rows, sh.fed = sh.rows, len(leaders)
     col = kv.col_t
     rb.tokens[:r].index_copy_(1, col, tok[:, None])
     rb.valid[:r].index_fill_(1, col, True)
@@ -93,7 +91,7 @@ def feed(rb, a: int, tok: torch.Tensor) -> None:
             logits, _ = rt.decode_fn(tok[rows, None], rb.pos[rows, None], mask)
         finally:
             kv.mode, kv.rows = "decode", None
-        rb.logits[:a] = logits[:, -1].index_select(0, sh.map)
+        rb.logits[:a] = logits[:, -1].index_select(0, where)
     else:
         window = rb.valid[:r] if static else rb.valid[:r, kv.lo:kv.col + 1]
         mask = rt.mask4d(window, 1, causal_tail=True)
