@@ -179,3 +179,34 @@ def test_select_reindexes_rows_and_tables():
     assert torch.equal(out, full[[2, 0]]) and sub.names == ["repetition_penalty", "frequency_penalty",
                                                            "presence_penalty", "no_repeat_ngram_size",
                                                            "min_new_tokens", "temperature", "top_k", "top_p"]
+
+
+def test_each_filter_of_a_mixed_batch_runs_on_its_own_rows_only(monkeypatch):
+    """A study's fused batch mixes strategies: each filter is handed only the rows that asked for it (one
+    vocabulary pass per row, not per batch row), and every row still equals that row alone."""
+    import decodebench.decoding.transforms.filters as filters
+    import decodebench.decoding.transforms.llamacpp as llamacpp
+
+    rows = [SamplingParams(do_sample=True, top_k=5), SamplingParams(do_sample=True, min_p=0.1),
+            SamplingParams(do_sample=True, eta_cutoff=0.02), SamplingParams(do_sample=True, epsilon_cutoff=0.02),
+            SamplingParams(do_sample=True, top_n_sigma=1.0), SamplingParams(do_sample=True, top_p=0.8),
+            SamplingParams(do_sample=True, typical_p=0.8), SamplingParams(do_sample=False),
+            SamplingParams(do_sample=True, eta_cutoff=0.05)]
+    seen: dict = {}
+    for mod, name in [(filters, "top_k"), (filters, "min_p"), (filters, "eta"), (filters, "epsilon"),
+                      (llamacpp, "top_n_sigma"), (filters, "top_p"), (filters, "typical")]:
+        def spy(x, *a, _f=getattr(mod, name), _n=name, **k):
+            seen.setdefault(_n, []).append(x.shape[0])
+            return _f(x, *a, **k)
+        monkeypatch.setattr(mod, name, spy)
+    import decodebench.decoding.transforms.filter_binders  # noqa: F401  (binders look the filters up per call)
+
+    x = make_logits(len(rows), V, torch.float32, seed=3, ties=True)
+    ids = torch.tensor([[1, 2]] * len(rows))
+    out = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=5, device="cpu")(x, DecodeState(ids, torch.ones_like(ids), 2, 0))
+    assert {n: s[0] for n, s in seen.items()} == {"top_k": 1, "min_p": 1, "eta": 2, "epsilon": 1, "top_n_sigma": 1,
+                                                  "top_p": 1, "typical": 1}
+    seen.clear()
+    for i, row in enumerate(rows):
+        alone = LogitsChain.from_rows([row], vocab_size=V, eos_token_id=5, device="cpu")
+        assert torch.equal(out[i : i + 1], alone(x[i : i + 1], DecodeState(ids[:1], torch.ones_like(ids[:1]), 2, 0))), i

@@ -49,7 +49,11 @@ def keep_max(ctx: PackContext, on: list[bool]) -> int:
 
 
 def on_rows_only(ctx: PackContext, on: list[bool], run: Callable[[Tensor, Tensor], Tensor]) -> Step:
-    """Run `run(logits_subset, row_index)` on the rows that asked, copying the others through."""
+    """Run `run(logits_subset, row_index)` on the rows that asked, copying the others through.
+
+    Every per-row filter binds through this: in a batch that mixes strategies (a study's fused batch) a
+    filter then costs its own rows' share of the vocabulary passes, not the whole batch's. Rows are
+    independent, so each row's result is the one it gets alone."""
     if all(on):
         return lambda x, tables: run(x, None)
     idx = ctx.longs([i for i, o in enumerate(on) if o])

@@ -31,7 +31,7 @@ def _temperature(ctx: PackContext, on: list[bool]) -> Step:
 def _top_k(ctx: PackContext, on: list[bool]) -> Step:
     k, mtk = ctx.longs(values(ctx, on, "top_k", 0)), min_keep(ctx)
     k_max = max([b for b in top_k_bounds(ctx, on) if b is not None], default=0)
-    return lambda x, tables: filters.top_k(x, k, mtk, k_max=k_max)
+    return on_rows_only(ctx, on, lambda x, i: filters.top_k(x, rows_of(k, i), rows_of(mtk, i), k_max=k_max))
 
 
 @builtin("top_p", filters.top_p)
@@ -44,7 +44,7 @@ def _top_p(ctx: PackContext, on: list[bool]) -> Step:
 def _min_p(ctx: PackContext, on: list[bool]) -> Step:
     m, mtk = ctx.floats(values(ctx, on, "min_p", 0.0)), min_keep(ctx)
     sizes = sorted({r.min_tokens_to_keep for r, o in zip(ctx.rows, on) if o})
-    return lambda x, tables: filters.min_p(x, m, mtk, keep_sizes=sizes)
+    return on_rows_only(ctx, on, lambda x, i: filters.min_p(x, rows_of(m, i), rows_of(mtk, i), keep_sizes=sizes))
 
 
 @builtin("typical_p", filters.typical)
@@ -56,13 +56,13 @@ def _typical(ctx: PackContext, on: list[bool]) -> Step:
 @builtin("epsilon_cutoff", filters.epsilon)
 def _epsilon(ctx: PackContext, on: list[bool]) -> Step:
     e, mtk, keep = ctx.floats(values(ctx, on, "epsilon_cutoff", 0.0)), min_keep(ctx), keep_max(ctx, on)
-    return lambda x, tables: filters.epsilon(x, e, mtk, keep_max=keep)
+    return on_rows_only(ctx, on, lambda x, i: filters.epsilon(x, rows_of(e, i), rows_of(mtk, i), keep_max=keep))
 
 
 @builtin("eta_cutoff", filters.eta)
 def _eta(ctx: PackContext, on: list[bool]) -> Step:
     e, mtk, keep = ctx.floats(values(ctx, on, "eta_cutoff", 0.0)), min_keep(ctx), keep_max(ctx, on)
-    return lambda x, tables: filters.eta(x, e, mtk, keep_max=keep)
+    return on_rows_only(ctx, on, lambda x, i: filters.eta(x, rows_of(e, i), rows_of(mtk, i), keep_max=keep))
 
 
 # ---------------------------------------------------------------------------------------- processors

@@ -54,14 +54,15 @@ def top_n_sigma(logits: Tensor, n) -> Tensor:
     `n <= 0` leaves the row unchanged (llama.cpp's no-op since PR 13345), as does a single candidate.
     """
     x = logits.to(opmath(logits.dtype))
-    finite = torch.isfinite(x)
-    cnt = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+    finite = x.abs() < math.inf  # = isfinite, which on a CPU runs a scalar loop 3x slower than abs + lt
+    count = finite.sum(dim=-1, keepdim=True)
+    cnt = count.clamp(min=1)
     z = torch.where(finite, x, 0.0)
     mean = z.sum(dim=-1, keepdim=True) / cnt
     std = (torch.where(finite, (x - mean) ** 2, 0.0).sum(dim=-1, keepdim=True) / cnt).sqrt()
     top = x.amax(dim=-1, keepdim=True)
     nn = column(n, logits, x.dtype, "top_n_sigma")
-    remove = (x < top - nn * std) & (nn > 0) & (_finite_count(x) > 1)
+    remove = (x < top - nn * std) & (nn > 0) & (count > 1)
     return torch.where(remove, NEG_INF, logits)
 
 
@@ -209,7 +210,7 @@ XTC_STREAM = 1  # the coin's noise stream (0 would be the token noise's own)
 @builtin("top_n_sigma", top_n_sigma)
 def _top_n_sigma(ctx: PackContext, on: list[bool]) -> Step:
     n = float_column(ctx, on, "top_n_sigma", 0.0)
-    return lambda x, tables: top_n_sigma(x, n)
+    return on_rows_only(ctx, on, lambda x, i: top_n_sigma(x, rows_of(n, i)))
 
 
 @builtin("tfs_z", tail_free)
