@@ -46,6 +46,17 @@ def _finite_count(logits: Tensor) -> Tensor:
     return torch.isfinite(logits).sum(dim=-1, keepdim=True)
 
 
+def _first_stable(logits: Tensor, c: Candidates, last: Tensor, n: Tensor) -> Tensor:
+    """`[B, V]`: the first `last` `[B, 1]` tokens of a stable descending sort (`last` in 1..k, or >= `n`,
+    the finite count: every token). Tokens tied at the cut go in id order, as a stable sort puts them;
+    `rank` (a cumsum over the row) numbers them."""
+    cv = c.vals.gather(1, (last - 1).clamp(min=0, max=c.k - 1))
+    need = last - (c.vals > cv).sum(dim=-1, keepdim=True)  # every token above the cut is a candidate
+    tied = logits == cv
+    keep = (logits > cv) | (tied & (tied.cumsum(dim=-1) <= need))
+    return keep | (last >= n)
+
+
 # ------------------------------------------------------------------------------------------------ typical
 def typical_scores(logits: Tensor) -> Tensor:
     """HF `TypicalLogitsWarper`'s scores `|-log p - H|` `[B, V]` (the entropy over the whole row, an O(V)
@@ -101,8 +112,8 @@ def tail_free_kept(logits: Tensor, z: Tensor, mtk: Tensor, k: int) -> tuple[Tens
     more) as an absolute error of `8u (p_i + 2 p_(i+1) + p_(i+2))`, the total's summation error, and the
     tail: the second differences past the candidates add up to at most `p_(k-2) + p_(k-1)` (the first
     differences of a sorted row are >= 0 and sum to less than its first term). A row is ok when the first
-    candidate position that could exceed `z` certainly does, and no tie straddles the cut. `z` `[B, 1]`
-    in float32 (float64 for float64 logits)."""
+    candidate position that could exceed `z` certainly does; tokens tied at the cut go in id order (the
+    stable sort's). `z` `[B, 1]` in float32 (float64 for float64 logits)."""
     c = Candidates(logits, k)
     n = _finite_count(logits)
     u = _u(logits.dtype)
@@ -134,13 +145,10 @@ def tail_free_kept(logits: Tensor, z: Tensor, mtk: Tensor, k: int) -> tuple[Tens
     rel = c.softmax_rel_error(torch.full_like(c.s, c.v // LANES + 3.0))
     normalised = t_lo / c.s * (1 - rel) > 1e-6 * (1 + 1e-6)  # else the reference's uniform fallback
     last = torch.where(found, a, n)
-    nxt = torch.cat([c.vals, c.nxt], dim=-1)
-    tie = (last < n) & (nxt.gather(1, (last - 1).clamp(min=0, max=k)) == nxt.gather(1, last.clamp(max=k)))
     decided = torch.where(found, hit, n <= k)
     on = (z < 1) & (n > 2)
-    ok = ~on | (c.finite & normalised & decided & ~tie & (last > 0))
-    cut = torch.where(last >= n, NEG_INF, c.vals.gather(1, (last - 1).clamp(min=0, max=k - 1)))
-    return (logits >= cut) | ~on, ok[:, 0]
+    ok = ~on | (c.finite & normalised & decided & (last > 0))
+    return _first_stable(logits, c, last, n) | ~on, ok[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------- mirostat
@@ -164,8 +172,8 @@ def mirostat_v1_kept(logits: Tensor, mu: Tensor, vocab_size: int, m: int, k: int
     `k = (eps 2^mu / (1 - N^-eps))^(1/s)`, `eps = s - 1`. Only ratios of probabilities enter, so the
     softmax sum's error cancels; we carry an interval through every float32 step, each widened by that
     op's rounding (log, pow, exp: within 2 ulps), and call a row ok when both ends give the same
-    `floor(k)`, that many tokens lie among the candidates (or cover every finite token), and no tie
-    straddles the cut. Rows with `|eps| < 1e-3` (where `1 - N^-eps` cancels) or overflowing steps fall
+    `floor(k)`, that many tokens lie among the candidates (or cover every finite token); tokens tied
+    at the cut go in id order (the stable sort's). Rows with `|eps| < 1e-3` (where `1 - N^-eps` cancels) or overflowing steps fall
     back. `mu` `[B, 1]` float32 (float64 for float64 logits)."""
     c = Candidates(logits, k)
     v, n, u = logits.shape[-1], _finite_count(logits), _u(logits.dtype)
@@ -210,13 +218,8 @@ def mirostat_v1_kept(logits: Tensor, mu: Tensor, vocab_size: int, m: int, k: int
     kk_lo = torch.where(k_lo >= v, float(v), k_lo.clamp(min=1, max=v).floor())
     kk_hi = torch.where(k_hi >= v, float(v), k_hi.clamp(min=1, max=v).floor())
     kk = torch.where(good, kk_lo, 1.0).long()
-    inside = kk <= k
-    nxt = torch.cat([c.vals, c.nxt], dim=-1)
-    at = kk.clamp(max=k)
-    tie = (kk < n) & inside & (nxt.gather(1, at - 1) == nxt.gather(1, at))
-    ok = c.finite & good & (kk_lo == kk_hi) & ((inside & ~tie) | (kk >= n))
-    cut = torch.where(kk >= n, NEG_INF, c.vals.gather(1, at - 1))
-    return logits >= cut, ok[:, 0]
+    ok = c.finite & good & (kk_lo == kk_hi) & ((kk <= k) | (kk >= n))
+    return _first_stable(logits, c, kk, n), ok[:, 0]
 
 
 def decided_fractions(logits: Tensor, k: int = 1024) -> dict[str, float]:
