@@ -173,8 +173,8 @@ def mirostat_v1_kept(logits: Tensor, mu: Tensor, vocab_size: int, m: int, k: int
     softmax sum's error cancels; we carry an interval through every float32 step, each widened by that
     op's rounding (log, pow, exp: within 2 ulps), and call a row ok when both ends give the same
     `floor(k)`, that many tokens lie among the candidates (or cover every finite token); tokens tied
-    at the cut go in id order (the stable sort's). Rows with `|eps| < 1e-3` (where `1 - N^-eps` cancels) or overflowing steps fall
-    back. `mu` `[B, 1]` float32 (float64 for float64 logits)."""
+    at the cut go in id order (the stable sort's). Rows with `|eps| < 1e-3` (where `1 - N^-eps`
+    cancels) or an overflowing step fall back. `mu` `[B, 1]` float32 (float64 for float64 logits)."""
     c = Candidates(logits, k)
     v, n, u = logits.shape[-1], _finite_count(logits), _u(logits.dtype)
     om = compute_dtype(logits.dtype)
