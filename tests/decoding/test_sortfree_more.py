@@ -199,9 +199,9 @@ def test_sampled_tokens_unchanged_through_the_chain(monkeypatch):
 
 @pytest.mark.slow
 def test_compiled_fullgraph_gives_eager_result():
-    """Typical sorts under torch.compile (the proof needs eager's scores bit for bit); tail-free and
-    mirostat 1.0 take their candidates with a `torch.cond` fallback, as top-p does: no graph break, and
-    the eager results, with and without fallback rows."""
+    """Under torch.compile the three sort (typical's proof needs eager's scores bit for bit; tail-free's
+    and mirostat 1.0's `torch.cond` fallbacks made inductor misplace typical's kept values in one graph):
+    no graph break, and the eager results (of the candidate path, too), with and without fallback rows."""
     x = _peaked(8, 4096, torch.float32, seed=5)
     x[6:] = make_logits(2, 4096, seed=6)
     p = torch.tensor([0.9, 0.95, 0.5, 0.99, 0.9, 0.95, 0.5, 0.99], dtype=torch.float64)
@@ -215,5 +215,5 @@ def test_compiled_fullgraph_gives_eager_result():
     for batch in (x, torch.cat([x[:6], x[:2] * 1.5])):
         eager = (filters.typical(batch, p, candidates=0), llamacpp.tail_free(batch, p, candidates=0),
                  llamacpp.mirostat_v1(batch, mu, 4096, candidates=0))
-        for got, want in zip(fn(batch, p, mu), eager):
-            assert torch.equal(got, want)
+        for got, want, fast in zip(fn(batch, p, mu), eager, chain(batch, p, mu)):
+            assert torch.equal(got, want) and torch.equal(fast, want)

@@ -73,11 +73,11 @@ def tail_free(logits: Tensor, z, min_tokens_to_keep=1, *, candidates: int = DEFA
     (at a sorted position >= `min_tokens_to_keep`). `z >= 1` or at most two candidates: unchanged.
 
     Without a sort: the `candidates` best tokens decide each row they provably can (sortfree_more.py:
-    nearly every peaked row); the other rows sort (`candidates=0`: always sort)."""
+    nearly every peaked row); the other rows sort (`candidates=0`: always sort; compiled: sorts)."""
     zz = column(z, logits, opmath(logits.dtype), "tfs_z")
     mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
-    if not candidates or not usable(logits, 2 * candidates):
-        return _tail_free_sorted(logits, zz, mtk)
+    if not candidates or torch.compiler.is_compiling() or not usable(logits, 2 * candidates):
+        return _tail_free_sorted(logits, zz, mtk)  # compiled: see mirostat_v1
     keep, ok = tail_free_kept(logits, zz, mtk, candidates)
     return resolve(torch.where(keep, logits, NEG_INF), ok, lambda i: _tail_free_sorted(logits[i], zz[i], mtk[i]),
                    lambda: _tail_free_sorted(logits, zz, mtk))
@@ -191,9 +191,13 @@ def mirostat_v1(logits: Tensor, mu, vocab_size: int, m: int = 100, *, candidates
     `k = (eps * 2**mu / (1 - N**-eps)) ** (1 / s)` with `eps = s - 1`, keep the top `max(int(k), 1)`.
 
     Without a sort: the best `max(candidates, m)` tokens decide each row they provably can
-    (sortfree_more.py: nearly every row); the other rows sort (`candidates=0`: always sort)."""
+    (sortfree_more.py: nearly every row); the other rows sort (`candidates=0`: always sort; compiled:
+    sorts)."""
     k = max(candidates, m) if candidates else 0
-    if not k or not usable(logits, 2 * k):
+    # compiled, the step sorts: inductor (torch 2.13, CPU) miscompiled typical's sort-and-scatter when
+    # this path's and tail-free's `torch.cond` fallbacks followed it in one graph (the kept values landed
+    # at other tokens; aot_eager was right). tests/decoding/test_sortfree_more.py checks the compiled step.
+    if not k or torch.compiler.is_compiling() or not usable(logits, 2 * k):
         return _mirostat_v1_sorted(logits, mu, vocab_size, m)
     mu_col = column(mu, logits, opmath(logits.dtype), "mu")
     keep, ok = mirostat_v1_kept(logits, mu_col, vocab_size, m, k)
