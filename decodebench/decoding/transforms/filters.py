@@ -289,8 +289,8 @@ def typical(logits: Tensor, typical_p, min_tokens_to_keep=1, *, candidates: int 
     to the entropy until their mass reaches `typical_p`.
 
     HF sorts the whole vocabulary by score. Here the `candidates` most typical tokens (one `topk` of the
-    scores) decide each row they provably can (sortfree_more.py: nearly every peaked row at p <= 0.9,
-    almost no flat row at p >= 0.9); the other rows sort (`candidates=0`: always sort). Compiled, the
+    scores) decide each row they provably can (sortfree_more.py: on LM-like rows 97% at p 0.5, 70% at
+    0.9, 47% at 0.95; almost no flat row at p >= 0.9); the other rows sort (`candidates=0`: always sort). Compiled, the
     step sorts: the proof needs the reference's own scores bit for bit, and inductor computes the
     log-softmax and entropy in its own order, so its scores (and the eager ones) may differ in a bit.
 

@@ -5,21 +5,27 @@ cut value, a kept mask) and `ok` `[B]`, True where that answer provably equals t
 the callers (filters.typical, llamacpp.tail_free, llamacpp.mirostat_v1) patch the other rows with the
 reference through `candidates.resolve`.
 
-How often a row is decided without a sort (measured on `[64, 49152]` float32 rows, K = 1024; "peaked" is
-tests' Zipf-shaped rows, "flat" is `randn * 3`; tests/decoding/test_sortfree_more.py keeps a check of each):
+How often a row is decided without a sort (`decided_fractions` below, on `[64, 49152]` rows, K = 1024;
+"peaked" is the tests' Zipf-shaped rows, "flat" is `randn * 3`; test_sortfree_more.py keeps a check):
 
-- typical: peaked, p <= 0.5: 100%; 0.9: ~99%; 0.95: ~97%. Flat, p 0.9 / 0.95: ~0%. The reference's
-  softmax runs over the row in score order, so every candidate sits at the front of its lane and the
-  proven bound on its sum's error is `u (V / 8 + 3)` ~ 3.7e-4 of the mass; a flat row's tokens carry
-  ~3e-4 each, so the cut is rarely the only one inside the bound (the fallback sorts those rows).
-- tail-free: peaked, z <= 0.95: ~100% (the normalised second differences are ratios: the softmax sum's
-  error cancels, and the tail beyond the candidates weighs at most its two largest probabilities). Flat:
-  ~0% at K = 1024 (the differences spread over the whole row, the tail's share is not bounded away).
-- mirostat 1.0: peaked: ~100% (only the top 100 probabilities matter, through their ratios; the interval
-  on `k` is ~1e-4 wide, so a row falls back only when `k` sits that close to an integer). Flat: ~100% too
-  (`k` lands among the candidates or past the vocabulary).
+| float32 rows            | typical 0.5 / 0.9 / 0.95 | tail-free 0.9 / 0.95 | mirostat 1.0, mu 10 |
+| peaked                  | 97% / 70% / 47%          | 98% / 97%            | 97%                 |
+| flat                    | 42% / 0% / 0%            | 47% / 17%            | 94%                 |
+| peaked, bfloat16 logits | 97% / 22% / 3%           | 100% / 89%           | 98%                 |
 
-(The docstring figures were measured with scripts-free one-off runs of `decided_fractions` below.)
+Why, and why these designs:
+
+- typical: the reference's softmax runs over the row in score order, so the candidates sit at the front
+  of every lane and the proven bound on the sum's error is `u (V / 8 + 3)`, ~3.7e-4 of the mass. Near a
+  0.9 mass a flat row's tokens carry ~3e-4 each, so the cut is rarely the only one inside the bound;
+  those rows sort (bfloat16 adds each probability's 2^-8 rounding). The scores themselves are exact:
+  both paths compute them with the same ops (`typical_scores`), an O(V) pass, not a sort.
+- tail-free: the normalised second differences are ratios, so the softmax sum's error cancels, and
+  the differences past the candidates add up to at most the last two candidates' probabilities. A
+  flat row spreads its differences over the whole row, and its cut often lies past the candidates.
+- mirostat 1.0: only the top 100 probabilities enter, through their ratios; the interval carried to
+  `k` is ~1e-4 wide, so a row sorts when `k` is that close to an integer, when `|s - 1| < 1e-3`, or when
+  `k` exceeds the candidates but not the finite tokens.
 """
 
 from __future__ import annotations
