@@ -74,11 +74,24 @@ class Candidates:
     (all tokens outside the candidates), `nxt` the `k + 1`-th largest logit (for ties at the edge)."""
 
     def __init__(self, logits: Tensor, k: int) -> None:
-        om = compute_dtype(logits.dtype)
-        x = logits.to(om)
         top = torch.topk(logits, k + 1, dim=-1)
         self.vals, self.ids, self.nxt = top.values[:, :k], top.indices[:, :k], top.values[:, k:]
-        self.max = self.vals[:, :1].to(om)
+        self._terms(logits, self.vals[:, :1])
+
+    @classmethod
+    def at(cls, logits: Tensor, ids: Tensor) -> "Candidates":
+        """The softmax terms of the candidates `ids` `[B, k]`, in the caller's order rather than by logit
+        (typical's candidates are the tokens nearest the entropy): `vals` their logits, `nxt` None."""
+        c = cls.__new__(cls)
+        c.vals, c.ids, c.nxt = logits.gather(1, ids), ids, None
+        c._terms(logits, logits.amax(dim=-1, keepdim=True))  # NaN propagates: such a row is never finite
+        return c
+
+    def _terms(self, logits: Tensor, top: Tensor) -> None:
+        k = self.vals.shape[-1]
+        om = compute_dtype(logits.dtype)
+        x = logits.to(om)
+        self.max = top.to(om)
         self.finite = torch.isfinite(self.max)  # NaN or inf rows: never ok, the reference decides
         shift = torch.where(self.finite, self.max, 0.0)
         # the reference's exp argument, rounded as it rounds it; exp in the compute dtype (within 2 ulps

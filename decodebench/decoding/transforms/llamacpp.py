@@ -26,6 +26,7 @@ from decodebench.decoding.sampling import row_uniform
 from decodebench.decoding.transforms.binding import builtin, float_column, min_keep, on_rows_only, rows_of
 from decodebench.decoding.transforms.registry import PackContext, StatefulStep, Step
 from decodebench.decoding.transforms.sortfree import mirostat_v2_kept, xtc_removed
+from decodebench.decoding.transforms.sortfree_more import mirostat_v1_kept, tail_free_kept
 
 
 def _finite_count(logits: Tensor) -> Tensor:
@@ -67,10 +68,23 @@ def top_n_sigma(logits: Tensor, n) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- tail-free
-def tail_free(logits: Tensor, z, min_tokens_to_keep=1) -> Tensor:
+def tail_free(logits: Tensor, z, min_tokens_to_keep=1, *, candidates: int = DEFAULT_K) -> Tensor:
     """Tail-free sampling (Bricken 2019), as llama.cpp's `tail_free` sampler: sort, take the absolute second
     differences of the probabilities, normalise them, and cut where their running sum first exceeds `z`
-    (at a sorted position >= `min_tokens_to_keep`). `z >= 1` or at most two candidates: unchanged."""
+    (at a sorted position >= `min_tokens_to_keep`). `z >= 1` or at most two candidates: unchanged.
+
+    Without a sort: the `candidates` best tokens decide each row they provably can (sortfree_more.py:
+    nearly every peaked row); the other rows sort (`candidates=0`: always sort; compiled: sorts)."""
+    zz = column(z, logits, opmath(logits.dtype), "tfs_z")
+    mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
+    if not candidates or torch.compiler.is_compiling() or not usable(logits, 2 * candidates):
+        return _tail_free_sorted(logits, zz, mtk)  # compiled: see mirostat_v1
+    keep, ok = tail_free_kept(logits, zz, mtk, candidates)
+    return resolve(torch.where(keep, logits, NEG_INF), ok, lambda i: _tail_free_sorted(logits[i], zz[i], mtk[i]),
+                   lambda: _tail_free_sorted(logits, zz, mtk))
+
+
+def _tail_free_sorted(logits: Tensor, zz: Tensor, mtk: Tensor) -> Tensor:
     probs, idx = _sorted_probs(logits)
     b, v = probs.shape
     n = _finite_count(logits)  # llama.cpp's cur_p->size: the derivatives run over the candidates only
@@ -84,8 +98,6 @@ def tail_free(logits: Tensor, z, min_tokens_to_keep=1) -> Tensor:
     total = d2.sum(dim=-1, keepdim=True)
     uniform = torch.where(valid, 1.0 / (n - 2).clamp(min=1).to(d2.dtype), 0.0)
     d2 = torch.where(total > 1e-6, d2 / total, uniform)
-    zz = column(z, logits, d2.dtype, "tfs_z")
-    mtk = column(min_tokens_to_keep, logits, torch.long, "min_tokens_to_keep")
     hit = (d2.cumsum(dim=-1) > zz) & (pos >= mtk) & valid
     last = torch.where(hit.any(dim=-1, keepdim=True), hit.int().argmax(dim=-1, keepdim=True), n)
     on = (zz < 1) & (n > 2)
@@ -175,9 +187,27 @@ def _mirostat_v2_sorted(logits: Tensor, mu) -> Tensor:
     return _drop_sorted(logits, idx, over)
 
 
-def mirostat_v1(logits: Tensor, mu, vocab_size: int, m: int = 100) -> Tensor:
+def mirostat_v1(logits: Tensor, mu, vocab_size: int, m: int = 100, *, candidates: int = DEFAULT_K) -> Tensor:
     """Mirostat 1.0's truncation: estimate the Zipf exponent `s` from the top `m` probabilities, derive
-    `k = (eps * 2**mu / (1 - N**-eps)) ** (1 / s)` with `eps = s - 1`, keep the top `max(int(k), 1)`."""
+    `k = (eps * 2**mu / (1 - N**-eps)) ** (1 / s)` with `eps = s - 1`, keep the top `max(int(k), 1)`.
+
+    Without a sort: the best `max(candidates, m)` tokens decide each row they provably can
+    (sortfree_more.py: nearly every row); the other rows sort (`candidates=0`: always sort; compiled:
+    sorts)."""
+    k = max(candidates, m) if candidates else 0
+    # compiled, the step sorts: inductor (torch 2.13, CPU) miscompiled typical's sort-and-scatter when
+    # this path's and tail-free's `torch.cond` fallbacks followed it in one graph (the kept values landed
+    # at other tokens; aot_eager was right). tests/decoding/test_sortfree_more.py checks the compiled step.
+    if not k or torch.compiler.is_compiling() or not usable(logits, 2 * k):
+        return _mirostat_v1_sorted(logits, mu, vocab_size, m)
+    mu_col = column(mu, logits, opmath(logits.dtype), "mu")
+    keep, ok = mirostat_v1_kept(logits, mu_col, vocab_size, m, k)
+    return resolve(torch.where(keep, logits, NEG_INF), ok,
+                   lambda i: _mirostat_v1_sorted(logits[i], mu_col[i], vocab_size, m),
+                   lambda: _mirostat_v1_sorted(logits, mu_col, vocab_size, m))
+
+
+def _mirostat_v1_sorted(logits: Tensor, mu, vocab_size: int, m: int) -> Tensor:
     probs, idx = _sorted_probs(logits)
     v = probs.shape[-1]
     n = _finite_count(logits)
