@@ -210,3 +210,50 @@ def test_each_filter_of_a_mixed_batch_runs_on_its_own_rows_only(monkeypatch):
     for i, row in enumerate(rows):
         alone = LogitsChain.from_rows([row], vocab_size=V, eos_token_id=5, device="cpu")
         assert torch.equal(out[i : i + 1], alone(x[i : i + 1], DecodeState(ids[:1], torch.ones_like(ids[:1]), 2, 0))), i
+
+
+def _index_copies(fn):
+    """Run `fn()` counting aten.index_copy (a new [B, V] tensor) and aten.index_copy_ (in place)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"index_copy": 0, "index_copy_": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in counts:
+                counts[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        out = fn()
+    return out, counts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_batch_filters_write_their_rows_in_place_into_the_chains_own_logits(dtype):
+    """After a step that made new logits (temperature), each row-subset filter writes its rows back in
+    place: no [B, V] copy per filter. The first step's input is the caller's: it is copied, never changed.
+    Every row still equals that row alone."""
+    rows = [SamplingParams(do_sample=True, temperature=0.7, top_k=5), SamplingParams(do_sample=True, temperature=0.7, min_p=0.1),
+            SamplingParams(do_sample=True, temperature=0.7, eta_cutoff=0.02), SamplingParams(do_sample=False),
+            SamplingParams(do_sample=True, temperature=0.7, top_n_sigma=1.0)]
+    x = make_logits(len(rows), V, dtype, seed=5, ties=True)
+    keep = x.clone()
+    ids = torch.tensor([[1, 2]] * len(rows))
+    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=5, device="cpu")
+    out, counts = _index_copies(lambda: chain(x, DecodeState(ids, torch.ones_like(ids), 2, 0)))
+    assert counts == {"index_copy": 0, "index_copy_": 4}  # top_k, min_p, eta, top_n_sigma after temperature
+    assert torch.equal(x, keep)
+    for i, row in enumerate(rows):
+        alone = LogitsChain.from_rows([row], vocab_size=V, eos_token_id=5, device="cpu")
+        assert torch.equal(out[i : i + 1], alone(x[i : i + 1], DecodeState(ids[:1], torch.ones_like(ids[:1]), 2, 0))), i
+
+    # no step before the first filter: its input is the caller's logits, so it writes into a copy
+    rows = [SamplingParams(do_sample=True, top_k=5), SamplingParams(do_sample=True, min_p=0.1), SamplingParams(do_sample=False)]
+    x = make_logits(len(rows), V, dtype, seed=6, ties=True)
+    keep = x.clone()
+    chain = LogitsChain.from_rows(rows, vocab_size=V, eos_token_id=5, device="cpu")
+    out, counts = _index_copies(lambda: chain(x, DecodeState(ids[:3], torch.ones_like(ids[:3]), 2, 0)))
+    assert counts == {"index_copy": 1, "index_copy_": 1}  # top_k copies the caller's, min_p writes into it
+    assert torch.equal(x, keep) and not torch.equal(out, x)

@@ -53,13 +53,18 @@ def on_rows_only(ctx: PackContext, on: list[bool], run: Callable[[Tensor, Tensor
 
     Every per-row filter binds through this: in a batch that mixes strategies (a study's fused batch) a
     filter then costs its own rows' share of the vocabulary passes, not the whole batch's. Rows are
-    independent, so each row's result is the one it gets alone."""
+    independent, so each row's result is the one it gets alone. The rows are written back in place when
+    the chain marks `x` as its own (`tables.owned`: made by an earlier step of this call, eager), else
+    into a copy: the caller's logits are never changed."""
     if all(on):
         return lambda x, tables: run(x, None)
     idx = ctx.longs([i for i, o in enumerate(on) if o])
 
     def step(x: Tensor, tables) -> Tensor:
-        return x.index_copy(0, idx, run(x.index_select(0, idx), idx))
+        out = run(x.index_select(0, idx), idx)
+        if getattr(tables, "owned", None) is x:  # an earlier step's own output, read by nobody else: in place
+            return x.index_copy_(0, idx, out)  # (a [B, V] copy per filter is what a wide fused batch paid)
+        return x.index_copy(0, idx, out)
 
     return step
 

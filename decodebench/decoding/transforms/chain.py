@@ -65,11 +65,17 @@ class DecodeState:
         return self.step if self.row_step is None else self.row_step
 
 
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    """Is `a` the caller's tensor or a view of it (a step that passed its input through)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 class Tables:
     """Per-call access to the state and the shared history tables (built at most once per call)."""
 
     def __init__(self, chain: "LogitsChain", state: DecodeState) -> None:
         self.chain, self.state = chain, state
+        self.owned: Tensor | None = None  # the logits an earlier step of this call made (never the caller's)
 
     def counts(self) -> Tensor:
         """`[B, V]` int32 counts of generated tokens."""
@@ -183,9 +189,10 @@ class LogitsChain:
             return logits
         self.candidates = None
         with collect_offers() as found:
-            before = 0
+            before, given = 0, logits
             for step in self._steps:
                 before = len(found)
+                tables.owned = None if _shares_storage(logits, given) else logits  # steps may write into their own
                 logits = step(logits, tables)
             # only the last step's offer holds: every finite logit of an `inside` row is among its ids
             if len(found) > before and found[-1][0].shape[0] == logits.shape[0]:
