@@ -238,12 +238,16 @@ def engine_options(run: RunSpec) -> dict:
 
 def batch_size_for(run: RunSpec, model, reqs: list, spec, scale: int = 1) -> int:
     """`batch_size`, or for `auto` the largest running batch that fits (decoding/engine/driver.py), times
-    `scale` (fused sweep points); a batch whose KV state cannot fit is a ConfigError naming the bytes."""
+    `scale` (fused sweep points; for `auto`, when those points' rows share their forwards); a batch whose
+    KV state cannot fit is a ConfigError naming the bytes."""
     from decodebench.decoding import engine
 
     cont = run.continuous
     if str(run.batch_size) == "auto":
-        return engine.auto_batch_size(model, reqs, spec, cont)
+        device = next(model.parameters()).device
+        one_token = METHODS.get(spec.method).unit == "row"  # search methods run their own batches
+        shared = scale if one_token and engine.shares_histories(run.share_histories, device, run.compile) else 1
+        return engine.auto_batch_size(model, reqs, spec, cont, shared_points=shared)
     bs = int(run.batch_size) * scale
     try:
         engine.check_kv_fits(model, bs, reqs, spec, cont)

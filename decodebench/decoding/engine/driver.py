@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from decodebench.decoding.engine.host_memory import keep_freed_memory
 from decodebench.decoding.engine.kvcache import Runtime, check_model
 from decodebench.decoding.engine.batch import (  # noqa: F401  (re-exported: the engine's public types)
     AsyncFlag, BatchContext, BatchStats, Output, Request, eos_ids, guided, pack_left, positions,
@@ -100,17 +101,30 @@ def free_memory(device) -> int:
         return 8 << 30
 
 
-def auto_batch_size(model, reqs: Sequence[Request], spec: StrategySpec, continuous: bool = True) -> int:
+def auto_batch_size(model, reqs: Sequence[Request], spec: StrategySpec, continuous: bool = True,
+                    shared_points: int = 1) -> int:
     """The largest running batch whose static KV state (and logits) fits in 80% of the free memory, at
-    most CPU_AUTO_BATCH on a CPU (measured) and at most the number of requests."""
+    most CPU_AUTO_BATCH on a CPU (measured) and at most the number of requests.
+
+    `shared_points`: the rows are that many fused points' rows of the same prompts, and rows with one
+    history share one forward (shared.py). The CPU's cap is about the rows a forward runs, so it is
+    `CPU_AUTO_BATCH` per point then: with shared noise about half of a study's row-steps repeat another
+    row's history (docs/studies.md), and the forward costs little more for 150 rows than for 64."""
     if not reqs:
         return 1
     device = next(model.parameters()).device
     per_row = kv_bytes_per_row(model, kv_capacity(reqs, spec, continuous)) * kv_rows_per_request(reqs)
     per_row += 4 * model.get_output_embeddings().weight.shape[0] * 4  # float32 logits and their transforms
     fit = max(1, int(0.8 * free_memory(device)) // max(per_row, 1))
-    cap = CUDA_AUTO_CAP if device.type == "cuda" else CPU_AUTO_BATCH
+    cap = CUDA_AUTO_CAP if device.type == "cuda" else CPU_AUTO_BATCH * max(1, int(shared_points))
     return max(1, min(fit, cap, len(reqs)))
+
+
+def shares_histories(share_histories: bool | str, device: torch.device, compile: bool | str = False) -> bool:
+    """Will `generate` let rows with one history share their forward (its `share_histories` rule)?"""
+    if compile:  # a compiled step has static shapes: every row runs its own forward
+        return False
+    return device.type == "cpu" if share_histories == "auto" else bool(share_histories)
 
 
 def check_kv_fits(model, batch_size: int, reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -> None:
@@ -147,6 +161,11 @@ def tokens_per_step(spec) -> int:
     return 1 + (k_cap(k) if spec.search.get("num_assistant_tokens_schedule") == "heuristic" else k)
 
 
+def _first_device(model) -> torch.device:
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
 def check_sync_every(k) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"sync_every must be a positive integer (steps between host checks), got {k!r}")
@@ -177,6 +196,8 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
     results: list[Optional[Output]] = [None] * len(reqs)
     if not reqs:
         return [], stats
+    if _first_device(model).type == "cpu":
+        keep_freed_memory()  # wide batches' [B, V] tensors reuse freed memory, not fresh pages (host_memory.py)
 
     def deliver(idx, outs):
         for i, o in zip(idx, outs):
@@ -202,7 +223,7 @@ def generate(model, tokenizer, reqs: list[Request], spec: StrategySpec, *, batch
         ctx = make_context(model, tokenizer, runner, spec, stats, record=record, sync_every=sync_every,
                            batch_size=batch_size, continuous=cont)
         ctx.compile_backend = backend
-        ctx.share_histories = runner.device.type == "cpu" if share_histories == "auto" else bool(share_histories)
+        ctx.share_histories = shares_histories(share_histories, runner.device)
         t0 = time.perf_counter()
         run_sampling(reqs, spec, ctx, length_order(reqs),
                      lambda pairs: deliver([i for i, _ in pairs], [o for _, o in pairs]),
