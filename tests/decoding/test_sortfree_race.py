@@ -101,3 +101,58 @@ def test_no_candidates_when_another_transform_follows_top_p():
     plain = _chain([SamplingParams(do_sample=True, temperature=0.7) for _ in range(b)], v)
     plain(_peaked(b, v, torch.float32, seed=1), _state(b))
     assert plain.candidates is None
+
+
+def _kept_rows(dtype, v=8192, seed=0):
+    """Rows keeping 1, 7, 255 (tier 1's edge), 256, 300, 1023, 1024, 5000 tokens and the whole row, with
+    ties at the cut in some; plus rows of one prompt sharing a key."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, v, generator=g, dtype=torch.float32) * 2
+    x[3, :400] = 1.5  # ties across tier 1's edge
+    x[9, 100:2000] = 0.25  # ties across tier 2's edge
+    kept = [1, 7, 255, 256, 300, 1023, 1024, 1025, 5000, 1500, v, 2]
+    out = torch.full_like(x, float("-inf"))
+    for i, k in enumerate(kept):
+        top = torch.topk(x[i], k).indices
+        out[i, top] = x[i, top]
+    return out.to(dtype), kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_the_probe_draws_the_full_races_token_at_every_tier(dtype):
+    """`probe=True` (a truncating chain, no bound known): rows found by the top-256 and top-1024 probes race
+    over those tokens, the rest over the whole row; every token equals the full race's, at every step."""
+    x, kept = _kept_rows(dtype)
+    keys = row_keys(7, [str(i % 5) for i in range(len(kept))], [0] * len(kept))
+    mixed = torch.tensor([True] * 10 + [False, True])
+    for step in range(6):
+        for mode in (True, mixed):
+            full = sample(x, keys, step, mode)
+            assert torch.equal(sample(x, keys, step, mode, probe=True), full), (step, mode)
+
+
+def test_the_probe_races_each_row_over_the_fewest_tokens_it_can(monkeypatch):
+    """Tier 1 covers the rows keeping < 256 tokens, tier 2 those keeping < 1024, and only the others (and
+    not greedy rows) race over the whole row."""
+    import decodebench.decoding.sampling as sampling
+
+    x, kept = _kept_rows(torch.float32)
+    keys = row_keys(7, [str(i) for i in range(len(kept))], [0] * len(kept))
+    probed, full_rows = [], []
+    orig_topk, orig_race = torch.topk, sampling._race_scores
+    monkeypatch.setattr(sampling.torch, "topk", lambda t, k, **kw: probed.append((t.shape[0], k)) or orig_topk(t, k, **kw))
+    monkeypatch.setattr(sampling, "_race_scores", lambda lg, b: full_rows.append(lg.shape[0]) or orig_race(lg, b))
+    mixed = torch.tensor([True] * 10 + [False, True])
+    sample(x, keys, 0, mixed, probe=True)
+    sampled = [k for i, k in enumerate(kept) if i != 10]  # row 10 is greedy: its draw is never used
+    assert probed == [(12, 256), (sum(k >= 256 for k in sampled), 1024)] == [(12, 256), (7, 1024)]
+    # two races over the tiers' candidates, then one over the whole rows of those keeping >= 1024 tokens
+    assert full_rows == [12, 7, sum(k >= 1024 for k in sampled)] == [12, 7, 4]
+
+
+def test_only_truncating_chains_ask_for_the_probe():
+    rows = lambda **kw: [SamplingParams(do_sample=True, **kw)] * 2  # noqa: E731
+    assert LogitsChain.from_rows(rows(min_p=0.1), vocab_size=50, eos_token_id=0, device="cpu").truncates
+    assert LogitsChain.from_rows(rows(eta_cutoff=0.01), vocab_size=50, eos_token_id=0, device="cpu").truncates
+    assert not LogitsChain.from_rows(rows(temperature=0.7, repetition_penalty=1.2), vocab_size=50,
+                                     eos_token_id=0, device="cpu").truncates

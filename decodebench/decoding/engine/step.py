@@ -61,7 +61,8 @@ def step_core(rb, a: int) -> None:
     processed = rb.chain(rb.guided_logits(a), state)
     # the support and candidate paths pick rows by `nonzero` (CPU, eager): the compiled step races in full
     support, cands = (None, None) if static else (rb.chain.support, rb.chain.candidates)
-    tok = sample(processed, rb.keys[:a], n, rb.chain.sample_mode, support=support, candidates=cands)
+    tok = sample(processed, rb.keys[:a], n, rb.chain.sample_mode, support=support, candidates=cands,
+                 probe=rb.chain.truncates and not static)
     rb.recorder.on_step(n, raw, processed, tok, ~fin)
     tok = record(tok, rb.out[:a], n, fin, rb.hit_eos[:a], rb.eos, rb.L, ctx.pad_id, ctx.stop)
     rb.chain.update(tok)

@@ -65,6 +65,13 @@ class DecodeState:
         return self.step if self.row_step is None else self.row_step
 
 
+# Transforms after which a sampled row usually keeps a small part of the vocabulary. Only a cost hint for
+# `sampling.sample(probe=...)`: the token never depends on it. Others (penalties, biases, bans of a few
+# tokens, temperature, user transforms) leave most rows' logits finite, where a probe would be wasted.
+TRUNCATING = frozenset({"grammar", "prefix_allowed_tokens_fn", "min_k", "top_h", "top_k", "top_p", "min_p", "p_less",
+                        "p_less_norm", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "tfs_z", "mirostat"})
+
+
 def _shares_storage(a: Tensor, b: Tensor) -> bool:
     """Is `a` the caller's tensor or a view of it (a step that passed its input through)."""
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
@@ -112,6 +119,9 @@ class LogitsChain:
         # at most this many finite logits per sampled row leave the chain (top_k on all of them, plus
         # slack for ties): lets `sample` draw noise for those tokens only. None: no such bound.
         self.support = support
+        # a truncating filter ran (top-p, min-p, typical, ...): most sampled rows keep few tokens, so on a CPU
+        # `sample` may look for them with a top-k probe instead of racing over the whole row (same token)
+        self.truncates = any(n in TRUNCATING for n in names)
         # set by each eager call: `(ids [B, K], inside [B])` when the last transform was a sort-free filter
         # (top-p's candidates), `inside` where the row's kept set lies within its ids; `sample` then
         # races over those K tokens only (same noise per token id, so the same token). None otherwise.
