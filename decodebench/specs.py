@@ -9,6 +9,7 @@ checked against the strategy schema exactly as an override on the command line w
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Optional
 
@@ -143,11 +144,23 @@ def to_specs(cfg: DictConfig) -> RunSpec:
     )
 
 
+_TYPED: dict[str, DictConfig] = {}
+
+
+def _typed_strategy(strategy: Mapping[str, Any]) -> DictConfig:
+    """The strategy under its schema, built once per distinct strategy (a study's or a sweep's points
+    share their method's): the schema and the merge cost ~30 ms each, a copy of the result ~2 ms."""
+    key = json.dumps(strategy, sort_keys=True, default=repr)
+    if key not in _TYPED:
+        _TYPED[key] = OmegaConf.merge(OmegaConf.structured(StrategyConfig), dict(strategy))
+    return _TYPED[key]
+
+
 def with_strategy(run: RunSpec, values: Mapping[str, Any], seed: int, where: str = "sweep.grid") -> RunSpec:
     """`run` with `strategy.<k> = v` for each value and the seed: a sweep's or a study's point. Each value
     is checked against the strategy schema as a command-line override is; a bad one is one line naming
     `where.k`."""
-    node = OmegaConf.merge(OmegaConf.structured(StrategyConfig), dict(run.strategy))
+    node = copy.deepcopy(_typed_strategy(run.strategy))
     for k, v in values.items():
         try:
             OmegaConf.update(node, k, v, merge=False)
