@@ -206,6 +206,10 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
         sampled = _race_scores(logits, _bits(keys, step, v)).argmax(dim=-1)
     if do_sample is True:
         return sampled
+    if eager_cpu:  # the greedy rows' argmax alone (a study's batch has a few among hundreds)
+        greedy = (~do_sample.to(logits.device)).nonzero()[:, 0]
+        sampled[greedy] = logits.index_select(0, greedy).argmax(dim=-1)
+        return sampled
     return torch.where(do_sample.to(logits.device), sampled, logits.argmax(dim=-1))
 
 
