@@ -9,7 +9,8 @@ study's fused batch of 304 rows ran its one-token-per-step points in 31.8 s inst
 
 `keep_freed_memory()` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB with glibc's
 `mallopt`, once per process, when the engine first runs on a CPU. The cost: the process keeps its peak heap
-until it exits, as a long-running server with a pooling allocator does. `DECODEBENCH_CPU_MALLOC=system`
+until it exits, as a long-running server with a pooling allocator does, and a later run in the same process
+(a sweep's next fusion group) that reuses kept memory reports only the pages it adds as its peak. `DECODEBENCH_CPU_MALLOC=system`
 leaves glibc's defaults alone. On other C libraries (musl, macOS) it does nothing. No token depends on it.
 """
 
