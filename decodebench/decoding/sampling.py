@@ -90,14 +90,24 @@ def row_keys(
     return torch.tensor(keys, dtype=torch.long, device=device)
 
 
+def _long(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.long else t.long()
+
+
 def _row_words(keys: Tensor, step) -> tuple[Tensor, Tensor]:
-    """Two `[B, 1]` int32 words per (row key, step): the low and high halves of a splitmix64 output."""
+    """Two `[B, 1]` int32 words per (row key, step): the low and high halves of a splitmix64 output.
+
+    `key + (step + 1) * golden` is one fused add (`alpha`) and one scalar add; each half is one int64 ->
+    int32 conversion, which keeps the low 32 bits (two's complement, on every device and in inductor's
+    code), so the high half is `z >> 32` converted: the sign bits the arithmetic shift brings in are cut
+    off. 16 ops for the batch, not 27 (tests/decoding/test_sampling.py checks the words against the
+    masked formulas)."""
+    g = _signed(_GOLDEN64, 64)
     if isinstance(step, Tensor):  # a device step counter: no tensor built from Python data
-        z = _splitmix64(keys.long() + (step.long() + 1) * _signed(_GOLDEN64, 64))
+        z = _splitmix64(torch.add(_long(keys), _long(step), alpha=g) + g)
     else:  # a host int: the same wrapped product, as a Python scalar
-        z = _splitmix64(keys.long() + _signed((int(step) + 1) * _GOLDEN64, 64))
-    to32 = lambda w: ((w ^ 0x80000000) - 0x80000000).to(torch.int32)[:, None]  # noqa: E731
-    return to32(z & 0xFFFFFFFF), to32(_srl(z, 32, 64))
+        z = _splitmix64(_long(keys) + _signed((int(step) + 1) * _GOLDEN64, 64))
+    return z.to(torch.int32)[:, None], (z >> 32).to(torch.int32)[:, None]
 
 
 _TABLES: dict[tuple[int, str], Tensor] = {}

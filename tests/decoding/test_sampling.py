@@ -47,6 +47,39 @@ def test_noise_matches_the_reference_recipe():
     assert q.dtype == torch.float32 and bool((q > 0).all()) and bool(torch.isfinite(q).all())
 
 
+def _reference_z(key: int, step: int) -> int:
+    z = (key + (step + 1) * 0x9E3779B97F4A7C15) & M64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & M64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & M64
+    return z ^ (z >> 31)
+
+
+def test_row_words_are_the_halves_of_splitmix64_for_host_and_device_steps():
+    """The row words (the int64 -> int32 conversions that keep the low bits, the fused `alpha` add) equal
+    the recipe's halves, for keys of both signs and steps far past 2**32, given as ints or as tensors."""
+    from decodebench.decoding.sampling import _row_words
+
+    g = torch.Generator().manual_seed(3)
+    keys = torch.cat([torch.randint(-2**63, 2**63 - 1, (61,), generator=g, dtype=torch.long),
+                      torch.tensor([0, -1, 2**63 - 1, -2**63])])
+    steps = torch.randint(0, 2**40, (65,), generator=g, dtype=torch.long)
+    steps[:4] = torch.tensor([0, 1, 2**32 - 1, 2**32])
+    signed = lambda w: w - (1 << 32) if w >> 31 else w  # noqa: E731
+    lo, hi = _row_words(keys, steps)
+    assert lo.dtype == hi.dtype == torch.int32 and lo.shape == (65, 1)
+    for r in range(65):
+        z = _reference_z(int(keys[r]) & M64, int(steps[r]))
+        assert (int(lo[r, 0]), int(hi[r, 0])) == (signed(z & M32), signed(z >> 32)), r
+    for step in (0, 7, 2**33 + 5):
+        lo, hi = _row_words(keys, step)
+        for r in (0, 30, 61, 62, 63, 64):
+            z = _reference_z(int(keys[r]) & M64, step)
+            assert (int(lo[r, 0]), int(hi[r, 0])) == (signed(z & M32), signed(z >> 32)), (r, step)
+    lo32, hi32 = _row_words(keys, (steps % 1000).int())  # an int32 step counter is widened first
+    lo64, hi64 = _row_words(keys, (steps % 1000))
+    assert torch.equal(lo32, lo64) and torch.equal(hi32, hi64)
+
+
 def test_row_keys_are_stable_and_distinct():
     a = row_keys(0, ["p0", "p1"], [0, 0])
     assert torch.equal(a, row_keys(0, ["p0", "p1"], [0, 0]))
