@@ -1,7 +1,7 @@
 """aten ops per decode step outside the model's forward, by component: where the step's dispatch goes.
 
     .venv/bin/python scripts/step_ops.py [--model embedded|tiny] [--strategy topp] [--batch 8]
-        [--new-tokens 16] [--views]
+        [--new-tokens 16] [--views] [--paths host|accelerator]
 
 Runs eager `generate` under a `TorchDispatchMode` and attributes every aten op dispatched inside
 `RunningBatch.step` (the model's forward excluded) to the component running it: `chain` (the logits
@@ -10,6 +10,11 @@ transforms), `sample` (the exponential race), `record` (EOS / length / criteria 
 forward excluded) and `host_after` (counters, the finished flag's copy). View ops (slices, unsqueezes)
 are left out unless `--views`: they launch no kernel on a GPU. Also prints the host reads and the tensors
 built from Python data per step. On a GPU each counted op is a kernel launch.
+
+`--paths accelerator` counts, on this CPU, the paths a GPU takes in eager mode: the CPU's exact shortcuts
+(the candidate check instead of the sort, the race over candidates, row subsets picked by `nonzero`) trade
+ops for work, which pays on a CPU, where an op costs microseconds and a sort of the vocabulary
+milliseconds; on a GPU every op is a launch, so eager GPU steps sort and race the whole row instead.
 """
 
 from __future__ import annotations
@@ -54,8 +59,13 @@ def _labelled(mode: ComponentOps, label: str | None, fn):
     return wrapper
 
 
-def count_by_component(model, tok, strategy: dict, prompts, batch: int = 8, new_tokens: int = 16):
-    """({(component, op): count}, steps) over eager `generate` of `batch` requests."""
+def count_by_component(model, tok, strategy: dict, prompts, batch: int = 8, new_tokens: int = 16,
+                       accelerator: bool = False):
+    """({(component, op): count}, steps) over eager `generate` of `batch` requests. `accelerator`: on a
+    CPU, take the paths an accelerator takes (`candidates.accelerator_paths`): what a GPU would launch."""
+    import contextlib
+
+    from decodebench.decoding.transforms.candidates import accelerator_paths
     from decodebench.decoding.transforms import chain as chain_mod
     from decodebench.decoding.engine import running, step as step_mod, stopping
     from decodebench.decoding.engine import Request, generate
@@ -84,7 +94,7 @@ def count_by_component(model, tok, strategy: dict, prompts, batch: int = 8, new_
     try:
         for obj, name, orig in saved:
             setattr(obj, name, on_step(orig) if name == "step" else _labelled(mode, labels[name], orig))
-        with mode:
+        with accelerator_paths() if accelerator else contextlib.nullcontext(), mode:
             generate(model, tok, reqs, spec, batch_size=batch)
     finally:
         for obj, name, orig in saved:
@@ -116,6 +126,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--views", action="store_true", help="count view ops too")
+    ap.add_argument("--paths", choices=["host", "accelerator"], default="host",
+                    help="accelerator: the paths a GPU takes in eager mode (full sort, whole-row race), on this CPU")
     a = ap.parse_args()
     from bench_engine import STRATS
 
@@ -125,8 +137,10 @@ def main() -> None:
     model, tok = models.load_model(cfg, device="cpu", dtype="float32")
     texts = [p.text for p in data.load_prompts(data.DatasetConfig(limit=a.batch))]
     prompts = [tok(t)["input_ids"][:64] for t in texts]
-    ops, steps = count_by_component(model, tok, STRATS[a.strategy], prompts, a.batch, a.new_tokens)
-    print(f"{a.strategy}, batch {a.batch}, {a.model} model (vocab {model.config.vocab_size}), {steps} steps, eager CPU:")
+    acc = a.paths == "accelerator"
+    ops, steps = count_by_component(model, tok, STRATS[a.strategy], prompts, a.batch, a.new_tokens, acc)
+    where = "eager, an accelerator's paths on the CPU" if acc else "eager CPU"
+    print(f"{a.strategy}, batch {a.batch}, {a.model} model (vocab {model.config.vocab_size}), {steps} steps, {where}:")
     report(ops, steps, a.views)
 
 

@@ -149,3 +149,49 @@ def test_no_host_read_at_the_embedded_vocabulary(embedded, chain):
     built = {k: v for k, v in ops.items() if k in HOST_BUILT}
     assert reads == {} and tolist == 0, (reads, tolist)
     assert built == {}, built
+
+
+ACCELERATOR_CHAINS = {**LARGE_VOCAB_CHAINS, "min_p": CHAINS["min_p"], "typical": CHAINS["typical"]}
+# what an accelerator must never run inside the step: a row subset whose size only the data knows
+DATA_SHAPED = {"aten.nonzero.default", "aten.masked_select.default", "aten.unique_consecutive.default",
+               "aten._unique2.default"}
+
+
+@pytest.mark.parametrize("chain", sorted(ACCELERATOR_CHAINS))
+def test_an_accelerators_paths_pick_no_row_subsets_and_draw_the_same_tokens(embedded, chain):
+    """`accelerator_paths` sends this CPU down the paths a GPU takes in eager mode: no `nonzero` (a sync on
+    a device), no candidate check, no race over candidates; and the tokens equal the CPU's own paths, whose
+    shortcuts are exact. scripts/step_ops.py --paths accelerator counts these steps."""
+    from decodebench.decoding.transforms.candidates import accelerator_paths
+
+    model, tok = embedded
+    strategy = ACCELERATOR_CHAINS[chain]
+    with accelerator_paths():
+        ops, steps, tolist = count_step_ops(model, tok, strategy, batch=5, new_tokens=6)
+    assert steps >= 5
+    shaped = {k: v for k, v in ops.items() if k in DATA_SHAPED or k in HOST_READS or k in HOST_BUILT}
+    assert shaped == {} and tolist == 0, shaped
+    host_ops, _, _ = count_step_ops(model, tok, strategy, batch=5, new_tokens=6)
+    assert host_ops["aten.nonzero.default"] >= 1  # the CPU's own paths do pick rows: the switch did switch
+
+    spec = build_strategy({**strategy, "max_new_tokens": 12})
+    reqs = [Request(prompt_id=str(i), prompt_ids=tok("Once upon a time" + " there" * i)["input_ids"],
+                    params=spec.params, seed=4) for i in range(5)]
+    host, _ = generate(model, tok, reqs, spec, batch_size=5)
+    with accelerator_paths():
+        acc, _ = generate(model, tok, reqs, spec, batch_size=5)
+    assert [o.token_ids for o in acc] == [o.token_ids for o in host]
+
+
+def test_an_accelerators_eager_top_p_step_launches_few_kernels(embedded):
+    """A regression guard on what an eager GPU step would launch for top-p (scripts/step_ops.py --paths
+    accelerator, 77 non-view ops at batch 8 when this was written): the sort, the race over the row, the
+    bookkeeping; the CPU's candidate check (about 150 more) stays off the accelerator."""
+    from decodebench.decoding.transforms.candidates import accelerator_paths
+
+    model, tok = embedded
+    with accelerator_paths():
+        ops, steps, _ = count_step_ops(model, tok, CHAINS["top_p"], batch=8, new_tokens=6)
+    kernels = sum(v for k, v in ops.items() if k not in VIEWS) / steps
+    assert ops["aten.sort.default"] == steps and ops["aten.topk.default"] == 0
+    assert kernels <= 85, sorted(ops.items(), key=lambda kv: -kv[1])

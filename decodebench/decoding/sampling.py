@@ -31,6 +31,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from decodebench.decoding.transforms.candidates import host_eager, on_host
+
 _M64 = (1 << 64) - 1
 _GOLDEN64 = 0x9E3779B97F4A7C15
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -204,11 +206,11 @@ def sample(logits: Tensor, keys: Tensor, step, do_sample: Tensor | bool, *, supp
         return logits.argmax(dim=-1)
     keys = keys.to(logits.device)
     v = logits.shape[-1]
-    eager_cpu = logits.device.type == "cpu" and not torch.compiler.is_compiling()
+    eager_cpu = host_eager(logits)
     if candidates is not None and eager_cpu:
         ids, inside = candidates
         sampled = _sample_within(logits, keys, step, ids, ~inside, do_sample)
-    elif support is not None and support + 1 < v and logits.device.type == "cpu":
+    elif support is not None and support + 1 < v and on_host(logits):
         sampled = _sample_support(logits, keys, step, support + 1, do_sample)
     elif probe and eager_cpu and 4 * PROBE_TIERS[-1] < v:
         sampled = _sample_probed(logits, keys, step, do_sample)

@@ -28,6 +28,7 @@ from decodebench.decoding.engine.running import run_sampling
 from decodebench.decoding.engine.stopping import StopChecker
 from decodebench.decoding.search.methods import METHODS
 from decodebench.decoding.search.spec import StrategySpec
+from decodebench.decoding.transforms.candidates import on_host
 
 
 def iter_batches(reqs: list[Request], batch_size: int, whole_prompts: bool = False):
@@ -124,7 +125,7 @@ def shares_histories(share_histories: bool | str, device: torch.device, compile:
     """Will `generate` let rows with one history share their forward (its `share_histories` rule)?"""
     if compile:  # a compiled step has static shapes: every row runs its own forward
         return False
-    return device.type == "cpu" if share_histories == "auto" else bool(share_histories)
+    return on_host(device) if share_histories == "auto" else bool(share_histories)
 
 
 def check_kv_fits(model, batch_size: int, reqs: Sequence[Request], spec: StrategySpec, continuous: bool) -> None:

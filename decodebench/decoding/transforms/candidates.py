@@ -58,12 +58,41 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_ACCELERATOR_PATHS: list[bool] = []
+
+
+def on_host(t: Tensor | torch.device) -> bool:
+    """Does `t` (a tensor or a device) live where reading a row's data costs no device round trip (the
+    CPU)? The CPU-only paths (row subsets picked by `nonzero`, shortcuts checked per row) ask this rather
+    than the device type, so `accelerator_paths` can send a CPU run down an accelerator's paths."""
+    device = t.device if isinstance(t, Tensor) else t
+    return device.type == "cpu" and not _ACCELERATOR_PATHS
+
+
+def host_eager(t: Tensor) -> bool:
+    """`on_host(t)` and not under `torch.compile`: the paths that pick rows with `nonzero`."""
+    return on_host(t) and not _compiling()
+
+
+@contextlib.contextmanager
+def accelerator_paths():
+    """While the block runs, CPU tensors take the paths an accelerator takes in eager mode: the full
+    sort instead of the candidate check, the race over the whole row, no `nonzero` row subsets. The
+    tokens are the same (each CPU shortcut is exact); scripts/step_ops.py counts what an accelerator
+    would launch per step this way, on a machine without one."""
+    _ACCELERATOR_PATHS.append(True)
+    try:
+        yield
+    finally:
+        _ACCELERATOR_PATHS.pop()
+
+
 def usable(logits: Tensor, k: int) -> bool:
     """Is a `k`-candidate path worth taking: the vocabulary must be larger than the candidates, and the
     per-row fallback must not cost a device sync. On CPU, eager, the check reads one flag of a CPU tensor
     (no device to wait for); compiled, the fallback is one `torch.cond`. An accelerator in eager mode sorts
     (a GPU sort of [64, 49152] costs far less than a host read that stalls the queue)."""
-    if _compiling() or logits.device.type == "cpu":
+    if _compiling() or on_host(logits):
         return k + 1 < logits.shape[-1] and logits.dim() == 2
     return False
 
@@ -155,7 +184,7 @@ def resolve(fast: Tensor, ok: Tensor, slow: Callable[[Tensor], Tensor], slow_all
     CPU knows when the op returns (no device round trip, no scalar read; an accelerator never takes
     this path eagerly, see `usable`). Compiled, or on an accelerator: one `torch.cond` on "every row
     ok", whole batch to the reference otherwise; no host read in the graph."""
-    if not _compiling() and fast.device.type == "cpu":
+    if host_eager(fast):
         bad = failing_rows(ok)
         if bad.numel():
             fast[bad] = slow(bad)

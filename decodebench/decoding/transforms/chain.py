@@ -44,7 +44,7 @@ import decodebench.decoding.transforms.binding as binding
 from decodebench.decoding.params.table import SamplingParams
 from decodebench.decoding.transforms.penalties import counts_with_spare
 from decodebench.decoding.transforms.registry import TRANSFORMS, PackContext, StatefulStep, resolve_order
-from decodebench.decoding.transforms.candidates import collect_offers
+from decodebench.decoding.transforms.candidates import collect_offers, on_host
 
 
 class NaNLogitsError(ValueError):
@@ -171,7 +171,7 @@ class LogitsChain:
             name, on = active[i]
             if name == "top_k" and i + 1 < len(active) and active[i + 1][0] == "top_p":
                 ctx.support = _support_after_top_k(ctx, ["top_k"], active[i + 1][1])
-                if ctx.support is not None and ctx.device.type == "cpu":  # else: two steps, top_p sorts
+                if ctx.support is not None and on_host(ctx.device):  # else: two steps, top_p sorts
                     steps.append(binding.bind_top_k_top_p(ctx, on, active[i + 1][1]))
                     step_names.append("top_k+top_p")
                     i += 2

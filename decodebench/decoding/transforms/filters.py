@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from decodebench.decoding.transforms.candidates import DEFAULT_K, failing_rows, offer, resolve, usable
+from decodebench.decoding.transforms.candidates import DEFAULT_K, failing_rows, offer, on_host, resolve, usable
 from decodebench.decoding.transforms.sortfree import top_p_cut_ids
 from decodebench.decoding.transforms.sortfree_more import typical_cut, typical_scores
 
@@ -200,7 +200,7 @@ def top_k_top_p(logits: Tensor, top_k, top_p, min_tokens_to_keep=1, *, k_max: in
 
 def _block_path(logits: Tensor, support: int | None) -> bool:
     # accelerators always sort: checking the shortcut per row would cost a device sync
-    return support is not None and support + 1 < logits.shape[-1] and logits.device.type == "cpu"
+    return support is not None and support + 1 < logits.shape[-1] and on_host(logits)
 
 
 def _patch_rows(out: Tensor, ok: Tensor, slow) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from decodebench.decoding.transforms.binding import builtin, float_column, on_column
+from decodebench.decoding.transforms.candidates import host_eager
 from decodebench.decoding.transforms.filters import NEG_INF, column, opmath
 from decodebench.decoding.transforms.registry import PackContext, Step
 
@@ -90,7 +91,7 @@ def min_k(logits: Tensor, tau, on=True, *, candidates: int = 64) -> Tensor:
     `torch.compile`, every row takes the full sort, so the step has no host read. Both give the same kept set."""
     x = logits.to(opmath(logits.dtype))
     v = x.shape[-1]
-    if x.device.type == "cpu" and 1 < candidates < v and not torch.compiler.is_compiling():
+    if host_eager(x) and 1 < candidates < v:
         kth, exact = _candidate_kth(x, tau, logits, candidates)
         if not bool(exact.all()):  # free on CPU: no device to wait for
             rows = (~exact).nonzero()[:, 0]
