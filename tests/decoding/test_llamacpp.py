@@ -269,13 +269,18 @@ def test_dry_random_mixed_batch(dtype):
     mask = torch.tensor([[0] * (t - len(r)) + [1] * len(r) for r in rows])
     x = make_logits(6, v, dtype, seed=37)
     single, multi = _breaker_tables(6, v, breakers)
-    out = dry(x, ids, mask, torch.tensor(mult), torch.tensor(base), torch.tensor(allowed), torch.tensor(last_n),
-              single_breakers=single, multi_breakers=multi)
+    args = (torch.tensor(mult), torch.tensor(base), torch.tensor(allowed), torch.tensor(last_n))
+    out = dry(x, ids, mask, *args, single_breakers=single, multi_breakers=multi)
     for i, r in enumerate(rows):
         pen = ref_dry(r, v, mult[i], base[i], allowed[i], last_n[i], breakers)
         want = (x[i].double() - torch.tensor(pen)).to(dtype)
         assert torch.equal(out[i], want), (i, out[i], want)
     assert not torch.equal(out, x)
+    # an accelerator's path (every offset, no early stop read back per offset) gives the same bits
+    from decodebench.decoding.transforms.candidates import accelerator_paths
+
+    with accelerator_paths():
+        assert torch.equal(dry(x, ids, mask, *args, single_breakers=single, multi_breakers=multi), out)
 
 
 def test_llamacpp_order_places_every_sampler_as_its_default_chain():

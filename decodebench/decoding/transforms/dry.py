@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from decodebench.decoding.transforms.binding import builtin, float_column, values
+from decodebench.decoding.transforms.candidates import on_host
 from decodebench.decoding.transforms.filters import column
 from decodebench.decoding.transforms.registry import PackContext, Step
 
@@ -94,14 +95,15 @@ def dry(
     k = torch.arange(1, t, device=ids.device)  # offsets
     length = torch.zeros(b, t - 1, dtype=torch.long, device=ids.device)
     alive = torch.ones(b, t - 1, dtype=torch.bool, device=ids.device)
-    cap = int(limit.max()) if ids.device.type == "cpu" else t
+    host = on_host(ids)  # a CPU reads the longest limit and stops early; a device runs every offset, no sync
+    cap = int(limit.max()) if host else t
     for m in range(min(cap, t)):
         a = t - 1 - m  # column of the suffix's m-th token from the end
         cols = a - k
         ok = (cols >= 0) & (cols >= t - n)  # inside the row's window
         other = ids.gather(1, cols.clamp(min=0).expand(b, -1))
         alive &= ok & (other == ids[:, a : a + 1]) & (m < limit)
-        if not bool(alive.any()) and ids.device.type == "cpu":
+        if host and not bool(alive.any()):
             break
         length += alive
     # the token after each matched suffix would extend the repeat: it gets the longest length seen
