@@ -51,15 +51,19 @@ def _time(step: Callable[[int], torch.Tensor], device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_sampling_step(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 20) -> float:
-    """Seconds per step for our chain (temperature, top_k, top_p) plus seeded sampling."""
-    logits = _logits(batch, vocab, device)
-    rows = [SamplingParams(do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)] * batch
-    chain = LogitsChain.from_rows(rows, vocab_size=vocab, eos_token_id=None, device=device)
+def time_sampling_step(batch: int = 64, vocab: int = 49152, device="cpu", repeats: int = 20,
+                       params: SamplingParams | None = None, logits: torch.Tensor | None = None) -> float:
+    """Seconds per step for a chain plus seeded sampling, called as the engine's step calls them (support,
+    candidates, probe). `params` default: temperature, top_k, top_p (a top-k-first chain: cheap, because
+    top-k bounds what top-p sees); pass `SamplingParams(do_sample=True, top_p=0.95)` for top-p alone.
+    `logits` `[batch, vocab]`: a model's own (default: randn x 3, whose nuclei are far wider than an LM's)."""
+    logits = _logits(batch, vocab, device) if logits is None else logits
+    params = params or SamplingParams(do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)
+    chain = LogitsChain.from_rows([params] * batch, vocab_size=vocab, eos_token_id=None, device=device)
     keys = row_keys(0, [str(i) for i in range(batch)], [0] * batch, device=device)
     empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
     return _time(lambda s: sample(chain(logits, DecodeState(empty, empty, 0, s)), keys, s, chain.sample_mode,
-                                  support=chain.support),
+                                  support=chain.support, candidates=chain.candidates, probe=chain.truncates),
                  device, repeats)
 
 
