@@ -26,7 +26,8 @@ PROMPTS = ["Describe a person as JSON:", "The user record:", "Output JSON for a 
 
 @torch.no_grad()
 def generate(model, tok, prompts, rows, max_new, seed=0):
-    """Left-padded batch, full forward per step (no cache: the test is about the chain, not speed)."""
+    """Left-padded batch, full forward per step (no cache: the test is about the chain, not speed); the
+    lm_head runs on the last position only."""
     enc = tok(prompts, return_tensors="pt", padding=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     width = ids.shape[1]
@@ -37,7 +38,7 @@ def generate(model, tok, prompts, rows, max_new, seed=0):
     out = [[] for _ in prompts]
     for step in range(max_new):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1].float()
         x = chain(logits, DecodeState(ids, mask, width, step, keys=keys))
         t = sample(x, keys, step, chain.sample_mode)
         chain.update(t)
