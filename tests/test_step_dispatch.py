@@ -185,8 +185,9 @@ def test_an_accelerators_paths_pick_no_row_subsets_and_draw_the_same_tokens(embe
 
 def test_an_accelerators_eager_top_p_step_launches_few_kernels(embedded):
     """A regression guard on what an eager GPU step would launch for top-p (scripts/step_ops.py --paths
-    accelerator, 77 non-view ops at batch 8 when this was written): the sort, the race over the row, the
-    bookkeeping; the CPU's candidate check (about 150 more) stays off the accelerator."""
+    accelerator, 63 non-view ops at batch 8 when this was written): the sort, the race over the row, one
+    gather of the rows' noise words from the running batch's table (splitmix64's 16 ops on `[B]` would come
+    back without it), the bookkeeping; the CPU's candidate check (about 150 more) stays off the accelerator."""
     from decodebench.decoding.transforms.candidates import accelerator_paths
 
     model, tok = embedded
@@ -194,4 +195,5 @@ def test_an_accelerators_eager_top_p_step_launches_few_kernels(embedded):
         ops, steps, _ = count_step_ops(model, tok, CHAINS["top_p"], batch=8, new_tokens=6)
     kernels = sum(v for k, v in ops.items() if k not in VIEWS) / steps
     assert ops["aten.sort.default"] == steps and ops["aten.topk.default"] == 0
-    assert kernels <= 85, sorted(ops.items(), key=lambda kv: -kv[1])
+    assert ops["aten.gather.default"] >= steps  # the word table is read, not recomputed
+    assert kernels <= 70, sorted(ops.items(), key=lambda kv: -kv[1])

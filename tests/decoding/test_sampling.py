@@ -80,6 +80,24 @@ def test_row_words_are_the_halves_of_splitmix64_for_host_and_device_steps():
     assert torch.equal(lo32, lo64) and torch.equal(hi32, hi64)
 
 
+def test_the_running_batchs_word_table_gives_the_row_words_of_each_rows_step():
+    """`row_word_table` (built when a row joins) read by `table_words` at per-row steps equals
+    `_row_words` at those steps, for keys of both signs, at every step a row can take."""
+    from decodebench.decoding.sampling import _row_words, row_word_table, table_words
+
+    g = torch.Generator().manual_seed(5)
+    keys = torch.cat([torch.randint(-2**63, 2**63 - 1, (9,), generator=g, dtype=torch.long),
+                      torch.tensor([0, -1, 2**63 - 1, -2**63])])
+    table = row_word_table(keys, 40)
+    assert table.shape == (13, 40, 2) and table.dtype == torch.int32
+    for t in range(40):
+        lo, hi = _row_words(keys, t)
+        assert torch.equal(table[:, t, 0], lo[:, 0]) and torch.equal(table[:, t, 1], hi[:, 0]), t
+    steps = torch.randint(0, 40, (13,), generator=g)
+    got, want = table_words(table, steps), _row_words(keys, steps)
+    assert got[0].shape == (13, 1) and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_row_keys_are_stable_and_distinct():
     a = row_keys(0, ["p0", "p1"], [0, 0])
     assert torch.equal(a, row_keys(0, ["p0", "p1"], [0, 0]))

@@ -40,6 +40,7 @@ from decodebench.decoding.transforms.cfg import cfg_combine
 from decodebench.decoding.engine.row_tracker import finish_reason
 from decodebench.decoding.engine.shared import SharedHistories, copy_rows
 from decodebench.decoding.engine.step import Stepper, bucket_for, host_after
+from decodebench.decoding.sampling import row_word_table
 
 _IDLE = SamplingParams()  # the settings an empty slot carries (its tokens are never read)
 
@@ -62,6 +63,8 @@ class RunningBatch:
         self.finished = torch.ones(slots, dtype=torch.bool, device=dev)
         self.hit_eos = torch.zeros(slots, dtype=torch.bool, device=dev)
         self.keys = torch.zeros(slots, dtype=torch.long, device=dev)
+        # each row's noise words for every step it can take (`row_word_table`): one gather a step
+        self.words = torch.zeros((slots, self.L + 1, 2), dtype=torch.int32, device=dev)
         self.logits = torch.zeros((self.R, ctx.vocab_size), dtype=torch.float32, device=dev)
         self.scale = torch.ones(slots, dtype=torch.float64, device=dev)  # guidance scale per slot
         self.guided = torch.zeros(slots, dtype=torch.bool, device=dev)
@@ -187,6 +190,7 @@ class RunningBatch:
         self.finished[slots] = False
         self.hit_eos[slots] = False
         self.keys[slots] = request_keys([r for _, r in items], dev)
+        self.words[slots] = row_word_table(self.keys[slots], self.L + 1)
         self.recorder.reset(slots)
         if self.ctx.stop is not None:
             self.ctx.stop.reset(slots, self.slots)
@@ -213,7 +217,7 @@ class RunningBatch:
         n = len(live)
         self.kv.select_slots(idx, n)
         for t in (self.tokens, self.valid, self.gen_start, self.out, self.lengths, self.pos, self.finished,
-                  self.hit_eos, self.keys, self.logits):
+                  self.hit_eos, self.keys, self.words, self.logits):
             t[:n] = t[idx]
         self.recorder.select(idx, n)
         if self.ctx.stop is not None:

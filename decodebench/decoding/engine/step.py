@@ -26,7 +26,7 @@ import torch
 from decodebench.decoding.transforms.chain import DecodeState
 from decodebench.decoding.engine.row_tracker import record
 from decodebench.decoding.engine.shared import copy_rows
-from decodebench.decoding.sampling import sample
+from decodebench.decoding.sampling import sample, table_words
 
 log = logging.getLogger("decodebench")
 
@@ -62,7 +62,7 @@ def step_core(rb, a: int) -> None:
     # the support and candidate paths pick rows by `nonzero` (CPU, eager): the compiled step races in full
     support, cands = (None, None) if static else (rb.chain.support, rb.chain.candidates)
     tok = sample(processed, rb.keys[:a], n, rb.chain.sample_mode, support=support, candidates=cands,
-                 probe=rb.chain.truncates and not static)
+                 probe=rb.chain.truncates and not static, words=table_words(rb.words[:a], n))
     rb.recorder.on_step(n, raw, processed, tok, ~fin)
     tok = record(tok, rb.out[:a], n, fin, rb.hit_eos[:a], rb.eos, rb.L, ctx.pad_id, ctx.stop)
     rb.chain.update(tok)
