@@ -104,22 +104,26 @@ def _row_words(keys: Tensor, step) -> tuple[Tensor, Tensor]:
     code), so the high half is `z >> 32` converted: the sign bits the arithmetic shift brings in are cut
     off. 16 ops for the batch, not 27 (tests/decoding/test_sampling.py checks the words against the
     masked formulas)."""
+    lo, hi = _word_halves(keys, step)
+    return lo[:, None], hi[:, None]
+
+
+def _word_halves(keys: Tensor, step) -> tuple[Tensor, Tensor]:
+    """`_row_words` before the trailing dim, for `keys` and `step` of any broadcastable shapes."""
     g = _signed(_GOLDEN64, 64)
     if isinstance(step, Tensor):  # a device step counter: no tensor built from Python data
         z = _splitmix64(torch.add(_long(keys), _long(step), alpha=g) + g)
     else:  # a host int: the same wrapped product, as a Python scalar
         z = _splitmix64(_long(keys) + _signed((int(step) + 1) * _GOLDEN64, 64))
-    return z.to(torch.int32)[:, None], (z >> 32).to(torch.int32)[:, None]
+    return z.to(torch.int32), (z >> 32).to(torch.int32)
 
 
 def row_word_table(keys: Tensor, steps: int) -> Tensor:
     """`[B, steps, 2]` int32: `_row_words(keys, t)` for every step `t < steps`, built once per row when it
     joins a running batch. A decode step then reads its rows' words with one gather (`table_words`)
     instead of running splitmix64's 16 ops on `[B]`: on an accelerator, 15 fewer launches a step."""
-    g = _signed(_GOLDEN64, 64)
     t = torch.arange(steps, dtype=torch.long, device=keys.device)
-    z = _splitmix64(torch.add(_long(keys)[:, None], t[None, :], alpha=g) + g)
-    return torch.stack((z.to(torch.int32), (z >> 32).to(torch.int32)), dim=-1)
+    return torch.stack(_word_halves(keys[:, None], t[None, :]), dim=-1)
 
 
 def table_words(table: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
